@@ -1,0 +1,107 @@
+"""The Starlette application: routes, the error envelope for every failure, and lifespan."""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from api import environments as env
+from api.dispatch import Dispatcher
+from api.metrics import ERRORS, metrics
+from api.results import ResultListener
+from api.state import AppState
+from shared.errors import ErrorType, TaskenvError, for_status
+from shared.redis import arq_client, records_client
+from shared.settings import Settings, get_settings
+from shared.tasks import load_registry
+
+log = logging.getLogger("taskenv.api")
+
+
+def error_response(error: TaskenvError) -> Response:
+    ERRORS.labels(str(error.type)).inc()
+    return JSONResponse(error.envelope(), status_code=error.status)
+
+
+async def _taskenv_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, TaskenvError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    detail = {404: "Not found", 405: f"Method {request.method} not allowed"}.get(exc.status_code, exc.detail)
+    return error_response(for_status(exc.status_code, detail))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(TaskenvError(ErrorType.APP, "Internal server error"))
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+def _routes() -> list[Route | Mount]:
+    one = "/environments/{env_id}"
+    workspace_routes = [
+        Route("/environments", env.create_environment, methods=["POST"]),
+        Route("/environments", env.list_environments, methods=["GET"]),
+        Route(one, env.get_environment, methods=["GET"]),
+        Route(one, env.delete_environment, methods=["DELETE"]),
+        Route(one + "/status", env.get_status, methods=["GET"]),
+        Route(one + "/logs", env.get_logs, methods=["GET"]),
+        Route(one + "/execute", env.execute, methods=["POST"]),
+    ]
+    return [
+        Route("/api/v1/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Mount("/api/v1/org/{org}/ws/{workspace}", routes=workspace_routes),
+    ]
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        arq = arq_client(settings)
+        records = records_client(settings)
+        listener = ResultListener(arq)
+        task = asyncio.create_task(listener.run(), name="taskenv-results")
+        app.state.taskenv = AppState(
+            settings=settings,
+            registry=load_registry(settings.tasks_path),
+            records=records,
+            arq=arq,
+            listener=listener,
+            dispatcher=Dispatcher(arq, listener),
+            listener_task=task,
+        )
+        async with asyncio.timeout(30):
+            await listener.wait_subscribed()
+        try:
+            yield
+        finally:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+            await records.aclose()
+            await arq.aclose()
+
+    return Starlette(
+        routes=_routes(),
+        lifespan=lifespan,
+        exception_handlers={
+            TaskenvError: _taskenv_error,
+            HTTPException: _http_error,
+            Exception: _unexpected_error,
+        },
+    )

@@ -1,0 +1,76 @@
+"""Who is calling: API keys for the workspace's routes, execute tokens for `execute`."""
+
+import time
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from starlette.requests import Request
+
+from shared import keys
+from shared.errors import ErrorType, TaskenvError, authentication_failed, environment_not_found
+from shared.secrets import hash_secret, matches, new_api_key
+
+
+@dataclass(frozen=True)
+class Workspace:
+    org: str
+    workspace: str
+
+
+def _bearer(value: str | None) -> str | None:
+    if not value:
+        return None
+    scheme, _, rest = value.strip().partition(" ")
+    return rest.strip() if scheme.lower() == "bearer" and rest.strip() else value.strip()
+
+
+def api_key_of(request: Request) -> str | None:
+    return request.headers.get("x-api-key") or _bearer(request.headers.get("authorization"))
+
+
+def execute_token_of(request: Request) -> str | None:
+    """`X-Environment-Token: <token>`, or `Bearer <token>` as the dreadnode SDK sends it."""
+    return _bearer(request.headers.get("x-environment-token"))
+
+
+async def require_workspace(redis: Redis, request: Request) -> Workspace:
+    """The path's org and workspace, if the caller's API key belongs to them."""
+    key = api_key_of(request)
+    if not key:
+        raise authentication_failed()
+    found = await redis.hmget(keys.api_key(hash_secret(key)), ["org", "workspace"])  # type: ignore[misc]
+    if found[0] is None:
+        raise authentication_failed()
+    org, workspace = request.path_params["org"], request.path_params["workspace"]
+    if (found[0], found[1]) != (org, workspace):
+        raise TaskenvError(
+            ErrorType.PERMISSION, "This API key is not valid for this organization or workspace"
+        )
+    return Workspace(org, workspace)
+
+
+async def create_api_key(redis: Redis, org: str, workspace: str) -> str:
+    """Make a key, store only its hash, and return the key itself once."""
+    key = new_api_key()
+    await redis.hset(  # type: ignore[misc]
+        keys.api_key(hash_secret(key)),
+        mapping={"org": org, "workspace": workspace, "created_at": repr(time.time())},
+    )
+    return key
+
+
+async def require_execute_token(redis: Redis, request: Request, record: dict[str, str] | None) -> None:
+    """401 for a missing or unknown token, 404 for an environment not in this workspace,
+    403 for a real token of another environment."""
+    token = execute_token_of(request)
+    if not token:
+        raise authentication_failed()
+    org, workspace = request.path_params["org"], request.path_params["workspace"]
+    in_path = record is not None and (record["org"], record["workspace"]) == (org, workspace)
+    if in_path and record is not None and matches(token, record["token_hash"]):
+        return
+    if not await redis.exists(keys.execute_token(hash_secret(token))):
+        raise authentication_failed()
+    if not in_path:
+        raise environment_not_found(request.path_params["env_id"])
+    raise TaskenvError(ErrorType.PERMISSION, "This execute token belongs to another environment")

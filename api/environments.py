@@ -1,0 +1,196 @@
+"""The task-environment routes, under /api/v1/org/{org}/ws/{workspace}/environments."""
+
+import time
+import uuid
+
+from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.auth import Workspace, require_execute_token, require_workspace
+from api.body import parse_json, parse_query
+from api.metrics import EXECUTE_SECONDS
+from api.state import AppState, app_state
+from shared import jobs, store
+from shared.errors import ErrorType, TaskenvError, environment_not_found
+from shared.jobs import ExecJob
+from shared.models import (
+    EnvironmentState,
+    ExecuteRequest,
+    ExecuteResponse,
+    LogsResponse,
+    ProvisionedEnvironment,
+    ProvisionRequest,
+)
+from shared.secrets import hash_secret, new_execute_token
+
+
+def json_response(
+    model: BaseModel, status_code: int = 200, background: BackgroundTask | None = None
+) -> Response:
+    return Response(
+        model.model_dump_json(), status_code=status_code, media_type="application/json", background=background
+    )
+
+
+class ListQuery(BaseModel):
+    page: int = Field(1, ge=1)
+    limit: int = Field(50, ge=1, le=200)
+    state: list[EnvironmentState] = Field(default_factory=list)
+
+
+async def _record_in(state: AppState, scope: Workspace, env_id: str) -> store.Record:
+    record = await store.get(state.records, env_id)
+    if record is None or (record["org"], record["workspace"]) != (scope.org, scope.workspace):
+        raise environment_not_found(env_id)
+    return record
+
+
+def _require_state(record: store.Record, action: str, *allowed: EnvironmentState) -> None:
+    if record["state"] not in allowed:
+        raise TaskenvError(
+            ErrorType.CONFLICT,
+            f"Cannot {action} environment {record['id']} in state {record['state']!r}"
+            + (f": {record['error']}" if record.get("error") else ""),
+        )
+
+
+async def create_environment(request: Request) -> Response:
+    state = app_state(request)
+    scope = await require_workspace(state.records, request)
+    body = await parse_json(request, ProvisionRequest)
+    spec = state.registry.resolve(body.task_ref)
+    wanted = body.timeout_sec or spec.lifetime_sec or state.settings.default_lifetime_sec
+    lifetime = min(wanted, state.settings.max_lifetime_sec)
+    env_id = str(uuid.uuid4())
+    token = new_execute_token()
+    record = await store.create(
+        state.records,
+        env_id=env_id,
+        org=scope.org,
+        workspace=scope.workspace,
+        task_ref=body.task_ref,
+        spec=spec,
+        token_hash=hash_secret(token),
+        queue=state.settings.queue,
+        lifetime_sec=lifetime,
+    )
+    await state.dispatcher.submit(
+        jobs.PROVISION,
+        jobs.EnvJob(env_id=env_id),
+        queue=record["queue"],
+        job_id=uuid.uuid4().hex,
+        expires_sec=state.settings.control_timeout_sec,
+        reply=False,
+    )
+    environment = store.to_environment(record)
+    return json_response(
+        ProvisionedEnvironment(**environment.model_dump(), execute_token=token), status_code=201
+    )
+
+
+async def list_environments(request: Request) -> Response:
+    state = app_state(request)
+    scope = await require_workspace(state.records, request)
+    query = parse_query(request, ListQuery, lists=("state",))
+    page = await store.list_page(
+        state.records, scope.org, scope.workspace, states=set(query.state), page=query.page, limit=query.limit
+    )
+    return json_response(page)
+
+
+async def get_environment(request: Request) -> Response:
+    state = app_state(request)
+    scope = await require_workspace(state.records, request)
+    record = await _record_in(state, scope, request.path_params["env_id"])
+    return json_response(store.to_environment(record))
+
+
+async def get_status(request: Request) -> Response:
+    state = app_state(request)
+    scope = await require_workspace(state.records, request)
+    record = await _record_in(state, scope, request.path_params["env_id"])
+    return json_response(store.to_status(record))
+
+
+async def delete_environment(request: Request) -> Response:
+    state = app_state(request)
+    scope = await require_workspace(state.records, request)
+    record = await _record_in(state, scope, request.path_params["env_id"])
+    if record["state"] != EnvironmentState.TORN_DOWN:
+        await store.tear_down(state.records, record, retention_sec=state.settings.record_retention_sec)
+    # Remove the container now, so that 204 means it is gone (also retries a failed earlier removal).
+    await state.dispatcher.call(
+        jobs.TEARDOWN,
+        jobs.EnvJob(env_id=record["id"]),
+        queue=record["queue"],
+        wait_sec=state.settings.control_timeout_sec,
+    )
+    return Response(status_code=204)
+
+
+async def get_logs(request: Request) -> Response:
+    state = app_state(request)
+    scope = await require_workspace(state.records, request)
+    record = await _record_in(state, scope, request.path_params["env_id"])
+    _require_state(record, "read logs of", EnvironmentState.READY)
+    value = await state.dispatcher.call(
+        jobs.LOGS,
+        jobs.EnvJob(env_id=record["id"]),
+        queue=record["queue"],
+        wait_sec=state.settings.control_timeout_sec,
+    )
+    return json_response(LogsResponse(logs=value["logs"]))
+
+
+async def execute(request: Request) -> Response:
+    started = time.perf_counter()
+    state = app_state(request)
+    env_id = request.path_params["env_id"]
+    # Authentication answers before body errors, yet costs no extra round trip: the body is
+    # checked first, its error held back until the token has been checked.
+    body: ExecuteRequest | None = None
+    body_error: TaskenvError | None = None
+    try:
+        body = await parse_json(request, ExecuteRequest)
+    except TaskenvError as exc:
+        body_error = exc
+    timeout_sec = body.timeout_sec if body else 0
+    deadline_at = time.time() + timeout_sec
+    wait_sec = timeout_sec + state.settings.result_grace_sec
+    job_id = uuid.uuid4().hex
+    record, running = await store.admit_exec(state.records, env_id, job_id, until=deadline_at + wait_sec)
+    try:
+        await require_execute_token(state.records, request, record)
+        assert record is not None
+        if body_error is not None or body is None:
+            raise body_error or TaskenvError(ErrorType.INVALID_REQUEST, "Missing body")
+        _require_state(record, "execute in", EnvironmentState.READY)
+        limit = state.settings.max_execs_per_env
+        if running > limit:
+            raise TaskenvError(
+                ErrorType.RATE_LIMIT,
+                f"Environment {env_id} already runs {limit} commands at once; retry when one finishes",
+            )
+        payload = ExecJob(
+            env_id=env_id,
+            container=record["container"],
+            command=body.command,
+            timeout_sec=body.timeout_sec,
+            deadline_at=deadline_at,
+            user=record["user"],
+            workdir=record["workdir"],
+            output_limit=state.settings.output_limit_bytes,
+        )
+        value = await state.dispatcher.call(
+            jobs.EXECUTE, payload, queue=record["queue"], wait_sec=wait_sec, job_id=job_id
+        )
+    except BaseException:
+        await store.release_exec(state.records, env_id, job_id)
+        raise
+    EXECUTE_SECONDS.observe(time.perf_counter() - started)
+    return json_response(
+        ExecuteResponse.model_validate(value),
+        background=BackgroundTask(store.release_exec, state.records, env_id, job_id),
+    )

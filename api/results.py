@@ -1,0 +1,91 @@
+"""Results pushed by workers to this API process, handed to the requests waiting for them.
+
+One pub/sub subscription per process, whatever the number of waiting requests: no polling
+loop and no Redis connection per request. A lost message (e.g. while reconnecting) costs
+only latency: every waiter still reads arq's stored result once at its deadline, and after a
+reconnect all waiters check theirs at once.
+"""
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+from arq.connections import ArqRedis
+from arq.jobs import Job
+
+from shared import jobs, keys
+from shared.errors import ErrorType, TaskenvError
+from shared.jobs import JobResult
+
+log = logging.getLogger("taskenv.api")
+
+
+class ResultListener:
+    def __init__(self, redis: ArqRedis) -> None:
+        self.redis = redis
+        self.channel = keys.reply_channel(uuid.uuid4().hex)
+        self._waiting: dict[str, asyncio.Future[JobResult]] = {}
+        self._subscribed = asyncio.Event()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @contextmanager
+    def expect(self, job_id: str) -> Iterator["asyncio.Future[JobResult]"]:
+        """Register before enqueueing, so that even an instant result finds its waiter."""
+        future: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
+        self._waiting[job_id] = future
+        try:
+            yield future
+        finally:
+            self._waiting.pop(job_id, None)
+
+    async def stored_result(self, job_id: str) -> JobResult | None:
+        """arq's stored copy of a result: the fallback when no message arrived."""
+        info = await Job(job_id, self.redis, _deserializer=jobs.deserialize).result_info()
+        if info is None:
+            return None
+        if info.success and isinstance(info.result, dict):
+            return info.result  # type: ignore[return-value]
+        return jobs.failed(job_id, _lost(f"the worker could not run the job: {info.result}"))
+
+    async def wait_subscribed(self) -> None:
+        await self._subscribed.wait()
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self.channel)
+                    self._subscribed.set()
+                    backoff = 0.1
+                    await self._recover()
+                    async for message in pubsub.listen():
+                        self._deliver(jobs.deserialize(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._subscribed.clear()
+                log.exception("result subscription lost; resubscribing in %.1f s", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _deliver(self, result: JobResult) -> None:
+        future = self._waiting.get(result.get("job_id", ""))
+        if future is not None and not future.done():
+            future.set_result(result)
+
+    async def _recover(self) -> None:
+        for job_id in list(self._waiting):
+            with suppress(Exception):
+                result = await self.stored_result(job_id)
+                if result is not None:
+                    self._deliver(result)
+
+
+def _lost(detail: str) -> TaskenvError:
+    return TaskenvError(ErrorType.BAD_GATEWAY, detail)

@@ -1,0 +1,100 @@
+"""The one place that knows error types, their HTTP status and the canonical envelope.
+
+Dreadnode's envelope is a flat object: `{"code", "detail", "type", "errors"}`, plus
+extra fields where an error carries data (a timed-out exec's partial `output`).
+"""
+
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorType(StrEnum):
+    AUTHENTICATION = "authentication_error"
+    PERMISSION = "permission_error"
+    NOT_FOUND = "not_found_error"
+    METHOD_NOT_ALLOWED = "method_not_allowed_error"
+    ALREADY_EXISTS = "already_exists_error"
+    CONFLICT = "conflict_error"
+    VALIDATION = "validation_error"
+    INVALID_REQUEST = "invalid_request_error"
+    UPGRADE_REQUIRED = "upgrade_required_error"
+    RATE_LIMIT = "rate_limit_error"
+    APP = "app_error"
+    BAD_GATEWAY = "bad_gateway_error"
+    TIMEOUT = "timeout_error"
+
+
+STATUS: dict[ErrorType, int] = {
+    ErrorType.AUTHENTICATION: 401,
+    ErrorType.PERMISSION: 403,
+    ErrorType.NOT_FOUND: 404,
+    ErrorType.METHOD_NOT_ALLOWED: 405,
+    ErrorType.ALREADY_EXISTS: 409,
+    ErrorType.CONFLICT: 409,
+    ErrorType.VALIDATION: 422,
+    ErrorType.INVALID_REQUEST: 400,
+    ErrorType.UPGRADE_REQUIRED: 426,
+    ErrorType.RATE_LIMIT: 429,
+    ErrorType.APP: 500,
+    ErrorType.BAD_GATEWAY: 502,
+    ErrorType.TIMEOUT: 504,
+}
+
+_TYPE_OF_STATUS = {status: error_type for error_type, status in reversed(STATUS.items())}
+
+
+class TaskenvError(Exception):
+    """An error that reaches the client as an envelope; raise it anywhere on a request's path."""
+
+    def __init__(
+        self,
+        error_type: ErrorType,
+        detail: str,
+        *,
+        errors: list[dict[str, Any]] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.type = error_type
+        self.detail = detail
+        self.errors = errors
+        self.extra = extra or {}
+
+    @property
+    def status(self) -> int:
+        return STATUS[self.type]
+
+    def envelope(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "code": self.status,
+            "detail": self.detail,
+            "type": str(self.type),
+            "errors": self.errors,
+        }
+        body.update(self.extra)
+        return body
+
+    def to_wire(self) -> dict[str, Any]:
+        """What a worker returns through Redis so the API can raise the same error."""
+        return {"type": str(self.type), "detail": self.detail, "extra": self.extra}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> "TaskenvError":
+        try:
+            error_type = ErrorType(str(data.get("type")))
+        except ValueError:
+            error_type = ErrorType.APP
+        return cls(error_type, str(data.get("detail", "")), extra=data.get("extra") or None)
+
+
+def for_status(status: int, detail: str) -> TaskenvError:
+    """An error for a bare HTTP status (Starlette's 404 for unknown routes, 405...)."""
+    return TaskenvError(_TYPE_OF_STATUS.get(status, ErrorType.APP), detail)
+
+
+def authentication_failed() -> TaskenvError:
+    return TaskenvError(ErrorType.AUTHENTICATION, "Authentication failed")
+
+
+def environment_not_found(env_id: str) -> TaskenvError:
+    return TaskenvError(ErrorType.NOT_FOUND, f"Environment {env_id} not found")

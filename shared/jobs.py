@@ -1,0 +1,66 @@
+"""Job names, payloads and results exchanged through arq, serialized with msgpack.
+
+msgpack rather than arq's default pickle: whoever can write to Redis must not be able to run
+code in the workers or the API. Payloads are therefore plain dicts, and job functions catch
+their own errors and return them as data (`JobResult`).
+"""
+
+from typing import Any, NotRequired, TypedDict, cast
+
+import msgpack
+
+from shared.errors import TaskenvError
+
+EXECUTE = "execute"
+PROVISION = "provision"
+TEARDOWN = "teardown"
+LOGS = "logs"
+
+
+class ExecJob(TypedDict):
+    env_id: str
+    container: str
+    command: str
+    timeout_sec: int
+    # Wall-clock instant (epoch seconds) at which the command must be dead.
+    deadline_at: float
+    user: str
+    workdir: str
+    output_limit: int
+
+
+class EnvJob(TypedDict):
+    """Payload of the jobs that act on a whole environment (provision, teardown, logs)."""
+
+    env_id: str
+
+
+class JobResult(TypedDict):
+    """Either `value` (the job's answer) or `error` (a `TaskenvError` in wire form)."""
+
+    job_id: str
+    value: NotRequired[dict[str, Any]]
+    error: NotRequired[dict[str, Any]]
+
+
+def ok(job_id: str, value: dict[str, Any]) -> JobResult:
+    return {"job_id": job_id, "value": value}
+
+
+def failed(job_id: str, error: TaskenvError) -> JobResult:
+    return {"job_id": job_id, "error": error.to_wire()}
+
+
+def unwrap(result: JobResult) -> dict[str, Any]:
+    """The job's answer, or raise the error it carried."""
+    if "error" in result:
+        raise TaskenvError.from_wire(result["error"])
+    return result.get("value", {})
+
+
+def serialize(obj: Any) -> bytes:
+    return cast(bytes, msgpack.packb(obj, use_bin_type=True))
+
+
+def deserialize(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False)

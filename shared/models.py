@@ -1,0 +1,73 @@
+"""Wire models: what clients send and receive (Dreadnode's task-environment API)."""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EXEC_TIMEOUT_MAX_SEC = 600
+
+
+class EnvironmentState(StrEnum):
+    BUILDING = "building"
+    PROVISIONING = "provisioning"
+    READY = "ready"
+    FAILED = "failed"
+    TORN_DOWN = "torn_down"
+
+
+class ProvisionRequest(BaseModel):
+    # Unknown fields are ignored, as Dreadnode's API does, so newer SDKs keep working.
+    model_config = ConfigDict(extra="ignore")
+
+    task_ref: str = Field(min_length=1, max_length=200)
+    inputs: dict[str, Any] | None = None
+    secret_ids: list[str] | None = None
+    project_id: str | None = None
+    timeout_sec: int | None = Field(None, ge=1)
+    model_overrides: dict[str, Any] | None = None
+
+
+class ExecuteRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    command: str = Field(min_length=1, max_length=256 * 1024)
+    timeout_sec: int = Field(30, ge=1, le=EXEC_TIMEOUT_MAX_SEC)
+
+
+class ExecuteResponse(BaseModel):
+    exit_code: int
+    output: str
+
+
+class EnvironmentStatus(BaseModel):
+    id: str
+    state: EnvironmentState
+    expires_at: datetime | None
+    error: str | None
+
+
+class Environment(EnvironmentStatus):
+    task_ref: str
+    created_at: datetime
+    instruction: str | None
+    service_urls: dict[str, str] = Field(default_factory=dict)
+
+
+class ProvisionedEnvironment(Environment):
+    execute_token: str
+
+
+class EnvironmentPage(BaseModel):
+    environments: list[Environment]
+    page: int
+    limit: int
+    total: int
+    total_pages: int
+    has_next: bool
+    has_previous: bool
+
+
+class LogsResponse(BaseModel):
+    logs: str

@@ -1,0 +1,43 @@
+"""Every tunable in one place, read from `TASKENV_*` environment variables."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_TASKS_DIR = Path(__file__).parent / "tasks"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TASKENV_", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_max_connections: int = Field(64, ge=4)
+
+    # The arq queue of this host's workers: execs must run where their container lives.
+    queue: str = "local"
+    worker_max_jobs: int = Field(1000, ge=1)
+    worker_idle_wait_sec: float = Field(1.0, gt=0)
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+
+    tasks_path: Path = DEFAULT_TASKS_DIR
+    output_limit_bytes: int = Field(1024 * 1024, ge=1024)
+    # How long the API waits past an exec's deadline for the worker's answer.
+    result_grace_sec: float = Field(0.75, gt=0)
+    # Budget for jobs that are not commands (provision, teardown, logs).
+    control_timeout_sec: float = Field(60.0, gt=0)
+    default_lifetime_sec: int = Field(3600, ge=1)
+    max_lifetime_sec: int = Field(24 * 3600, ge=1)
+    max_execs_per_env: int = Field(32, ge=1)
+    # Torn-down records stay listable this long.
+    record_retention_sec: int = Field(24 * 3600, ge=0)
+    reap_interval_sec: int = Field(5, ge=1, le=59)
+    logs_tail_lines: int = Field(200, ge=1)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

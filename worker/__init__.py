@@ -1,0 +1,1 @@
+"""arq workers: create sandboxes and run commands in them with aiodocker."""

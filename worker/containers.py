@@ -1,0 +1,79 @@
+"""Sandbox containers: created hardened, found by name or label, removed for good."""
+
+import json
+from typing import Any
+
+import aiodocker
+
+from shared.store import Record
+from shared.tasks import TaskSpec
+
+LABEL_MANAGED = "taskenv.managed"
+LABEL_ENV = "taskenv.env"
+LABEL_QUEUE = "taskenv.queue"
+
+
+def container_config(record: Record, spec: TaskSpec) -> dict[str, Any]:
+    """Hardened by default: no network, no capabilities, no privilege gain, bounded memory,
+    pids and CPU, and an init process that reaps orphaned children."""
+    resources = spec.resources
+    memory = resources.memory_mb * 1024 * 1024
+    return {
+        "Image": spec.image,
+        "Cmd": spec.command,
+        "Env": [f"{name}={value}" for name, value in spec.env.items()],
+        "WorkingDir": spec.workdir,
+        "Labels": {
+            LABEL_MANAGED: "true",
+            LABEL_ENV: record["id"],
+            LABEL_QUEUE: record["queue"],
+            "taskenv.org": record["org"],
+            "taskenv.workspace": record["workspace"],
+            "taskenv.task": spec.ref,
+        },
+        "NetworkDisabled": True,
+        "AttachStdin": False,
+        "OpenStdin": False,
+        "Tty": False,
+        "HostConfig": {
+            "NetworkMode": "none",
+            "Init": True,
+            "CapDrop": ["ALL"],
+            "SecurityOpt": ["no-new-privileges"],
+            "Memory": memory,
+            "MemorySwap": memory,
+            "PidsLimit": resources.pids,
+            "NanoCpus": int(resources.cpus * 1e9),
+            "RestartPolicy": {"Name": "no"},
+            "LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}},
+        },
+    }
+
+
+async def create_and_start(docker: aiodocker.Docker, record: Record, spec: TaskSpec) -> str:
+    container = await docker.containers.create(container_config(record, spec), name=record["container"])
+    await container.start()
+    return str(container.id)
+
+
+async def remove(docker: aiodocker.Docker, name: str) -> bool:
+    """Force-remove; False when there was nothing to remove."""
+    try:
+        await docker.containers.container(name).delete(force=True, v=True)
+    except aiodocker.DockerError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+async def tail_logs(docker: aiodocker.Docker, name: str, lines: int) -> str:
+    chunks = await docker.containers.container(name).log(stdout=True, stderr=True, tail=lines)
+    return "".join(chunks)
+
+
+async def managed_on_queue(docker: aiodocker.Docker, queue: str) -> dict[str, str]:
+    """Container name by environment id, for every taskenv container of this host queue."""
+    filters = json.dumps({"label": [f"{LABEL_MANAGED}=true", f"{LABEL_QUEUE}={queue}"]})
+    found = await docker.containers.list(all=True, filters=filters)
+    return {c["Labels"][LABEL_ENV]: c["Names"][0].lstrip("/") for c in found}

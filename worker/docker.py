@@ -1,0 +1,55 @@
+"""The worker's Docker client and the errors it turns into 502s."""
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import aiodocker
+import aiohttp
+
+from shared.errors import ErrorType, TaskenvError
+
+_DEFAULT_SOCKETS = (Path("/run/docker.sock"), Path("/var/run/docker.sock"))
+
+
+def connect() -> aiodocker.Docker:
+    """A client without aiohttp's 100-connection cap: every running exec holds one attached
+    stream, and inspect or kill calls must not queue behind them."""
+    host = os.environ.get("DOCKER_HOST")
+    if host is None:
+        host = next((f"unix://{p}" for p in _DEFAULT_SOCKETS if p.is_socket()), None)
+    if host and host.startswith("unix://"):
+        connector = aiohttp.UnixConnector(host[len("unix://") :], limit=0)
+        # With a connector of ours, the URL only names the host in request lines.
+        return aiodocker.Docker(url="unix://localhost", connector=connector)
+    return aiodocker.Docker(url=host)
+
+
+def bad_gateway(exc: BaseException, what: str) -> TaskenvError:
+    if isinstance(exc, aiodocker.DockerError):
+        if exc.status == 404:
+            detail = f"{what}: the sandbox container is gone"
+        elif exc.status == 409:
+            detail = f"{what}: the sandbox container is not running ({exc.message})"
+        else:
+            detail = f"{what}: Docker engine answered {exc.status}: {exc.message}"
+    else:
+        detail = f"{what}: Docker engine unreachable ({type(exc).__name__}: {exc})"
+    return TaskenvError(ErrorType.BAD_GATEWAY, detail)
+
+
+@contextmanager
+def docker_errors(what: str) -> Iterator[None]:
+    """Docker failures reach the client as 502 `bad_gateway_error`, never as a 500."""
+    try:
+        yield
+    except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
+        raise bad_gateway(exc, what) from exc
+
+
+async def disconnect(docker: aiodocker.Docker) -> None:
+    """Close the client and the connector `connect` gave it (aiodocker leaves a caller's open)."""
+    await docker.close()
+    if not docker.connector.closed:
+        await docker.connector.close()

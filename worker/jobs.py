@@ -1,0 +1,141 @@
+"""The arq job functions. Each returns a `JobResult` and never raises: results travel as msgpack,
+and an exception must reach the client as its envelope, not as a pickled traceback."""
+
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import aiodocker
+from redis.asyncio import Redis
+
+from shared import jobs, keys, store
+from shared.errors import ErrorType, TaskenvError
+from shared.jobs import EnvJob, ExecJob, JobResult
+from shared.models import EnvironmentState
+from shared.settings import Settings
+from shared.tasks import TaskSpec
+from worker import containers
+from worker.docker import bad_gateway, docker_errors
+from worker.execute import run_command
+
+log = logging.getLogger("taskenv.worker")
+
+Ctx = dict[str, Any]
+JobFunction = Callable[[Ctx, Any], Awaitable[dict[str, Any]]]
+
+
+def job(fn: JobFunction) -> Callable[..., Coroutine[Any, Any, JobResult]]:
+    """Wrap a job body: errors become results, and the result is kept for `after_job_end`,
+    which pushes it to the waiting API once arq has stored it."""
+
+    @functools.wraps(fn)
+    async def run(ctx: Ctx, payload: Any, reply_to: str | None = None) -> JobResult:
+        job_id = ctx["job_id"]
+        try:
+            result = jobs.ok(job_id, await fn(ctx, payload))
+        except TaskenvError as exc:
+            result = jobs.failed(job_id, exc)
+        except (aiodocker.DockerError, OSError) as exc:
+            result = jobs.failed(job_id, bad_gateway(exc, fn.__name__))
+        except Exception:
+            log.exception("job %s (%s) failed", job_id, fn.__name__)
+            result = jobs.failed(job_id, TaskenvError(ErrorType.APP, "Internal error in the worker"))
+        ctx["reply"] = (reply_to, result)
+        return result
+
+    return run
+
+
+def _docker(ctx: Ctx) -> aiodocker.Docker:
+    return ctx["docker"]  # type: ignore[no-any-return]
+
+
+def _records(ctx: Ctx) -> Redis:
+    return ctx["records"]  # type: ignore[no-any-return]
+
+
+def _settings(ctx: Ctx) -> Settings:
+    return ctx["settings"]  # type: ignore[no-any-return]
+
+
+@job
+async def execute(ctx: Ctx, payload: ExecJob) -> dict[str, Any]:
+    return await run_command(_docker(ctx), payload)
+
+
+@job
+async def provision(ctx: Ctx, payload: EnvJob) -> dict[str, Any]:
+    redis, docker = _records(ctx), _docker(ctx)
+    env_id = payload["env_id"]
+    record = await store.get(redis, env_id)
+    if record is None or record["state"] != EnvironmentState.PROVISIONING:
+        return {"state": record["state"] if record else None}
+    spec = TaskSpec.model_validate_json(record["spec"])
+    try:
+        with docker_errors("provision"):
+            await containers.create_and_start(docker, record, spec)
+    except TaskenvError as exc:
+        error = exc.detail
+        if "No such image" in error:
+            error += f" (build it with `taskenv image build` or fix the task {spec.ref!r})"
+        await store.set_if_state(
+            redis, env_id, EnvironmentState.PROVISIONING, state=EnvironmentState.FAILED, error=error
+        )
+        await _remove_quietly(docker, record["container"])
+        return {"state": EnvironmentState.FAILED}
+    if await store.set_if_state(redis, env_id, EnvironmentState.PROVISIONING, state=EnvironmentState.READY):
+        return {"state": EnvironmentState.READY}
+    # Torn down while we were creating it: the container must not outlive its record.
+    await _remove_quietly(docker, record["container"])
+    return {"state": EnvironmentState.TORN_DOWN}
+
+
+@job
+async def teardown(ctx: Ctx, payload: EnvJob) -> dict[str, Any]:
+    with docker_errors("teardown"):
+        removed = await containers.remove(_docker(ctx), store.container_name(payload["env_id"]))
+    return {"removed": removed}
+
+
+@job
+async def logs(ctx: Ctx, payload: EnvJob) -> dict[str, Any]:
+    with docker_errors("logs"):
+        text = await containers.tail_logs(
+            _docker(ctx), store.container_name(payload["env_id"]), _settings(ctx).logs_tail_lines
+        )
+    return {"logs": text}
+
+
+async def reap(ctx: Ctx) -> dict[str, int]:
+    """Cron: tear down expired environments, and remove containers whose record is gone or
+    torn down (left by a crash or a lost teardown job)."""
+    redis, docker, settings = _records(ctx), _docker(ctx), _settings(ctx)
+    expired = 0
+    for env_id in await store.expired(redis, settings.queue, time.time()):
+        record = await store.get(redis, env_id)
+        if record is not None:
+            await store.tear_down(
+                redis, record, error="expired: lifetime reached", retention_sec=settings.record_retention_sec
+            )
+        else:
+            await redis.zrem(keys.expiry_index(settings.queue), env_id)
+        await _remove_quietly(docker, store.container_name(env_id))
+        expired += 1
+    orphans = 0
+    for env_id, name in (await containers.managed_on_queue(docker, settings.queue)).items():
+        record = await store.get(redis, env_id)
+        if record is None or record["state"] in (EnvironmentState.TORN_DOWN, EnvironmentState.FAILED):
+            orphans += await _remove_quietly(docker, name)
+    if expired or orphans:
+        log.info("reaped %d expired environments and %d orphaned containers", expired, orphans)
+    return {"expired": expired, "orphans": orphans}
+
+
+async def _remove_quietly(docker: aiodocker.Docker, name: str) -> bool:
+    try:
+        return await containers.remove(docker, name)
+    except (aiodocker.DockerError, OSError) as exc:
+        log.warning("could not remove container %s: %s", name, exc)
+        return False

@@ -1,0 +1,134 @@
+"""arq's Worker, woken by a push instead of polling, and the settings it runs with.
+
+arq only polls: with its default 0.5 s `poll_delay` a 1 ms job takes ~500 ms end to end. Here
+the idle wait is a BLPOP on the queue's wake list, which the API pushes to after enqueueing;
+results go back to the waiting API process over pub/sub from `after_job_end`, which runs once
+arq has stored the result. The timed wait remains as a safety net (cron jobs, lost wakes).
+"""
+
+import asyncio
+import logging
+import signal
+from contextlib import suppress
+from typing import Any
+
+from arq import cron
+from arq.worker import Worker, func
+
+from shared import jobs, keys
+from shared.models import EXEC_TIMEOUT_MAX_SEC
+from shared.redis import arq_client, records_client
+from shared.settings import Settings
+from worker import docker
+from worker import jobs as job_functions
+
+log = logging.getLogger("taskenv.worker")
+
+# arq's own timeout only guards against a hung job: commands end at their own deadline.
+JOB_TIMEOUT_SEC = EXEC_TIMEOUT_MAX_SEC + 60
+
+
+class WakeableWorker(Worker):
+    def __init__(self, *args: Any, idle_wait_sec: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.idle_wait_sec = idle_wait_sec
+        self.wake_key = keys.wake(self.queue_name.removeprefix(keys.arq_queue("")))
+        self._slot_freed = asyncio.Event()
+
+    async def main(self) -> None:
+        log.info("worker on queue %s: %d functions", self.queue_name, len(self.functions))
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        while True:
+            await self._poll_iteration()
+            await self._idle_wait()
+
+    async def _idle_wait(self) -> None:
+        if self.job_counter >= self.max_jobs:
+            # Full: a new job can only start when one ends, so wait for that, not for a wake.
+            self._slot_freed.clear()
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_freed.wait(), self.idle_wait_sec)
+            return
+        if await self.pool.blpop([self.wake_key], timeout=self.idle_wait_sec):  # type: ignore[misc, arg-type]
+            # One pass reads every queued job, so the other wakes are spent too.
+            await self.pool.delete(self.wake_key)
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        self._slot_freed.set()
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        # Running jobs stay in arq's queue until they finish; skip ours without the four
+        # Redis commands arq spends re-checking each one on every pass.
+        await super().start_jobs([j for j in job_ids if j.decode() not in self.tasks])
+
+
+async def _startup(ctx: dict[str, Any]) -> None:
+    settings: Settings = ctx["settings"]
+    ctx["records"] = records_client(settings)
+    ctx["docker"] = docker.connect()
+    await job_functions.reap(ctx)
+
+
+async def _shutdown(ctx: dict[str, Any]) -> None:
+    await docker.disconnect(ctx["docker"])
+    await ctx["records"].aclose()
+
+
+async def _publish_result(ctx: dict[str, Any]) -> None:
+    reply_to, result = ctx.get("reply", (None, None))
+    if reply_to:
+        await ctx["redis"].publish(reply_to, jobs.serialize(result))
+
+
+def create_worker(settings: Settings) -> WakeableWorker:
+    reap_seconds = set(range(0, 60, settings.reap_interval_sec))
+    return WakeableWorker(
+        functions=[
+            func(job_functions.execute, name=jobs.EXECUTE, max_tries=1, timeout=JOB_TIMEOUT_SEC),
+            func(job_functions.provision, name=jobs.PROVISION, max_tries=1, timeout=JOB_TIMEOUT_SEC),
+            func(job_functions.teardown, name=jobs.TEARDOWN, max_tries=1, timeout=JOB_TIMEOUT_SEC),
+            func(job_functions.logs, name=jobs.LOGS, max_tries=1, timeout=JOB_TIMEOUT_SEC),
+        ],
+        cron_jobs=[cron(job_functions.reap, second=reap_seconds, run_at_startup=False, max_tries=1)],
+        queue_name=keys.arq_queue(settings.queue),
+        redis_pool=arq_client(settings),
+        ctx={"settings": settings},
+        on_startup=_startup,
+        on_shutdown=_shutdown,
+        after_job_end=_publish_result,
+        max_jobs=settings.worker_max_jobs,
+        queue_read_limit=settings.worker_max_jobs * 5,
+        job_timeout=JOB_TIMEOUT_SEC,
+        keep_result=60,
+        max_tries=1,
+        retry_jobs=False,
+        idle_wait_sec=settings.worker_idle_wait_sec,
+        job_serializer=jobs.serialize,
+        job_deserializer=jobs.deserialize,
+        log_results=False,
+        handle_signals=False,
+    )
+
+
+async def serve(settings: Settings) -> None:
+    """Run one worker until SIGINT/SIGTERM, then let running commands finish (bounded by their
+    deadlines) so no result is lost."""
+    worker = create_worker(settings)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    main = asyncio.create_task(worker.main())
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    worker.allow_pick_jobs = False
+    main.cancel()
+    with suppress(asyncio.CancelledError):
+        await main
+    if worker.tasks:
+        log.info("waiting for %d running jobs", len(worker.tasks))
+        await asyncio.wait(list(worker.tasks.values()), timeout=JOB_TIMEOUT_SEC)
+    await worker.close()
