@@ -1,5 +1,6 @@
 """The task-environment routes, under /api/v1/org/{org}/ws/{workspace}/environments."""
 
+import logging
 import time
 import uuid
 
@@ -24,6 +25,8 @@ from shared.models import (
     ProvisionRequest,
 )
 from shared.secrets import hash_secret, new_execute_token
+
+log = logging.getLogger("taskenv.api")
 
 
 def json_response(
@@ -120,13 +123,22 @@ async def delete_environment(request: Request) -> Response:
     record = await _record_in(state, scope, request.path_params["env_id"])
     if record["state"] != EnvironmentState.TORN_DOWN:
         await store.tear_down(state.records, record, retention_sec=state.settings.record_retention_sec)
-    # Remove the container now, so that 204 means it is gone (also retries a failed earlier removal).
-    await state.dispatcher.call(
-        jobs.TEARDOWN,
-        jobs.EnvJob(env_id=record["id"]),
-        queue=record["queue"],
-        wait_sec=state.settings.control_timeout_sec,
-    )
+    # Remove the container now, so that 204 normally means it is gone (this also retries a failed
+    # earlier removal). If the host's worker does not answer in time, the record is torn down
+    # already and that worker's reaper removes the container when it is back.
+    try:
+        await state.dispatcher.call(
+            jobs.TEARDOWN,
+            jobs.EnvJob(env_id=record["id"]),
+            queue=record["queue"],
+            wait_sec=state.settings.teardown_wait_sec,
+        )
+    except TaskenvError as exc:
+        if exc.type != ErrorType.TIMEOUT:
+            raise
+        log.warning(
+            "teardown of %s not confirmed by queue %s; left to its reaper", record["id"], record["queue"]
+        )
     return Response(status_code=204)
 
 

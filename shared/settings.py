@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     result_grace_sec: float = Field(0.75, gt=0)
     # Budget for jobs that are not commands (provision, teardown, logs).
     control_timeout_sec: float = Field(60.0, gt=0)
+    # DELETE waits this long for the container's removal; past it the reaper finishes the job.
+    teardown_wait_sec: float = Field(10.0, gt=0)
     default_lifetime_sec: int = Field(3600, ge=1)
     max_lifetime_sec: int = Field(24 * 3600, ge=1)
     max_execs_per_env: int = Field(32, ge=1)

@@ -28,12 +28,8 @@ def connect() -> aiodocker.Docker:
 
 def bad_gateway(exc: BaseException, what: str) -> TaskenvError:
     if isinstance(exc, aiodocker.DockerError):
-        if exc.status == 404:
-            detail = f"{what}: the sandbox container is gone"
-        elif exc.status == 409:
-            detail = f"{what}: the sandbox container is not running ({exc.message})"
-        else:
-            detail = f"{what}: Docker engine answered {exc.status}: {exc.message}"
+        # The engine's own words name the missing thing: "No such container: ...", "No such image: ...".
+        detail = f"{what}: Docker engine answered {exc.status}: {exc.message}"
     else:
         detail = f"{what}: Docker engine unreachable ({type(exc).__name__}: {exc})"
     return TaskenvError(ErrorType.BAD_GATEWAY, detail)

@@ -1,0 +1,126 @@
+"""Execute for real: Redis, arq, the worker and the Docker engine, over HTTP."""
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import Env
+
+pytestmark = pytest.mark.integration
+
+
+async def run(client: httpx.AsyncClient, env: Env, command: str, timeout_sec: int = 10) -> httpx.Response:
+    return await client.post(
+        f"{env.url}/execute", json={"command": command, "timeout_sec": timeout_sec}, headers=env.headers()
+    )
+
+
+async def processes(client: httpx.AsyncClient, env: Env) -> str:
+    response = await run(client, env, "ps -o user,args")
+    assert response.status_code == 200, response.text
+    return str(response.json()["output"])
+
+
+async def test_stdout_and_stderr_in_order_with_exit_code(client, env):
+    response = await run(client, env, "echo out; echo err >&2; exit 3")
+    assert response.status_code == 200
+    assert response.json() == {"exit_code": 3, "output": "out\nerr\n"}
+
+
+async def test_interleaved_writes_keep_their_order(client, env):
+    command = "for i in 1 2 3 4 5; do echo o$i; echo e$i >&2; done"
+    response = await run(client, env, command)
+    assert response.json()["output"] == "".join(f"o{i}\ne{i}\n" for i in range(1, 6))
+
+
+async def test_deadline_kills_the_whole_tree_and_answers_504(client, env):
+    started = time.monotonic()
+    response = await run(client, env, "echo started; sleep 30", timeout_sec=1)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 504
+    body = response.json()
+    assert body["type"] == "timeout_error" and body["code"] == 504
+    assert body["output"] == "started\n"  # the partial output comes back
+    assert elapsed < 2.0, elapsed
+    assert "sleep 30" not in await processes(client, env)
+
+
+async def test_deadline_kills_escaped_and_detached_children(client, env):
+    command = "sleep 301 & setsid sleep 302 & (sleep 303 &); sleep 304"
+    response = await run(client, env, command, timeout_sec=1)
+    assert response.status_code == 504
+    left = await processes(client, env)
+    assert not [n for n in ("301", "302", "303", "304") if f"sleep {n}" in left], left
+
+
+async def test_background_child_holding_the_pipe_returns_promptly(client, env):
+    started = time.monotonic()
+    response = await run(client, env, "sleep 100 & echo hi", timeout_sec=30)
+    assert response.status_code == 200
+    assert response.json() == {"exit_code": 0, "output": "hi\n"}
+    assert time.monotonic() - started < 2.0
+
+
+async def test_flood_is_capped_with_a_marker(client, env):
+    response = await run(client, env, "yes | head -c 3000000; echo done >&2", timeout_sec=30)
+    assert response.status_code == 200
+    output = response.json()["output"]
+    head, _, marker = output.partition("\n[taskenv: output truncated at 1048576 bytes;")
+    assert len(head.encode()) == 1048576 and set(head) <= {"y", "\n"}
+    assert "more bytes were discarded" in marker
+
+
+async def test_endless_flood_stops_at_the_deadline_with_capped_output(client, env):
+    response = await run(client, env, "yes", timeout_sec=2)
+    assert response.status_code == 504
+    assert len(response.json()["output"]) < 1048576 + 200
+    assert " yes" not in await processes(client, env)
+
+
+async def test_invalid_utf8_is_replaced(client, env):
+    response = await run(client, env, r"printf '\377\376ok'")
+    assert response.status_code == 200
+    assert response.json()["output"] == "\ufffd\ufffdok"
+
+
+async def test_stdin_is_not_attached(client, env):
+    response = await run(client, env, "cat; echo after", timeout_sec=5)
+    assert response.json() == {"exit_code": 0, "output": "after\n"}
+
+
+async def test_commands_run_unprivileged_without_network(client, env):
+    output = (await run(client, env, "id -u; ls /sys/class/net")).json()["output"]
+    assert output.split() == ["1000", "lo"]
+
+
+async def test_concurrent_execs_in_one_environment(client, env):
+    responses = await asyncio.gather(*(run(client, env, f"sleep 0.2; echo {i}") for i in range(8)))
+    assert sorted(r.json()["output"] for r in responses) == sorted(f"{i}\n" for i in range(8))
+
+
+async def test_container_gone_is_a_502(client, env, service):
+    proc = await asyncio.create_subprocess_exec("docker", "rm", "-f", f"taskenv-{env.id}")
+    await proc.wait()
+    response = await run(client, env, "true")
+    assert response.status_code == 502
+    assert response.json()["type"] == "bad_gateway_error"
+
+
+async def test_lost_worker_still_answers_by_the_deadline(client, env, service):
+    import redis.asyncio as aioredis
+
+    from shared import keys
+
+    # Point the environment at a queue no worker serves: the job is never picked up.
+    redis = aioredis.Redis.from_url(service.redis_url, decode_responses=True)
+    await redis.hset(keys.environment(env.id), "queue", "nobody-serves-this")
+    started = time.monotonic()
+    response = await run(client, env, "echo never", timeout_sec=1)
+    elapsed = time.monotonic() - started
+    await redis.hset(keys.environment(env.id), "queue", service.queue)
+    await redis.aclose()
+    assert response.status_code == 504
+    assert response.json()["type"] == "timeout_error"
+    assert elapsed < 3.0
