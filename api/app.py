@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from api import environments as env
+from api import scope
 from api.dispatch import Dispatcher
 from api.metrics import ERRORS, metrics
 from api.results import ResultListener
@@ -63,6 +64,10 @@ def _routes() -> list[Route | Mount]:
     return [
         Route("/api/v1/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/api/v1/user", scope.get_user, methods=["GET"]),
+        Route("/api/v1/org/{org}", scope.get_organization, methods=["GET"]),
+        Route("/api/v1/org/{org}/ws", scope.list_workspaces, methods=["GET"]),
+        Route("/api/v1/org/{org}/ws/{workspace}", scope.get_workspace, methods=["GET"]),
         Mount("/api/v1/org/{org}/ws/{workspace}", routes=workspace_routes),
     ]
 

@@ -33,20 +33,25 @@ def execute_token_of(request: Request) -> str | None:
     return _bearer(request.headers.get("x-environment-token"))
 
 
-async def require_workspace(redis: Redis, request: Request) -> Workspace:
-    """The path's org and workspace, if the caller's API key belongs to them."""
+async def authenticate(redis: Redis, request: Request) -> Workspace:
+    """The org and workspace the caller's API key belongs to."""
     key = api_key_of(request)
     if not key:
         raise authentication_failed()
-    found = await redis.hmget(keys.api_key(hash_secret(key)), ["org", "workspace"])  # type: ignore[misc]
-    if found[0] is None:
+    org, workspace = await redis.hmget(keys.api_key(hash_secret(key)), ["org", "workspace"])  # type: ignore[misc]
+    if org is None or workspace is None:
         raise authentication_failed()
-    org, workspace = request.path_params["org"], request.path_params["workspace"]
-    if (found[0], found[1]) != (org, workspace):
+    return Workspace(org, workspace)
+
+
+async def require_workspace(redis: Redis, request: Request) -> Workspace:
+    """The path's org and workspace, if the caller's API key belongs to them."""
+    scope = await authenticate(redis, request)
+    if (scope.org, scope.workspace) != (request.path_params["org"], request.path_params["workspace"]):
         raise TaskenvError(
             ErrorType.PERMISSION, "This API key is not valid for this organization or workspace"
         )
-    return Workspace(org, workspace)
+    return scope
 
 
 async def create_api_key(redis: Redis, org: str, workspace: str) -> str:

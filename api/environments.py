@@ -63,7 +63,11 @@ async def create_environment(request: Request) -> Response:
     state = app_state(request)
     scope = await require_workspace(state.records, request)
     body = await parse_json(request, ProvisionRequest)
-    spec = state.registry.resolve(body.task_ref)
+    # `org/name@version` as the dn CLI allows: only this org's tasks are served here.
+    owner, _, task_ref = body.task_ref.rpartition("/")
+    if owner and owner != scope.org:
+        raise TaskenvError(ErrorType.NOT_FOUND, f"Task {body.task_ref!r} not found in this organization")
+    spec = state.registry.resolve(task_ref)
     wanted = body.timeout_sec or spec.lifetime_sec or state.settings.default_lifetime_sec
     lifetime = min(wanted, state.settings.max_lifetime_sec)
     env_id = str(uuid.uuid4())
