@@ -1,5 +1,6 @@
 """Sandbox containers: created hardened, found by name or label, removed for good."""
 
+import asyncio
 import json
 from typing import Any
 
@@ -57,14 +58,33 @@ async def create_and_start(docker: aiodocker.Docker, record: Record, spec: TaskS
 
 
 async def remove(docker: aiodocker.Docker, name: str) -> bool:
-    """Force-remove; False when there was nothing to remove."""
+    """Force-remove; False when there was nothing to remove. When another remover (the reaper,
+    a second DELETE) got there first, wait until the container is really gone."""
+    container = docker.containers.container(name)
     try:
-        await docker.containers.container(name).delete(force=True, v=True)
+        await container.delete(force=True, v=True)
     except aiodocker.DockerError as exc:
         if exc.status == 404:
             return False
-        raise
+        if exc.status != 409 or "already in progress" not in str(exc.message):
+            raise
+        await _wait_gone(container)
     return True
+
+
+REMOVAL_WAIT_SEC = 30.0
+
+
+async def _wait_gone(container: aiodocker.containers.DockerContainer) -> None:
+    async with asyncio.timeout(REMOVAL_WAIT_SEC):
+        while True:
+            try:
+                await container.show()
+            except aiodocker.DockerError as exc:
+                if exc.status == 404:
+                    return
+                raise
+            await asyncio.sleep(0.05)
 
 
 async def tail_logs(docker: aiodocker.Docker, name: str, lines: int) -> str:
