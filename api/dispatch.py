@@ -1,35 +1,61 @@
 """Sending work to a host's workers through arq, and waiting for the answer."""
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
 from arq.connections import ArqRedis
+from arq.constants import job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
 
 from api.results import ResultListener
 from shared import jobs, keys
 from shared.errors import ErrorType, TaskenvError
+
+# KEYS: job, result, queue, wake. ARGV: expiry ms, serialized job, score, job id.
+# The wake list holds at most one element: one pending wake is enough for a worker that reads
+# the whole queue each time it wakes.
+_ENQUEUE = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+redis.call('LPUSH', KEYS[4], '1')
+redis.call('LTRIM', KEYS[4], 0, 0)
+return 1
+"""
 
 
 class Dispatcher:
     def __init__(self, redis: ArqRedis, listener: ResultListener) -> None:
         self.redis = redis
         self.listener = listener
+        self._enqueue = redis.register_script(_ENQUEUE)
 
     async def submit(
         self, function: str, payload: Any, *, queue: str, job_id: str, expires_sec: float, reply: bool
     ) -> None:
-        """Enqueue, then wake an idle worker of that queue. `_expires` makes a job that waited
-        past its deadline never start; `max_tries=1` on the worker makes it never run twice."""
-        await self.redis.enqueue_job(
-            function,
-            payload,
-            reply_to=self.listener.channel if reply else None,
-            _job_id=job_id,
-            _queue_name=keys.arq_queue(queue),
-            _expires=expires_sec,
+        """Enqueue an arq job and wake an idle worker of that queue, in one round trip.
+
+        What arq's `enqueue_job` does (refuse a known id; the job key expiring with the job, so
+        a job that waited past its deadline never starts) in one script instead of three round
+        trips, plus the wake. `max_tries=1` on the worker makes a job never run twice."""
+        enqueued_ms = int(time.time() * 1000)
+        reply_to = self.listener.channel if reply else None
+        job = serialize_job(
+            function, (payload,), {"reply_to": reply_to}, None, enqueued_ms, serializer=jobs.serialize
         )
-        await self.redis.lpush(keys.wake(queue), b"1")  # type: ignore[misc]
+        added = await self._enqueue(
+            keys=[
+                job_key_prefix + job_id,
+                result_key_prefix + job_id,
+                keys.arq_queue(queue),
+                keys.wake(queue),
+            ],
+            args=[max(1, int(expires_sec * 1000)), job, enqueued_ms, job_id],
+        )
+        if not added:
+            raise TaskenvError(ErrorType.ALREADY_EXISTS, f"Job {job_id} already exists")
 
     async def call(
         self, function: str, payload: Any, *, queue: str, wait_sec: float, job_id: str | None = None

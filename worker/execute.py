@@ -1,9 +1,11 @@
 """Running one command in a sandbox: combined output in write order, a byte cap, a hard deadline.
 
-The command runs as `sh -c CMD 2>&1` inside a wrapper shell that reports the exit status on the
-exec's otherwise unused stderr. Output then arrives as one stream in the exact order written,
-and the status arrives in-band the moment the command exits, even when a background child
-(`sleep 100 &`) keeps the output pipe open: no polling, no extra inspect call.
+The exec is one `sh` that keeps the exec's stderr as fd 9, sends its own stderr to stdout, and
+`eval`s the command: output arrives as one stream in the exact order written, and an EXIT trap
+reports the status on fd 9 the moment the command ends, even when a background child
+(`sleep 100 &`) keeps the output pipe open. No extra shell is forked, nothing polls, and no
+inspect call is needed; only when the report is missing (the command `exec`s, replaces the
+trap, or is killed) does the worker ask the engine for the exit code.
 """
 
 import asyncio
@@ -21,7 +23,10 @@ from worker.docker import docker_errors
 from worker.kill import kill_tree
 from worker.output import CappedOutput
 
-WRAPPER = 'sh -c "$1" 2>&1 </dev/null; echo "$?" >&2'
+WRAPPER = (
+    "exec 9>&2 2>&1 </dev/null; trap 'echo \"$?\" >&9' EXIT; "
+    '__taskenv_command=$1; set --; eval "$__taskenv_command"'
+)
 # After the exit report, how long output already written may still trail in.
 DRAIN_SEC = 0.05
 STDOUT = 1
@@ -32,7 +37,7 @@ async def run_command(docker: aiodocker.Docker, job: ExecJob) -> dict[str, Any]:
     container = docker.containers.container(job["container"])
     with docker_errors("execute"):
         exe = await container.exec(
-            ["/bin/sh", "-c", WRAPPER, "sh", job["command"]],
+            ["/bin/sh", "-c", WRAPPER, "sh", job["command"]],  # $1 is cleared before the eval
             stdout=True,
             stderr=True,
             stdin=False,
@@ -56,7 +61,7 @@ async def run_command(docker: aiodocker.Docker, job: ExecJob) -> dict[str, Any]:
     finally:
         await stream.close()
     if exit_code is None:
-        # The wrapper itself died (killed from outside, out of memory): ask the engine.
+        # No report (the command exec'd or set its own EXIT trap, or was killed): ask the engine.
         with docker_errors("execute"):
             exit_code = int((await exe.inspect())["ExitCode"] or 0)
     return {"exit_code": exit_code, "output": output.text()}

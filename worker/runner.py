@@ -1,9 +1,10 @@
 """arq's Worker, woken by a push instead of polling, and the settings it runs with.
 
 arq only polls: with its default 0.5 s `poll_delay` a 1 ms job takes ~500 ms end to end. Here
-the idle wait is a BLPOP on the queue's wake list, which the API pushes to after enqueueing;
-results go back to the waiting API process over pub/sub from `after_job_end`, which runs once
-arq has stored the result. The timed wait remains as a safety net (cron jobs, lost wakes).
+the idle wait is a BLPOP on the queue's wake list, which the API pushes to as it enqueues, and
+results go back to the waiting API process over pub/sub from `on_job_end`, as soon as the job
+returns (arq stores its copy right after; a waiter that missed the message reads that copy at
+its deadline). The timed wait remains as a safety net (cron jobs, lost wakes).
 """
 
 import asyncio
@@ -13,6 +14,8 @@ from contextlib import suppress
 from typing import Any
 
 from arq import cron
+from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 
 from shared import jobs, keys
@@ -28,12 +31,23 @@ log = logging.getLogger("taskenv.worker")
 JOB_TIMEOUT_SEC = EXEC_TIMEOUT_MAX_SEC + 60
 
 
+# arq's claim on a job, atomically: not running anywhere, still queued, due.
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if (not score) or tonumber(score) > tonumber(ARGV[2]) then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[3], '1')
+return score
+"""
+
+
 class WakeableWorker(Worker):
     def __init__(self, *args: Any, idle_wait_sec: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.idle_wait_sec = idle_wait_sec
         self.wake_key = keys.wake(self.queue_name.removeprefix(keys.arq_queue("")))
         self._slot_freed = asyncio.Event()
+        self._claim = self.pool.register_script(_CLAIM)
 
     async def main(self) -> None:
         log.info("worker on queue %s: %d functions", self.queue_name, len(self.functions))
@@ -51,18 +65,39 @@ class WakeableWorker(Worker):
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._slot_freed.wait(), self.idle_wait_sec)
             return
-        if await self.pool.blpop([self.wake_key], timeout=self.idle_wait_sec):  # type: ignore[misc, arg-type]
-            # One pass reads every queued job, so the other wakes are spent too.
-            await self.pool.delete(self.wake_key)
+        # The enqueuer keeps at most one wake in the list: a push that lands after our read of
+        # the queue stays there and makes this return at once.
+        await self.pool.blpop([self.wake_key], timeout=self.idle_wait_sec)  # type: ignore[misc, arg-type]
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
         self._slot_freed.set()
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        # Running jobs stay in arq's queue until they finish; skip ours without the four
-        # Redis commands arq spends re-checking each one on every pass.
-        await super().start_jobs([j for j in job_ids if j.decode() not in self.tasks])
+        """arq's start_jobs, with its claim (WATCH, EXISTS, ZSCORE, MULTI/PSETEX/EXEC: four round
+        trips) done by one script, and our own running jobs skipped without asking Redis: they
+        stay in arq's queue until they finish and every pass sees them again."""
+        for job_id_bytes in job_ids:
+            job_id = job_id_bytes.decode()
+            if job_id in self.tasks:
+                continue
+            await self.sem.acquire()
+            if self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return
+            self.job_counter += 1
+            score = await self._claim(
+                keys=[in_progress_key_prefix + job_id, self.queue_name],
+                args=[job_id, timestamp_ms(), int(self.in_progress_timeout_s * 1000)],
+            )
+            if not score:
+                # Started by another worker, finished, or deferred: not ours to run.
+                self.job_counter -= 1
+                self.sem.release()
+                continue
+            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
 
 
 async def _startup(ctx: dict[str, Any]) -> None:
@@ -98,7 +133,7 @@ def create_worker(settings: Settings) -> WakeableWorker:
         ctx={"settings": settings},
         on_startup=_startup,
         on_shutdown=_shutdown,
-        after_job_end=_publish_result,
+        on_job_end=_publish_result,
         max_jobs=settings.worker_max_jobs,
         queue_read_limit=settings.worker_max_jobs * 5,
         job_timeout=JOB_TIMEOUT_SEC,
