@@ -7,5 +7,6 @@ COPY api api
 COPY worker worker
 COPY shared shared
 COPY cli cli
+COPY bench bench
 RUN pip install --no-cache-dir .
 ENTRYPOINT ["taskenv"]

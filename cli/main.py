@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+from pathlib import Path
 
 import typer
 import uvicorn
@@ -64,6 +65,80 @@ def up(
 
     _logging("info")
     raise typer.Exit(run(workers=workers, org=org, workspace=workspace))
+
+
+@app.command()
+def bench(
+    url: str = typer.Option(
+        "http://127.0.0.1:8000", "--url", help="Base URL of the running taskenv (loopback only)"
+    ),
+    api_key: str = typer.Option(
+        "", "--api-key", envvar="TASKENV_KEY", help="API key of the org and workspace"
+    ),
+    org: str = typer.Option("local", help="Org of the API key"),
+    workspace: str = typer.Option("main", help="Workspace of the API key"),
+    task_ref: str = typer.Option("default", help="Task the environments run"),
+    envs: int = typer.Option(4, "--envs", "-k", min=1, help="Environments the execs are spread over"),
+    execs: int = typer.Option(200, "--execs", "-m", min=0, help="Measured execs per side (0: none)"),
+    concurrency: int = typer.Option(8, "--concurrency", "-c", min=1, help="Execs in flight per side"),
+    warmup: int = typer.Option(20, min=0, help="Uncounted execs per side before measuring"),
+    workload: str = typer.Option(
+        "true", help="Command to run: true, echo, 64k (64 KiB of output), sleep (0.2 s)"
+    ),
+    command: str = typer.Option(
+        None, help="Run this shell command instead of --workload (answers unchecked)"
+    ),
+    timeout_sec: int = typer.Option(30, min=1, help="timeout_sec of each exec"),
+    provisions: int = typer.Option(
+        10, "--provisions", "-n", min=0, help="Provisions timed per side (0: none)"
+    ),
+    provision_concurrency: int = typer.Option(10, min=1, help="Provisions in flight per side"),
+    poll_ms: float = typer.Option(25.0, help="Status poll interval: the resolution of provision latency"),
+    hold: int = typer.Option(0, min=0, help="Also hold this many execs at once (0: no hold phase)"),
+    hold_sleep: float = typer.Option(5.0, help="Seconds each held exec sleeps"),
+    hold_timeout: int = typer.Option(60, min=1, help="timeout_sec of each held exec"),
+    api_pid: int = typer.Option(None, help="PID of the API process, to sample its RSS during the hold"),
+    max_seconds: float = typer.Option(600.0, help="Stop, clean up and report after this long"),
+    json_path: str = typer.Option(None, "--json", help="Write the figures to this JSON file"),
+    plot_path: str = typer.Option(None, "--plot", help="Draw the latency distributions to this PNG"),
+) -> None:
+    """Load a running taskenv and, as the baseline, the same Docker engine directly; compare."""
+    from bench.config import BenchConfig
+    from bench.main import run
+    from bench.workloads import WorkloadName, resolve
+
+    try:
+        chosen = resolve(WorkloadName(workload), command)
+    except ValueError:
+        raise typer.BadParameter(f"unknown workload {workload!r}", param_hint="--workload") from None
+    config = BenchConfig(
+        base_url=url,
+        api_key=api_key,
+        org=org,
+        workspace=workspace,
+        task_ref=task_ref,
+        envs=envs,
+        execs=execs,
+        concurrency=concurrency,
+        warmup=warmup,
+        workload=chosen,
+        timeout_sec=timeout_sec,
+        provisions=provisions,
+        provision_concurrency=provision_concurrency,
+        poll_sec=poll_ms / 1000,
+        hold=hold,
+        hold_sleep_sec=hold_sleep,
+        hold_timeout_sec=hold_timeout,
+        api_pid=api_pid,
+        max_seconds=max_seconds,
+    )
+    raise typer.Exit(
+        run(
+            config,
+            json_path=Path(json_path) if json_path else None,
+            plot_path=Path(plot_path) if plot_path else None,
+        )
+    )
 
 
 @keys_app.command("create")

@@ -25,7 +25,7 @@ if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stam
   log "installing Python dependencies into .venv"
   python3 -m venv .venv
   .venv/bin/python -m pip install -q -U pip
-  .venv/bin/python -m pip install -q -e '.[test]'
+  .venv/bin/python -m pip install -q -e '.[test,bench]'
   touch "$stamp"
 fi
 

@@ -7,5 +7,5 @@ scripts/install.sh
 scripts/sdk-venv.sh || echo "[test] dreadnode SDK unavailable: its compatibility test will be skipped" >&2
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy api worker shared cli
+.venv/bin/mypy api worker shared cli bench
 exec .venv/bin/pytest -q -ra "$@"

@@ -79,6 +79,23 @@ async def test_endless_flood_stops_at_the_deadline_with_capped_output(client, en
     assert " yes" not in await processes(client, env)
 
 
+async def test_exit_codes_survive_exec_traps_and_fd_9_reuse(client, env):
+    cases = {
+        "exec sh -c 'exit 7'": 7,  # replaces the reporting shell
+        "trap 'echo mine' EXIT; exit 5": 5,  # replaces the reporting trap
+        "exec 9>/tmp/lock; exit 4": 4,  # reuses the reporting fd
+        "false": 1,
+        "if then fi": 2,  # syntax error
+        'echo "[$1][$#]"': 0,  # no positional parameters leak in
+    }
+    for command, code in cases.items():
+        response = await run(client, env, command)
+        assert response.json()["exit_code"] == code, (command, response.text)
+    assert (await run(client, env, 'echo "[$1][$#]"')).json()["output"] == "[][0]\n"
+    lock = await run(client, env, "wc -c < /tmp/lock")
+    assert lock.json()["output"].strip() == "0"  # our status was not written into the file
+
+
 async def test_invalid_utf8_is_replaced(client, env):
     response = await run(client, env, r"printf '\377\376ok'")
     assert response.status_code == 200

@@ -5,7 +5,8 @@ The exec is one `sh` that keeps the exec's stderr as fd 9, sends its own stderr 
 reports the status on fd 9 the moment the command ends, even when a background child
 (`sleep 100 &`) keeps the output pipe open. No extra shell is forked, nothing polls, and no
 inspect call is needed; only when the report is missing (the command `exec`s, replaces the
-trap, or is killed) does the worker ask the engine for the exit code.
+trap or fd 9, or is killed) does the worker ask the engine for the exit code. A command can
+write a false status to fd 9 on purpose; it only misleads its own caller.
 """
 
 import asyncio
@@ -23,8 +24,11 @@ from worker.docker import docker_errors
 from worker.kill import kill_tree
 from worker.output import CappedOutput
 
+# The trap writes only while fd 9 is still the exec's stderr pipe: a command that reuses fd 9
+# (`exec 9>lockfile`) must never get our status written into its file.
 WRAPPER = (
-    "exec 9>&2 2>&1 </dev/null; trap 'echo \"$?\" >&9' EXIT; "
+    "exec 9>&2 2>&1 </dev/null; "
+    "trap '__taskenv_status=$?; [ -p /proc/self/fd/9 ] && echo \"$__taskenv_status\" >&9' EXIT; "
     '__taskenv_command=$1; set --; eval "$__taskenv_command"'
 )
 # After the exit report, how long output already written may still trail in.

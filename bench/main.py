@@ -1,0 +1,84 @@
+"""`taskenv bench` from start to exit code: check the targets, run with a progress bar, report.
+
+Exit codes: 0 the whole run finished with no errors and nothing left behind; 1 errors, a cut
+short or failed run, or something not cleaned up; 2 a refused configuration; 130 Ctrl-C
+(after cleanup and the report of what was measured until then).
+"""
+
+import asyncio
+import os
+import resource
+from dataclasses import replace
+from pathlib import Path
+
+import uvloop
+from rich.console import Console
+
+from bench.config import BenchConfig
+from bench.plot import plot
+from bench.progress import RichTracker, rich_progress
+from bench.report import build, render, write_json
+from bench.results import Results
+from bench.run import describe, run_with_clients
+from bench.safety import NotLocalError, require_local_docker, require_loopback_url
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Lift the soft open-files limit toward the hard one: each request in flight holds a
+    socket. Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = hard if hard == resource.RLIM_INFINITY else min(max(wanted, soft), hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
+def run(config: BenchConfig, *, json_path: Path | None, plot_path: Path | None) -> int:
+    console = Console()
+    try:
+        base_url = require_loopback_url(config.base_url)
+        require_local_docker(os.environ.get("DOCKER_HOST"))
+    except NotLocalError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    problems = config.problems()
+    for problem in problems:
+        console.print(f"[red]{problem}[/red]")
+    if problems:
+        return 2
+    for warning in config.warnings():
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    wanted = config.connections + 64
+    if (limit := raise_fd_limit(wanted)) < wanted:
+        console.print(
+            f"[yellow]warning:[/yellow] open-files limit {limit} is below the {wanted} this run may use"
+        )
+
+    config = replace(config, base_url=base_url)
+    results = Results()
+    code = 0
+    with rich_progress() as progress:
+        try:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(run_with_clients(config, results, RichTracker(progress)))
+        except KeyboardInterrupt:
+            results.stopped = results.stopped or "interrupted"
+            code = 130
+        except Exception as exc:
+            results.stopped = results.stopped or f"failed: {describe(exc)}"
+            code = 1
+
+    figures = build(config, results)
+    render(figures, console)
+    if json_path is not None:
+        write_json(figures, json_path)
+        console.print(f"figures written to {json_path}")
+    if plot_path is not None:
+        if plot(results, plot_path):
+            console.print(f"latency plot written to {plot_path}")
+        else:
+            console.print("[yellow]no plot: no successful request to draw[/yellow]")
+    if code == 0 and (figures.stopped or figures.errors or not figures.clean):
+        code = 1
+    return code

@@ -1,0 +1,201 @@
+"""The figures of a run, as a rich table for people and as JSON for the record."""
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.compare import Comparison, compare
+from bench.config import BenchConfig
+from bench.ledger import CleanupResult
+from bench.results import Results
+from bench.rss import RssRecord
+from bench.stats import Summary, summarize
+
+
+@dataclass(frozen=True)
+class Pair:
+    taskenv: Summary
+    raw: Summary
+    compare: Comparison
+
+
+PERCENTILES = "linear interpolation between closest ranks (Hyndman-Fan type 7, numpy's default)"
+
+
+@dataclass(frozen=True)
+class Figures:
+    """Latencies in ms over successful requests; throughput in successful requests per second
+    of the window (first request sent to last answered), which for the hold is its completion time."""
+
+    config: dict[str, Any]
+    exec: Pair | None
+    provision: Pair | None
+    hold: Summary | None
+    api_rss: RssRecord | None
+    environments_created: int
+    raw_containers_created: int
+    environments_left: list[str]
+    raw_containers_left: list[str]
+    cleanup: CleanupResult | None
+    stopped: str | None
+    percentiles: str = PERCENTILES
+
+    @property
+    def errors(self) -> int:
+        summaries = [self.hold] if self.hold else []
+        for pair in (self.exec, self.provision):
+            if pair:
+                summaries += [pair.taskenv, pair.raw]
+        return sum(sum(s.errors.values()) for s in summaries)
+
+    @property
+    def clean(self) -> bool:
+        """Nothing left behind and no cleanup step failed."""
+        failed = bool(self.cleanup and self.cleanup.failures)
+        return not (failed or self.environments_left or self.raw_containers_left)
+
+
+def _measured(pair: Pair | None) -> bool:
+    return pair is not None and pair.taskenv.requests + pair.raw.requests > 0
+
+
+def _pair(taskenv: Summary, raw: Summary) -> Pair:
+    return Pair(taskenv, raw, compare(taskenv, raw))
+
+
+def build(config: BenchConfig, results: Results) -> Figures:
+    settings = asdict(config)
+    del settings["api_key"]
+    workload = config.workload
+    expected = workload.expect_output
+    settings["workload"] = {
+        "command": workload.command,
+        "expect_exit": workload.expect_exit,
+        "expect_output_bytes": None if expected is None else len(expected.encode()),
+    }
+    ledger = results.ledger
+    return Figures(
+        config=settings,
+        exec=_pair(summarize(results.exec_taskenv), summarize(results.exec_raw)) if config.execs else None,
+        provision=(
+            _pair(summarize(results.provision_taskenv), summarize(results.provision_raw))
+            if config.provisions
+            else None
+        ),
+        hold=summarize(results.hold) if config.hold else None,
+        api_rss=results.rss,
+        environments_created=len(ledger.created_envs),
+        raw_containers_created=len(ledger.created_raw),
+        environments_left=sorted(ledger.envs),
+        raw_containers_left=sorted(ledger.raw),
+        cleanup=results.cleanup,
+        stopped=results.stopped,
+    )
+
+
+def to_json(figures: Figures) -> str:
+    return json.dumps(asdict(figures), indent=2)
+
+
+def write_json(figures: Figures, path: Path) -> None:
+    path.write_text(to_json(figures) + "\n")
+
+
+def _num(value: float | None, digits: int = 1, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:,.{digits}f}{suffix}"
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+,.1f}"
+
+
+def _errors(summary: Summary) -> str:
+    if not summary.errors:
+        return "0"
+    return ", ".join(f"{status}x{count}" for status, count in summary.errors.items())
+
+
+def _mib(kib: int | None) -> str:
+    return "-" if kib is None else f"{kib / 1024:,.1f} MiB"
+
+
+def pair_table(title: str, pair: Pair, unit: str) -> Table:
+    table = Table(
+        title=title,
+        title_justify="left",
+        caption="ratio: taskenv / raw docker; diff: taskenv - raw docker",
+        caption_justify="left",
+    )
+    for column in ("", "taskenv", "raw docker", "ratio", "diff ms"):
+        table.add_column(column, justify="left" if not column else "right")
+    t, r, c = pair.taskenv, pair.raw, pair.compare
+    table.add_row("requests", str(t.requests), str(r.requests), "", "")
+    table.add_row("errors", _errors(t), _errors(r), "", "")
+    table.add_row(
+        f"throughput ({unit}/s)",
+        _num(t.throughput, 2),
+        _num(r.throughput, 2),
+        _num(c.throughput_ratio, 2, "x"),
+        "",
+    )
+    table.add_row("p50 ms", _num(t.p50_ms), _num(r.p50_ms), _num(c.p50_ratio, 2, "x"), _signed(c.p50_diff_ms))
+    table.add_row("p90 ms", _num(t.p90_ms), _num(r.p90_ms), "", "")
+    table.add_row("p99 ms", _num(t.p99_ms), _num(r.p99_ms), _num(c.p99_ratio, 2, "x"), _signed(c.p99_diff_ms))
+    table.add_row("max ms", _num(t.max_ms), _num(r.max_ms), "", "")
+    return table
+
+
+def hold_table(title: str, hold: Summary, rss: RssRecord | None) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("")
+    table.add_column("taskenv", justify="right")
+    table.add_row("requests", str(hold.requests))
+    table.add_row("errors", _errors(hold))
+    table.add_row("completion s (first sent to last answered)", _num(hold.window_sec, 2))
+    table.add_row("p50 / p99 / max ms", f"{_num(hold.p50_ms)} / {_num(hold.p99_ms)} / {_num(hold.max_ms)}")
+    if rss is not None:
+        table.add_row(f"API pid {rss.pid} RSS before", _mib(rss.before_kib))
+        table.add_row(f"API peak RSS ({rss.samples} samples)", _mib(rss.peak_kib))
+        table.add_row("API VmHWM at end", _mib(rss.hwm_kib))
+        if rss.error:
+            table.add_row("RSS sampling stopped", rss.error)
+    return table
+
+
+def render(figures: Figures, console: Console) -> None:
+    config = figures.config
+    workload = config["workload"]["command"]
+    if figures.exec and _measured(figures.exec):
+        title = (
+            f"exec `{workload}`: {config['execs']} at concurrency {config['concurrency']}"
+            f" over {config['envs']} environments (warm-up {config['warmup']})"
+        )
+        console.print(pair_table(title, figures.exec, "exec"))
+    if figures.provision and _measured(figures.provision):
+        title = (
+            f"provision: {config['provisions']} at concurrency {config['provision_concurrency']}"
+            f" (taskenv: POST to status ready, polled every {config['poll_sec'] * 1000:g} ms)"
+        )
+        console.print(pair_table(title, figures.provision, "provision"))
+    if figures.hold and (figures.hold.requests or figures.api_rss):
+        title = f"hold: {config['hold']} execs of `sleep {config['hold_sleep_sec']:g}` at once"
+        console.print(hold_table(title, figures.hold, figures.api_rss))
+    console.print(
+        f"made {figures.environments_created} environments and {figures.raw_containers_created} raw"
+        f" containers; left behind: {len(figures.environments_left)} environments,"
+        f" {len(figures.raw_containers_left)} raw containers"
+    )
+    cleanup = figures.cleanup
+    if cleanup is not None:
+        for failure in cleanup.failures:
+            console.print(f"[red]cleanup failure:[/red] {failure}")
+    for env_id in figures.environments_left:
+        console.print(f"[red]environment not deleted:[/red] {env_id}")
+    for name in figures.raw_containers_left:
+        console.print(f"[red]raw container not removed:[/red] {name}")
+    if figures.stopped:
+        console.print(f"[yellow]run stopped early:[/yellow] {figures.stopped}")

@@ -1,0 +1,21 @@
+"""What a run measured so far: filled in as requests finish, so a run cut short still reports."""
+
+from dataclasses import dataclass, field
+
+from bench.ledger import CleanupResult, Ledger
+from bench.rss import RssRecord
+from bench.stats import Sample
+
+
+@dataclass
+class Results:
+    exec_taskenv: list[Sample] = field(default_factory=list)
+    exec_raw: list[Sample] = field(default_factory=list)
+    provision_taskenv: list[Sample] = field(default_factory=list)
+    provision_raw: list[Sample] = field(default_factory=list)
+    hold: list[Sample] = field(default_factory=list)
+    rss: RssRecord | None = None
+    ledger: Ledger = field(default_factory=Ledger)
+    cleanup: CleanupResult | None = None
+    # Why the run ended before its end: max-seconds, an interrupt, a failure.
+    stopped: str | None = None
