@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import resource
 from pathlib import Path
 
 import typer
@@ -18,6 +19,16 @@ app.add_typer(image_app, name="image")
 
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # arq logs every job with its arguments: commands are the users' business, not our logs'.
+    logging.getLogger("arq").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
+
+
+def _raise_open_files_limit() -> None:
+    """Thousands of waiting requests, attached exec streams and Redis connections each hold a
+    file descriptor: lift the soft limit (often 1024) to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 @app.command()
@@ -31,6 +42,7 @@ def api(
 
     settings = instance.settings()
     _logging(log_level)
+    _raise_open_files_limit()
     uvicorn.run(
         create_app(settings),
         host=host or settings.api_host,
@@ -51,6 +63,7 @@ def worker(log_level: str = "info") -> None:
     from worker.runner import serve
 
     _logging(log_level)
+    _raise_open_files_limit()
     uvloop.run(serve(instance.settings()))
 
 
