@@ -13,15 +13,14 @@ from api.results import ResultListener
 from shared import jobs, keys
 from shared.errors import ErrorType, TaskenvError
 
-# KEYS: job, result, queue, wake. ARGV: expiry ms, serialized job, score, job id.
-# The wake list holds at most one element: one pending wake is enough for a worker that reads
-# the whole queue each time it wakes.
+# KEYS: job, result, queue, wake. ARGV: expiry ms, serialized job, score, job id, wake cap.
 _ENQUEUE = """
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
 redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
-redis.call('LPUSH', KEYS[4], '1')
-redis.call('LTRIM', KEYS[4], 0, 0)
+redis.call('RPUSH', KEYS[4], ARGV[4])
+redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[5]) - 1)
+redis.call('EXPIRE', KEYS[4], 86400)
 return 1
 """
 
@@ -35,7 +34,7 @@ class Dispatcher:
     async def submit(
         self, function: str, payload: Any, *, queue: str, job_id: str, expires_sec: float, reply: bool
     ) -> None:
-        """Enqueue an arq job and wake an idle worker of that queue, in one round trip.
+        """Enqueue an arq job and hand its id to the queue's workers, in one round trip.
 
         What arq's `enqueue_job` does (refuse a known id; the job key expiring with the job, so
         a job that waited past its deadline never starts) in one script instead of three round
@@ -52,7 +51,7 @@ class Dispatcher:
                 keys.arq_queue(queue),
                 keys.wake(queue),
             ],
-            args=[max(1, int(expires_sec * 1000)), job, enqueued_ms, job_id],
+            args=[max(1, int(expires_sec * 1000)), job, enqueued_ms, job_id, keys.WAKE_LIST_MAX],
         )
         if not added:
             raise TaskenvError(ErrorType.ALREADY_EXISTS, f"Job {job_id} already exists")

@@ -39,8 +39,13 @@ def arq_queue(queue: str) -> str:
 
 
 def wake(queue: str) -> str:
-    """List the enqueuer pushes to so an idle worker's BLPOP returns at once instead of polling."""
+    """List of job ids, in enqueue order, that a worker BLPOPs instead of polling arq's queue."""
     return f"{PREFIX}wake:{queue}"
+
+
+# Past this many pending wakes the newest are dropped; workers' periodic full pass over arq's
+# queue still finds those jobs, so the list cannot grow without bound when no worker listens.
+WAKE_LIST_MAX = 10_000
 
 
 def reply_channel(instance: str) -> str:

@@ -1,10 +1,12 @@
 """arq's Worker, woken by a push instead of polling, and the settings it runs with.
 
-arq only polls: with its default 0.5 s `poll_delay` a 1 ms job takes ~500 ms end to end. Here
-the idle wait is a BLPOP on the queue's wake list, which the API pushes to as it enqueues, and
-results go back to the waiting API process over pub/sub from `on_job_end`, as soon as the job
-returns (arq stores its copy right after; a waiter that missed the message reads that copy at
-its deadline). The timed wait remains as a safety net (cron jobs, lost wakes).
+arq only polls: with its default 0.5 s `poll_delay` a 1 ms job takes ~500 ms end to end, and
+each poll re-reads every job in the queue, running ones included. Here the enqueuer also pushes
+each job id to the queue's wake list; the worker BLPOPs it and claims that one job at once, and
+does arq's full pass over the queue only once per `idle_wait_sec` (stragglers, dropped wakes,
+cron). Results go back to the waiting API process over pub/sub from `on_job_end`, as soon as
+the job returns (arq stores its copy right after; a waiter that missed the message reads that
+copy at its deadline).
 """
 
 import asyncio
@@ -54,20 +56,26 @@ class WakeableWorker(Worker):
         self.ctx["redis"] = self.pool
         if self.on_startup:
             await self.on_startup(self.ctx)
+        loop = asyncio.get_running_loop()
         while True:
             await self._poll_iteration()
-            await self._idle_wait()
+            next_pass = loop.time() + self.idle_wait_sec
+            while (left := next_pass - loop.time()) > 0:
+                job_id = await self._next_woken(left)
+                if job_id is not None:
+                    await self.start_jobs([job_id])
 
-    async def _idle_wait(self) -> None:
+    async def _next_woken(self, wait_sec: float) -> bytes | None:
+        """The next job id pushed by an enqueuer, or None after `wait_sec`."""
+        self._slot_freed.clear()
         if self.job_counter >= self.max_jobs:
-            # Full: a new job can only start when one ends, so wait for that, not for a wake.
-            self._slot_freed.clear()
+            # Full: leave the ids queued in the list until a running job ends.
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._slot_freed.wait(), self.idle_wait_sec)
-            return
-        # The enqueuer keeps at most one wake in the list: a push that lands after our read of
-        # the queue stays there and makes this return at once.
-        await self.pool.blpop([self.wake_key], timeout=self.idle_wait_sec)  # type: ignore[misc, arg-type]
+                await asyncio.wait_for(self._slot_freed.wait(), wait_sec)
+            return None
+        # BLPOP's timeout 0 would mean forever.
+        popped = await self.pool.blpop([self.wake_key], timeout=max(wait_sec, 0.01))  # type: ignore[misc, arg-type]
+        return popped[1] if popped else None
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
