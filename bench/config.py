@@ -27,7 +27,9 @@ class BenchConfig:
     timeout_sec: int = 30
     provisions: int = 10
     provision_concurrency: int = 10
-    poll_sec: float = 0.025
+    # Execs and provisions are measured in this many rounds, the sides alternating (bench.rounds).
+    rounds: int = 4
+    poll_sec: float = 0.010
     hold: int = 0
     hold_sleep_sec: float = 5.0
     hold_timeout_sec: int = 60
@@ -57,8 +59,8 @@ class BenchConfig:
             found.append("an API key is needed: --api-key or TASKENV_KEY")
         if min(self.execs, self.warmup, self.provisions, self.hold) < 0:
             found.append("counts cannot be negative")
-        if min(self.envs, self.concurrency, self.provision_concurrency) < 1:
-            found.append("--envs, --concurrency and --provision-concurrency must be at least 1")
+        if min(self.envs, self.concurrency, self.provision_concurrency, self.rounds) < 1:
+            found.append("--envs, --concurrency, --provision-concurrency and --rounds must be at least 1")
         if self.max_seconds <= 0 or self.poll_sec <= 0 or self.hold_sleep_sec <= 0:
             found.append("--max-seconds, --poll-ms and --hold-sleep must be positive")
         if self.hold and self.hold_timeout_sec <= self.hold_sleep_sec:

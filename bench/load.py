@@ -10,11 +10,17 @@ Call = Callable[[int], Awaitable[Sample]]
 
 
 async def run_phase(
-    call: Call, count: int, concurrency: int, out: list[Sample], advance: Callable[[], None]
+    call: Call,
+    count: int,
+    concurrency: int,
+    out: list[Sample],
+    advance: Callable[[], None],
+    *,
+    first: int = 0,
 ) -> None:
     """Append each finished request's sample to `out` as it comes, so a run stopped midway
-    still has everything measured so far. Request i is `call(i)`, i in 0..count-1."""
-    numbers = iter(range(count))
+    still has everything measured so far. Request i is `call(i)`, i in first..first+count-1."""
+    numbers = iter(range(first, first + count))
 
     async def runner() -> None:
         for number in numbers:

@@ -23,18 +23,21 @@ from bench.run import describe, run_with_clients
 from bench.safety import NotLocalError, require_local_docker, require_loopback_url
 
 
-def raise_fd_limit(wanted: int) -> int:
-    """Lift the soft open-files limit toward the hard one: each request in flight holds a
-    socket. Returns the soft limit now in force."""
+def raise_fd_limit() -> int:
+    """Lift the soft open-files limit (often 1024) to the hard one: each request in flight holds
+    a socket, and the hold phase holds thousands. Returns the soft limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        target = hard if hard == resource.RLIM_INFINITY else min(max(wanted, soft), hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = target
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft
+        soft = hard
     return soft
 
 
 def run(config: BenchConfig, *, json_path: Path | None, plot_path: Path | None) -> int:
+    limit = raise_fd_limit()
     console = Console()
     try:
         base_url = require_loopback_url(config.base_url)
@@ -50,7 +53,7 @@ def run(config: BenchConfig, *, json_path: Path | None, plot_path: Path | None) 
     for warning in config.warnings():
         console.print(f"[yellow]warning:[/yellow] {warning}")
     wanted = config.connections + 64
-    if (limit := raise_fd_limit(wanted)) < wanted:
+    if limit != resource.RLIM_INFINITY and limit < wanted:
         console.print(
             f"[yellow]warning:[/yellow] open-files limit {limit} is below the {wanted} this run may use"
         )

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from bench.results import Results
-from bench.stats import Sample, percentile
+from bench.stats import Sample, flatten, percentile
 
 Series = tuple[str, list[Sample]]
 
@@ -29,8 +29,11 @@ def _ecdf(axes: Axes, label: str, samples: list[Sample]) -> None:
 def panels(results: Results) -> list[tuple[str, list[Series]]]:
     """The phases that have successful samples, each with its sides."""
     found = [
-        ("exec", [("taskenv", results.exec_taskenv), ("raw docker", results.exec_raw)]),
-        ("provision", [("taskenv", results.provision_taskenv), ("raw docker", results.provision_raw)]),
+        ("exec", [("taskenv", flatten(results.exec_taskenv)), ("raw docker", flatten(results.exec_raw))]),
+        (
+            "provision",
+            [("taskenv", flatten(results.provision_taskenv)), ("raw docker", flatten(results.provision_raw))],
+        ),
         ("hold", [("taskenv", results.hold)]),
     ]
     return [

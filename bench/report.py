@@ -12,15 +12,19 @@ from bench.compare import Comparison, compare
 from bench.config import BenchConfig
 from bench.ledger import CleanupResult
 from bench.results import Results
+from bench.rounds import block_sizes
 from bench.rss import RssRecord
-from bench.stats import Summary, summarize
+from bench.stats import Blocks, Summary, summarize, summarize_blocks
 
 
 @dataclass(frozen=True)
 class Pair:
+    """Both sides of one phase; `rounds` is how many rounds their blocks were planned in."""
+
     taskenv: Summary
     raw: Summary
     compare: Comparison
+    rounds: int
 
 
 PERCENTILES = "linear interpolation between closest ranks (Hyndman-Fan type 7, numpy's default)"
@@ -29,7 +33,8 @@ PERCENTILES = "linear interpolation between closest ranks (Hyndman-Fan type 7, n
 @dataclass(frozen=True)
 class Figures:
     """Latencies in ms over successful requests; throughput in successful requests per second
-    of the window (first request sent to last answered), which for the hold is its completion time."""
+    of the window (first request sent to last answered, summed over a side's blocks), which for
+    the hold is its completion time."""
 
     config: dict[str, Any]
     exec: Pair | None
@@ -63,8 +68,9 @@ def _measured(pair: Pair | None) -> bool:
     return pair is not None and pair.taskenv.requests + pair.raw.requests > 0
 
 
-def _pair(taskenv: Summary, raw: Summary) -> Pair:
-    return Pair(taskenv, raw, compare(taskenv, raw))
+def _pair(taskenv: Blocks, raw: Blocks, count: int, rounds: int) -> Pair:
+    t, r = summarize_blocks(taskenv), summarize_blocks(raw)
+    return Pair(t, r, compare(t, r), len(block_sizes(count, rounds)))
 
 
 def build(config: BenchConfig, results: Results) -> Figures:
@@ -80,9 +86,13 @@ def build(config: BenchConfig, results: Results) -> Figures:
     ledger = results.ledger
     return Figures(
         config=settings,
-        exec=_pair(summarize(results.exec_taskenv), summarize(results.exec_raw)) if config.execs else None,
+        exec=(
+            _pair(results.exec_taskenv, results.exec_raw, config.execs, config.rounds)
+            if config.execs
+            else None
+        ),
         provision=(
-            _pair(summarize(results.provision_taskenv), summarize(results.provision_raw))
+            _pair(results.provision_taskenv, results.provision_raw, config.provisions, config.rounds)
             if config.provisions
             else None
         ),
@@ -123,6 +133,18 @@ def _mib(kib: int | None) -> str:
     return "-" if kib is None else f"{kib / 1024:,.1f} MiB"
 
 
+def _rounds(pair: Pair) -> str:
+    return "1 round" if pair.rounds == 1 else f"{pair.rounds} rounds"
+
+
+def _concurrency(asked: int, count: int, rounds: int) -> str:
+    """No more requests are in flight than a block holds."""
+    block = max(block_sizes(count, rounds), default=0)
+    if block >= asked:
+        return f"concurrency {asked}"
+    return f"concurrency {block} (the block size; {asked} asked)"
+
+
 def pair_table(title: str, pair: Pair, unit: str) -> Table:
     table = Table(
         title=title,
@@ -135,6 +157,8 @@ def pair_table(title: str, pair: Pair, unit: str) -> Table:
     t, r, c = pair.taskenv, pair.raw, pair.compare
     table.add_row("requests", str(t.requests), str(r.requests), "", "")
     table.add_row("errors", _errors(t), _errors(r), "", "")
+    # Each block from its first request sent to its last answered: what throughput divides by.
+    table.add_row("measured s (sum of blocks)", _num(t.window_sec, 2), _num(r.window_sec, 2), "", "")
     table.add_row(
         f"throughput ({unit}/s)",
         _num(t.throughput, 2),
@@ -171,13 +195,17 @@ def render(figures: Figures, console: Console) -> None:
     workload = config["workload"]["command"]
     if figures.exec and _measured(figures.exec):
         title = (
-            f"exec `{workload}`: {config['execs']} at concurrency {config['concurrency']}"
-            f" over {config['envs']} environments (warm-up {config['warmup']})"
+            f"exec `{workload}`: {config['execs']} per side at"
+            f" {_concurrency(config['concurrency'], config['execs'], config['rounds'])}"
+            f" over {config['envs']} environments, interleaved in {_rounds(figures.exec)}"
+            f" (warm-up {config['warmup']} per side)"
         )
         console.print(pair_table(title, figures.exec, "exec"))
     if figures.provision and _measured(figures.provision):
         title = (
-            f"provision: {config['provisions']} at concurrency {config['provision_concurrency']}"
+            f"provision: {config['provisions']} per side at"
+            f" {_concurrency(config['provision_concurrency'], config['provisions'], config['rounds'])},"
+            f" interleaved in {_rounds(figures.provision)}"
             f" (taskenv: POST to status ready, polled every {config['poll_sec'] * 1000:g} ms)"
         )
         console.print(pair_table(title, figures.provision, "provision"))

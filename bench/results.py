@@ -4,15 +4,16 @@ from dataclasses import dataclass, field
 
 from bench.ledger import CleanupResult, Ledger
 from bench.rss import RssRecord
-from bench.stats import Sample
+from bench.stats import Blocks, Sample
 
 
 @dataclass
 class Results:
-    exec_taskenv: list[Sample] = field(default_factory=list)
-    exec_raw: list[Sample] = field(default_factory=list)
-    provision_taskenv: list[Sample] = field(default_factory=list)
-    provision_raw: list[Sample] = field(default_factory=list)
+    # Execs and provisions per side, block by block (one block per round).
+    exec_taskenv: Blocks = field(default_factory=list)
+    exec_raw: Blocks = field(default_factory=list)
+    provision_taskenv: Blocks = field(default_factory=list)
+    provision_raw: Blocks = field(default_factory=list)
     hold: list[Sample] = field(default_factory=list)
     rss: RssRecord | None = None
     ledger: Ledger = field(default_factory=Ledger)

@@ -1,22 +1,24 @@
 """One bench run, phase by phase, inside the overall deadline, with cleanup whatever ends it.
 
-Phases: a pool of K environments; execs through taskenv, then the same execs straight through
-the engine in the same containers (each after its own warm-up); provision latency both ways;
-the hold of many waiting execs. Each phase is skipped when its count is 0.
+Phases: a pool of K environments; execs through taskenv and the same execs straight through
+the engine in the same containers (one warm-up each, then interleaved in rounds); provision
+latency both ways (interleaved likewise); the hold of many waiting execs. Each phase is skipped
+when its count is 0.
 """
 
 import asyncio
 from functools import partial
 
 import aiodocker
-import httpx
+import aiohttp
 
 from bench import api_side, raw_side
 from bench.config import BenchConfig
 from bench.ledger import cleanup, complete, release
-from bench.load import Call, round_robin, run_phase
+from bench.load import round_robin, run_phase
 from bench.progress import Tracker
 from bench.results import Results
+from bench.rounds import Side, interleave
 from bench.rss import RssRecord, sample_until
 from bench.stats import Sample, summarize
 from bench.workloads import hold_workload
@@ -38,7 +40,7 @@ async def run_bench(
     config: BenchConfig,
     results: Results,
     tracker: Tracker,
-    client: httpx.AsyncClient,
+    session: aiohttp.ClientSession,
     docker: aiodocker.Docker,
 ) -> None:
     """Fill `results`; stop at `config.max_seconds`; on any ending, take down all it made."""
@@ -46,7 +48,7 @@ async def run_bench(
     deadline = asyncio.timeout(config.max_seconds)
     try:
         async with deadline:
-            await _phases(config, results, tracker, client, docker, url)
+            await _phases(config, results, tracker, session, docker, url)
     except TimeoutError:
         if not deadline.expired():
             results.stopped = "failed: TimeoutError"
@@ -60,27 +62,29 @@ async def run_bench(
         raise
     finally:
         results.cleanup = await complete(
-            cleanup(results.ledger, partial(_delete_env, client, url, docker), partial(_remove_raw, docker))
+            cleanup(results.ledger, partial(_delete_env, session, url, docker), partial(_remove_raw, docker))
         )
 
 
 async def run_with_clients(config: BenchConfig, results: Results, tracker: Tracker) -> None:
-    """`run_bench` with an HTTP client and a Docker client of its own."""
-    client = api_side.make_client(
+    """`run_bench` with an HTTP session and a Docker client of its own."""
+    session = api_side.make_session(
         config.api_key, connections=config.connections, read_timeout_sec=config.read_timeout_sec
     )
     docker = connect()
     try:
-        await run_bench(config, results, tracker, client, docker)
+        await run_bench(config, results, tracker, session, docker)
     finally:
-        await client.aclose()
+        await session.close()
         await disconnect(docker)
 
 
-async def _delete_env(client: httpx.AsyncClient, url: str, docker: aiodocker.Docker, env_id: str) -> None:
+async def _delete_env(
+    session: aiohttp.ClientSession, url: str, docker: aiodocker.Docker, env_id: str
+) -> None:
     """DELETE through the API; if that fails, still remove its container from the engine."""
     try:
-        await api_side.delete(client, url, env_id)
+        await api_side.delete(session, url, env_id)
     except Exception as exc:
         await raw_side.remove_container(docker, raw_side.env_container(env_id))
         raise api_side.Failure(
@@ -96,31 +100,31 @@ async def _phases(
     config: BenchConfig,
     results: Results,
     tracker: Tracker,
-    client: httpx.AsyncClient,
+    session: aiohttp.ClientSession,
     docker: aiodocker.Docker,
     url: str,
 ) -> None:
-    await api_side.check_access(client, url)
+    await api_side.check_access(session, url)
     envs: list[api_side.Env] = []
     if config.execs or config.hold:
-        envs = await _pool(config, results, tracker, client, url)
+        envs = await _pool(config, results, tracker, session, url)
     if config.execs:
-        await _execs(config, results, tracker, client, docker, url, envs)
+        await _execs(config, results, tracker, session, docker, url, envs)
     if config.provisions:
-        await _provisions(config, results, tracker, client, docker, url)
+        await _provisions(config, results, tracker, session, docker, url)
     if config.hold:
-        await _hold(config, results, tracker, client, url, envs)
+        await _hold(config, results, tracker, session, url, envs)
 
 
 async def _pool(
-    config: BenchConfig, results: Results, tracker: Tracker, client: httpx.AsyncClient, url: str
+    config: BenchConfig, results: Results, tracker: Tracker, session: aiohttp.ClientSession, url: str
 ) -> list[api_side.Env]:
     envs: list[api_side.Env] = []
     samples: list[Sample] = []
 
     async def one(_: int) -> Sample:
         return await api_side.timed_provision(
-            client, url, results.ledger, config.task_ref, config.lifetime_sec, config.poll_sec, envs
+            session, url, results.ledger, config.task_ref, config.lifetime_sec, config.poll_sec, envs
         )
 
     advance = tracker.phase("environments", config.envs)
@@ -137,7 +141,7 @@ async def _execs(
     config: BenchConfig,
     results: Results,
     tracker: Tracker,
-    client: httpx.AsyncClient,
+    session: aiohttp.ClientSession,
     docker: aiodocker.Docker,
     url: str,
     envs: list[api_side.Env],
@@ -145,68 +149,75 @@ async def _execs(
     pick = round_robin(len(envs))
 
     async def through_taskenv(number: int) -> Sample:
-        return await api_side.execute(client, url, envs[pick(number)], config.workload, config.timeout_sec)
+        return await api_side.execute(session, url, envs[pick(number)], config.workload, config.timeout_sec)
 
     async def raw(number: int) -> Sample:
         container = raw_side.env_container(envs[pick(number)].id)
         return await raw_side.execute(docker, container, config.workload, config.timeout_sec)
 
-    sides: list[tuple[str, Call, list[Sample]]] = [
-        ("taskenv", through_taskenv, results.exec_taskenv),
-        ("raw", raw, results.exec_raw),
-    ]
-    for side, call, out in sides:
+    for side, call in (("taskenv", through_taskenv), ("raw", raw)):
         if config.warmup:
             advance = tracker.phase(f"exec {side} warm-up", config.warmup)
             await run_phase(call, config.warmup, config.concurrency, [], advance)
-        await run_phase(
-            call, config.execs, config.concurrency, out, tracker.phase(f"exec {side}", config.execs)
-        )
+    sides = (
+        Side(through_taskenv, results.exec_taskenv, tracker.phase("exec taskenv", config.execs)),
+        Side(raw, results.exec_raw, tracker.phase("exec raw", config.execs)),
+    )
+    await interleave(sides, config.execs, config.rounds, config.concurrency)
 
 
 async def _provisions(
     config: BenchConfig,
     results: Results,
     tracker: Tracker,
-    client: httpx.AsyncClient,
+    session: aiohttp.ClientSession,
     docker: aiodocker.Docker,
     url: str,
 ) -> None:
-    """N provisions each way at the same concurrency; each side's are taken down before the
-    other side's are timed, so neither pays for the other's containers."""
+    """N provisions each way at the same concurrency, interleaved in rounds; each block's
+    provisions are taken down before the next block is timed, so neither side pays for the
+    other's containers."""
     ledger = results.ledger
     made: list[api_side.Env] = []
-    before = set(ledger.envs)
+    pool = set(ledger.envs)
 
     async def through_taskenv(_: int) -> Sample:
         return await api_side.timed_provision(
-            client, url, ledger, config.task_ref, config.lifetime_sec, config.poll_sec, made
+            session, url, ledger, config.task_ref, config.lifetime_sec, config.poll_sec, made
         )
 
-    advance = tracker.phase("provision taskenv", config.provisions)
-    await run_phase(
-        through_taskenv, config.provisions, config.provision_concurrency, results.provision_taskenv, advance
-    )
-    # What fails here stays in the ledger for the final cleanup, which tries again.
-    await release(
-        "environment", sorted(ledger.envs - before), partial(api_side.delete, client, url), ledger.envs
-    )
+    async def release_envs() -> None:
+        # What fails here stays in the ledger for the final cleanup, which tries again.
+        await release(
+            "environment", sorted(ledger.envs - pool), partial(api_side.delete, session, url), ledger.envs
+        )
 
     spec = raw_side.default_spec()
 
     async def raw(_: int) -> Sample:
         return await raw_side.timed_provision(docker, spec, ledger)
 
-    advance = tracker.phase("provision raw", config.provisions)
-    await run_phase(raw, config.provisions, config.provision_concurrency, results.provision_raw, advance)
-    await release("container", sorted(ledger.raw), partial(_remove_raw, docker), ledger.raw)
+    async def release_raw() -> None:
+        await release("container", sorted(ledger.raw), partial(_remove_raw, docker), ledger.raw)
+
+    count = config.provisions
+    sides = (
+        Side(
+            through_taskenv,
+            results.provision_taskenv,
+            tracker.phase("provision taskenv", count),
+            release_envs,
+        ),
+        Side(raw, results.provision_raw, tracker.phase("provision raw", count), release_raw),
+    )
+    await interleave(sides, count, config.rounds, config.provision_concurrency)
 
 
 async def _hold(
     config: BenchConfig,
     results: Results,
     tracker: Tracker,
-    client: httpx.AsyncClient,
+    session: aiohttp.ClientSession,
     url: str,
     envs: list[api_side.Env],
 ) -> None:
@@ -215,7 +226,7 @@ async def _hold(
     workload = hold_workload(config.hold_sleep_sec)
 
     async def wait(number: int) -> Sample:
-        return await api_side.execute(client, url, envs[pick(number)], workload, config.hold_timeout_sec)
+        return await api_side.execute(session, url, envs[pick(number)], workload, config.hold_timeout_sec)
 
     stop = asyncio.Event()
     sampler = None

@@ -27,6 +27,10 @@ class Sample:
         return self.ended - self.started
 
 
+# One side's samples, in the blocks (rounds) they were measured in.
+Blocks = list[list[Sample]]
+
+
 def percentile(ordered: Sequence[float], q: float) -> float | None:
     """The q-th percentile (0..100) of already sorted values; None for no values."""
     if not 0 <= q <= 100:
@@ -42,8 +46,10 @@ def percentile(ordered: Sequence[float], q: float) -> float | None:
 @dataclass(frozen=True)
 class Summary:
     """Latencies are over successful requests only: a fast 429 is not a fast exec.
-    Throughput is successful requests per second of the window, which runs from the first
-    request's start to the last one's answer."""
+    Throughput is successful requests per second of the window: the sum, over the blocks the
+    samples were measured in, of each block's first request sent to its last answered (one
+    block: the whole series), so the time the other side ran between blocks is not counted.
+    `blocks` counts the blocks with at least one request."""
 
     requests: int
     ok: int
@@ -54,25 +60,43 @@ class Summary:
     p90_ms: float | None
     p99_ms: float | None
     max_ms: float | None
+    blocks: int = 1
 
 
 def _ms(value: float | None) -> float | None:
     return None if value is None else value * 1000
 
 
+def flatten(blocks: Iterable[Sequence[Sample]]) -> list[Sample]:
+    return [sample for block in blocks for sample in block]
+
+
+def window(block: Sequence[Sample]) -> float:
+    """First request sent to last answered; 0 for no requests."""
+    return max(s.ended for s in block) - min(s.started for s in block) if block else 0.0
+
+
 def summarize(samples: Iterable[Sample]) -> Summary:
-    samples = list(samples)
+    """One series measured in one go."""
+    return summarize_blocks([list(samples)])
+
+
+def summarize_blocks(blocks: Iterable[Sequence[Sample]]) -> Summary:
+    """One side measured in blocks, interleaved with the other side's."""
+    measured = [block for block in blocks if block]
+    samples = flatten(measured)
     errors = Counter(s.error for s in samples if s.error is not None)
     latencies = sorted(s.latency for s in samples if s.error is None)
-    window = max(s.ended for s in samples) - min(s.started for s in samples) if samples else 0.0
+    window_sec = sum(window(block) for block in measured)
     return Summary(
         requests=len(samples),
         ok=len(latencies),
         errors=dict(sorted(errors.items())),
-        window_sec=window,
-        throughput=len(latencies) / window if window > 0 else None,
+        window_sec=window_sec,
+        throughput=len(latencies) / window_sec if window_sec > 0 else None,
         p50_ms=_ms(percentile(latencies, 50)),
         p90_ms=_ms(percentile(latencies, 90)),
         p99_ms=_ms(percentile(latencies, 99)),
         max_ms=_ms(latencies[-1] if latencies else None),
+        blocks=len(measured),
     )

@@ -95,6 +95,9 @@ def bench(
     execs: int = typer.Option(200, "--execs", "-m", min=0, help="Measured execs per side (0: none)"),
     concurrency: int = typer.Option(8, "--concurrency", "-c", min=1, help="Execs in flight per side"),
     warmup: int = typer.Option(20, min=0, help="Uncounted execs per side before measuring"),
+    rounds: int = typer.Option(
+        4, min=1, help="Measure execs and provisions in this many rounds, the sides alternating"
+    ),
     workload: str = typer.Option(
         "true", help="Command to run: true, echo, 64k (64 KiB of output), sleep (0.2 s)"
     ),
@@ -106,7 +109,7 @@ def bench(
         10, "--provisions", "-n", min=0, help="Provisions timed per side (0: none)"
     ),
     provision_concurrency: int = typer.Option(10, min=1, help="Provisions in flight per side"),
-    poll_ms: float = typer.Option(25.0, help="Status poll interval: the resolution of provision latency"),
+    poll_ms: float = typer.Option(10.0, help="Status poll interval: the resolution of provision latency"),
     hold: int = typer.Option(0, min=0, help="Also hold this many execs at once (0: no hold phase)"),
     hold_sleep: float = typer.Option(5.0, help="Seconds each held exec sleeps"),
     hold_timeout: int = typer.Option(60, min=1, help="timeout_sec of each held exec"),
@@ -134,6 +137,7 @@ def bench(
         execs=execs,
         concurrency=concurrency,
         warmup=warmup,
+        rounds=rounds,
         workload=chosen,
         timeout_sec=timeout_sec,
         provisions=provisions,

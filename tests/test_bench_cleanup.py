@@ -1,23 +1,29 @@
 """Whatever ends a run (an exception, Ctrl-C, the deadline), everything it made is taken down.
 
-The HTTP side is an httpx.MockTransport playing taskenv; the engine is a fake Docker object.
+The HTTP side is a real aiohttp server on 127.0.0.1 (ephemeral port) playing taskenv, talked to
+by the bench's own client session; the engine is a fake Docker object.
 """
 
 import asyncio
+import itertools
+import socket
 import uuid
 from typing import Any
 
 import aiodocker
-import httpx
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
+from bench import api_side
 from bench.config import BenchConfig
 from bench.ledger import complete
 from bench.load import run_phase
-from bench.progress import NullTracker
+from bench.progress import NullTracker, Tracker
 from bench.results import Results
 from bench.run import run_bench
-from bench.stats import Sample
+from bench.stats import Sample, flatten
+from bench.workloads import BUILT_IN, WorkloadName
 
 ENVS = "/api/v1/org/local/ws/main/environments"
 
@@ -26,6 +32,7 @@ class FakeApi:
     """Answers like taskenv; records what was created and deleted."""
 
     def __init__(self) -> None:
+        self.base_url = ""
         self.created: list[str] = []
         self.deleted: list[str] = []
         self.execs = 0
@@ -35,36 +42,48 @@ class FakeApi:
         self.post_started = asyncio.Event()
         self.release_posts = asyncio.Event()
         self.exec_delay = 0.0
+        self.exec_status = 200
         self.fail_first_delete = False
 
-    async def handle(self, request: httpx.Request) -> httpx.Response:
-        path, method = request.url.path, request.method
-        assert request.url.host == "127.0.0.1"
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        path, method = request.path, request.method
+        assert request.host.split(":")[0] == "127.0.0.1"
+        assert request.headers["X-API-Key"] == "tk_test"
         if path == ENVS and method == "GET":
-            return httpx.Response(200, json={"environments": []})
+            return web.json_response({"environments": []})
         if path == ENVS and method == "POST":
             self.post_started.set()
             if self.hold_posts:
                 await self.release_posts.wait()
             env_id = str(uuid.uuid4())
             self.created.append(env_id)
-            return httpx.Response(201, json={"id": env_id, "execute_token": f"tok-{env_id}"})
+            return web.json_response({"id": env_id, "execute_token": f"tok-{env_id}"}, status=201)
         env_id = path.removeprefix(f"{ENVS}/").split("/")[0]
         if path.endswith("/status"):
-            return httpx.Response(200, json={"id": env_id, "state": "ready", "error": None})
+            return web.json_response({"id": env_id, "state": "ready", "error": None})
         if path.endswith("/execute"):
-            assert request.headers["x-environment-token"] == f"Bearer tok-{env_id}"
+            assert request.headers["X-Environment-Token"] == f"Bearer tok-{env_id}"
+            assert (await request.json())["command"] == "true"
             self.execs += 1
             if self.execs_wanted and self.execs >= self.execs_wanted:
                 self.execs_seen.set()
             await asyncio.sleep(self.exec_delay)
-            return httpx.Response(200, json={"exit_code": 0, "output": ""})
+            if self.exec_status == 307:
+                raise web.HTTPTemporaryRedirect(f"{ENVS}/{env_id}/status")
+            if self.exec_status != 200:
+                return web.json_response({"detail": "no"}, status=self.exec_status)
+            return web.json_response({"exit_code": 0, "output": ""})
         if method == "DELETE":
             if self.fail_first_delete and env_id == self.created[0]:
-                return httpx.Response(500, json={"detail": "boom"})
+                return web.json_response({"detail": "boom"}, status=500)
             self.deleted.append(env_id)
-            return httpx.Response(204)
-        return httpx.Response(404)
+            return web.Response(status=204)
+        return web.Response(status=404)
 
 
 class FakeStream:
@@ -148,15 +167,38 @@ class FailingTracker:
         return advance
 
 
-def config(**changes: Any) -> BenchConfig:
+def config(api: FakeApi, **changes: Any) -> BenchConfig:
     base = dict(
         api_key="tk_test", envs=2, execs=6, concurrency=2, warmup=2, provisions=4, provision_concurrency=2
     )
-    return BenchConfig(**{**base, **changes}, poll_sec=0.001)
+    return BenchConfig(**{**base, **changes, "base_url": api.base_url}, poll_sec=0.001)
 
 
-def client(api: FakeApi) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.MockTransport(api.handle), headers={"X-API-Key": "tk_test"})
+@pytest.fixture
+async def api():
+    fake = FakeApi()
+    server = TestServer(fake.app(), host="127.0.0.1")
+    await server.start_server()
+    fake.base_url = str(server.make_url("")).rstrip("/")
+    yield fake
+    await server.close()
+
+
+async def bench(
+    api: FakeApi,
+    engine: "FakeEngine",
+    results: Results,
+    settings: BenchConfig,
+    tracker: Tracker | None = None,
+) -> None:
+    """run_bench with the client session the real command makes."""
+    session = api_side.make_session(
+        settings.api_key, connections=settings.connections, read_timeout_sec=settings.read_timeout_sec
+    )
+    try:
+        await run_bench(settings, results, tracker or NullTracker(), session, engine)  # type: ignore[arg-type]
+    finally:
+        await session.close()
 
 
 def assert_all_taken_down(api: FakeApi, engine: FakeEngine, results: Results) -> None:
@@ -167,93 +209,157 @@ def assert_all_taken_down(api: FakeApi, engine: FakeEngine, results: Results) ->
     assert results.cleanup is not None and results.cleanup.failures == []
 
 
-async def test_a_whole_run_counts_everything_and_leaves_nothing():
-    api, engine, results = FakeApi(), FakeEngine(), Results()
-    async with client(api) as http:
-        await run_bench(config(), results, NullTracker(), http, engine)  # type: ignore[arg-type]
-    assert len(results.exec_taskenv) == len(results.exec_raw) == 6
-    assert len(results.provision_taskenv) == len(results.provision_raw) == 4
+async def test_a_whole_run_counts_everything_and_leaves_nothing(api):
+    engine, results = FakeEngine(), Results()
+    await bench(api, engine, results, config(api))
+    for blocks in (results.exec_taskenv, results.exec_raw):
+        assert [len(block) for block in blocks] == [2, 2, 1, 1]
+    for blocks in (results.provision_taskenv, results.provision_raw):
+        assert [len(block) for block in blocks] == [1, 1, 1, 1]
     assert api.execs == 6 + 2
-    assert all(s.error is None for s in results.exec_taskenv + results.exec_raw + results.provision_raw)
+    samples = flatten(
+        results.exec_taskenv + results.exec_raw + results.provision_taskenv + results.provision_raw
+    )
+    assert all(s.error is None for s in samples)
     assert len(api.created) == 2 + 4 and len(engine.created) == 4
     assert results.stopped is None
     assert_all_taken_down(api, engine, results)
 
 
+def spans(blocks: list[list[Sample]]) -> list[tuple[float, float]]:
+    return [(min(s.started for s in b), max(s.ended for s in b)) for b in blocks]
+
+
+@pytest.mark.parametrize("phase", ["exec", "provision"])
+async def test_the_sides_alternate_round_by_round(api, phase):
+    engine, results = FakeEngine(), Results()
+    await bench(api, engine, results, config(api, execs=9, provisions=6, rounds=3))
+    taskenv = spans(getattr(results, f"{phase}_taskenv"))
+    raw = spans(getattr(results, f"{phase}_raw"))
+    assert len(taskenv) == len(raw) == 3
+    # Round 1: taskenv then raw; round 2: raw then taskenv; round 3: taskenv then raw.
+    timeline = [taskenv[0], raw[0], raw[1], taskenv[1], taskenv[2], raw[2]]
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(timeline))
+
+
+async def test_provisions_are_taken_down_block_by_block(api):
+    engine, results = FakeEngine(), Results()
+    before: list[int] = []
+
+    class Watch:
+        def phase(self, name: str, total: int):
+            def advance() -> None:
+                if name == "provision raw":
+                    before.append(len(results.ledger.envs))
+
+            return advance
+
+    await bench(api, engine, results, config(api, execs=2, provisions=4, rounds=2), Watch())
+    # Raw provisions run with only the pool alive: each taskenv block is deleted before them.
+    assert before and set(before) == {2}
+    assert len(api.deleted) == len(api.created) == 2 + 4
+
+
 @pytest.mark.parametrize("phase", ["exec taskenv", "exec raw", "provision taskenv", "provision raw"])
-async def test_an_exception_mid_run_still_takes_everything_down(phase):
-    api, engine, results = FakeApi(), FakeEngine(), Results()
-    async with client(api) as http:
-        with pytest.raises(Exception):  # noqa: B017 (an exception group around the RuntimeError)
-            await run_bench(config(), results, FailingTracker(phase, 2), http, engine)  # type: ignore[arg-type]
+async def test_an_exception_mid_run_still_takes_everything_down(api, phase):
+    engine, results = FakeEngine(), Results()
+    with pytest.raises(Exception):  # noqa: B017 (an exception group around the RuntimeError)
+        await bench(api, engine, results, config(api), FailingTracker(phase, 2))
     assert results.stopped == f"failed: RuntimeError: boom in {phase}"
     assert_all_taken_down(api, engine, results)
 
 
-async def test_cancellation_during_execs_deletes_the_environments():
-    api, engine, results = FakeApi(), FakeEngine(), Results()
+async def test_cancellation_during_execs_deletes_the_environments(api):
+    engine, results = FakeEngine(), Results()
     api.execs_wanted = 5
-    async with client(api) as http:
-        run = asyncio.create_task(run_bench(config(execs=1000), results, NullTracker(), http, engine))  # type: ignore[arg-type]
-        await api.execs_seen.wait()
-        run.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await run
+    run = asyncio.create_task(bench(api, engine, results, config(api, execs=1000)))
+    await api.execs_seen.wait()
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
     assert results.stopped == "interrupted"
     assert len(api.created) == 2
     assert_all_taken_down(api, engine, results)
 
 
-async def test_cancellation_during_raw_provisions_removes_the_containers():
-    api, engine, results = FakeApi(), FakeEngine(), Results()
+async def test_cancellation_during_raw_provisions_removes_the_containers(api):
+    engine, results = FakeEngine(), Results()
     engine.starts_wanted = 2
-    async with client(api) as http:
-        run = asyncio.create_task(
-            run_bench(config(provisions=1000), results, NullTracker(), http, engine)  # type: ignore[arg-type]
-        )
-        await engine.starts_seen.wait()
-        run.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await run
+    run = asyncio.create_task(bench(api, engine, results, config(api, provisions=200)))
+    await engine.starts_seen.wait()
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
     assert results.stopped == "interrupted" and len(engine.created) >= 2
+    assert len(results.provision_raw[0]) < 50
     assert_all_taken_down(api, engine, results)
 
 
-async def test_a_provision_in_flight_at_cancellation_is_deleted_once_it_answers():
-    api, engine, results = FakeApi(), FakeEngine(), Results()
+async def test_a_provision_in_flight_at_cancellation_is_deleted_once_it_answers(api):
+    engine, results = FakeEngine(), Results()
     api.hold_posts = True
-    async with client(api) as http:
-        run = asyncio.create_task(run_bench(config(), results, NullTracker(), http, engine))  # type: ignore[arg-type]
-        await api.post_started.wait()
-        run.cancel()
-        await asyncio.sleep(0)
-        assert not run.done()
-        api.release_posts.set()
-        with pytest.raises(asyncio.CancelledError):
-            await run
+    run = asyncio.create_task(bench(api, engine, results, config(api)))
+    await api.post_started.wait()
+    run.cancel()
+    await asyncio.sleep(0.05)
+    assert not run.done() and api.created == []
+    api.release_posts.set()
+    with pytest.raises(asyncio.CancelledError):
+        await run
     assert len(api.created) == 2
     assert_all_taken_down(api, engine, results)
 
 
-async def test_the_deadline_stops_the_run_and_cleans_up():
-    api, engine, results = FakeApi(), FakeEngine(), Results()
+async def test_the_deadline_stops_the_run_and_cleans_up(api):
+    engine, results = FakeEngine(), Results()
     api.exec_delay = 30
-    async with client(api) as http:
-        await run_bench(config(max_seconds=0.2), results, NullTracker(), http, engine)  # type: ignore[arg-type]
+    await bench(api, engine, results, config(api, max_seconds=0.2))
     assert results.stopped == "max-seconds (0.2 s) reached"
     assert_all_taken_down(api, engine, results)
 
 
-async def test_a_failed_delete_is_reported_and_its_container_removed_directly():
-    api, engine, results = FakeApi(), FakeEngine(), Results()
+async def test_a_failed_delete_is_reported_and_its_container_removed_directly(api):
+    engine, results = FakeEngine(), Results()
     api.fail_first_delete = True
-    async with client(api) as http:
-        await run_bench(config(execs=2, provisions=0), results, NullTracker(), http, engine)  # type: ignore[arg-type]
+    await bench(api, engine, results, config(api, execs=2, provisions=0))
     broken = api.created[0]
     assert api.deleted == api.created[1:] and f"taskenv-{broken}" in engine.removed
     assert results.cleanup is not None and len(results.cleanup.failures) == 1
     assert broken in results.cleanup.failures[0] and "removed directly" in results.cleanup.failures[0]
     assert results.ledger.envs == {broken}
+
+
+@pytest.mark.parametrize("status", [429, 307])
+async def test_answers_other_than_200_count_by_status_and_redirects_are_not_followed(api, status):
+    engine, results = FakeEngine(), Results()
+    api.exec_status = status
+    await bench(api, engine, results, config(api, warmup=0, provisions=0))
+    assert {s.error for s in flatten(results.exec_taskenv)} == {str(status)}
+    assert api.execs == 6
+    assert_all_taken_down(api, engine, results)
+
+
+async def test_transport_errors_count_by_exception_class():
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = api_side.envs_url(f"http://127.0.0.1:{port}", "local", "main")
+    session = api_side.make_session("tk_test", connections=2, read_timeout_sec=5)
+    try:
+        sample = await api_side.execute(session, url, api_side.Env("e", "t"), BUILT_IN[WorkloadName.TRUE], 5)
+    finally:
+        await session.close()
+    assert sample.error == "ClientConnectorError"
+
+
+async def test_proxies_from_the_environment_are_ignored(api, monkeypatch):
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    engine, results = FakeEngine(), Results()
+    await bench(api, engine, results, config(api, warmup=0, provisions=0))
+    assert all(s.error is None for s in flatten(results.exec_taskenv)) and api.execs == 6
 
 
 async def test_complete_finishes_its_work_through_repeated_cancellation():

@@ -29,6 +29,7 @@ async def test_tiny_bench_counts_right_and_cleans_up(service):
         execs=10,
         concurrency=2,
         warmup=2,
+        rounds=3,
         provisions=2,
         provision_concurrency=2,
         hold=4,
@@ -43,9 +44,10 @@ async def test_tiny_bench_counts_right_and_cleans_up(service):
     assert figures.stopped is None
     assert figures.exec is not None and figures.provision is not None and figures.hold is not None
     for summary in (figures.exec.taskenv, figures.exec.raw):
-        assert (summary.requests, summary.ok, summary.errors) == (10, 10, {})
+        assert (summary.requests, summary.ok, summary.errors, summary.blocks) == (10, 10, {}, 3)
     for summary in (figures.provision.taskenv, figures.provision.raw):
-        assert (summary.requests, summary.ok, summary.errors) == (2, 2, {})
+        assert (summary.requests, summary.ok, summary.errors, summary.blocks) == (2, 2, {}, 2)
+    assert figures.exec.rounds == 3 and figures.provision.rounds == 2
     assert (figures.hold.requests, figures.hold.ok, figures.hold.errors) == (4, 4, {})
     assert figures.api_rss is not None and figures.api_rss.peak_kib and figures.api_rss.error is None
     assert figures.exec.compare.p50_ratio is not None

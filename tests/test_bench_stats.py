@@ -1,16 +1,18 @@
-"""The bench's arithmetic: percentiles, summaries, ratios, answer checks, /proc parsing."""
+"""The bench's arithmetic: percentiles, summaries, rounds, ratios, answer checks, /proc parsing."""
 
 import random
 import statistics
 
 import pytest
+from rich.console import Console
 
 from bench.compare import Comparison, compare, difference, ratio
 from bench.config import BenchConfig
-from bench.report import build, to_json
+from bench.report import build, render, to_json
 from bench.results import Results
+from bench.rounds import block_sizes, order
 from bench.rss import RssRecord, parse_status, record_sample
-from bench.stats import Sample, Summary, percentile, summarize
+from bench.stats import Sample, Summary, percentile, summarize, summarize_blocks
 from bench.workloads import BUILT_IN, Workload, WorkloadName, check, resolve
 
 
@@ -67,6 +69,31 @@ def test_summary_of_nothing_and_of_failures_only():
     assert failed.throughput == 0.0 and failed.p99_ms is None
 
 
+def test_blocks_count_only_their_own_time_towards_throughput():
+    # Two blocks of 2 s each, 10 s apart (the other side ran in between): 4 s measured, not 14.
+    first = [Sample(0.0, 1.0), Sample(0.5, 2.0), Sample(1.0, 1.5, "429")]
+    second = [Sample(12.0, 13.0), Sample(12.0, 14.0)]
+    summary = summarize_blocks([first, [], second])
+    assert (summary.requests, summary.ok, summary.errors, summary.blocks) == (5, 4, {"429": 1}, 2)
+    assert summary.window_sec == pytest.approx(4.0)
+    assert summary.throughput == pytest.approx(4 / 4.0)
+    assert summary.max_ms == pytest.approx(2000.0)
+    assert summarize(first + second).window_sec == pytest.approx(14.0)
+    assert summarize_blocks([]) == summarize([])
+
+
+def test_rounds_split_evenly_and_alternate_which_side_goes_first():
+    assert block_sizes(40, 2) == [20, 20]
+    assert block_sizes(10, 4) == [3, 3, 2, 2]
+    assert block_sizes(3, 4) == [1, 1, 1]
+    assert block_sizes(0, 4) == []
+    assert block_sizes(7, 1) == [7]
+    assert all(sum(block_sizes(n, r)) == n for n in range(30) for r in range(1, 9))
+    assert [order(i) for i in range(4)] == [(0, 1), (1, 0), (0, 1), (1, 0)]
+    with pytest.raises(ValueError):
+        block_sizes(5, 0)
+
+
 def _summary(p50: float | None, p99: float | None, throughput: float | None) -> Summary:
     return Summary(1, 1, {}, 1.0, throughput, p50, p50, p99, p99)
 
@@ -113,13 +140,34 @@ def test_config_flags_what_cannot_run_and_what_will_be_refused():
     assert len(BenchConfig(api_key="k", hold=5000, envs=160).warnings()) == 1  # starts too slowly for 60 s
     assert not BenchConfig(api_key="k", hold=5000, envs=160, hold_timeout_sec=600).warnings()
     assert BenchConfig(api_key="k", hold=10, hold_sleep_sec=60, hold_timeout_sec=60).problems()
+    assert BenchConfig(api_key="k", rounds=0).problems()
 
 
 def test_figures_count_every_error_and_never_carry_the_api_key():
-    results = Results(exec_taskenv=[Sample(0, 1), Sample(0, 1, "502")], exec_raw=[Sample(0, 1, "exit 1")])
+    results = Results(
+        exec_taskenv=[[Sample(0, 1)], [Sample(3, 4, "502")]], exec_raw=[[Sample(1, 2, "exit 1")], []]
+    )
     figures = build(BenchConfig(api_key="tk_secret", provisions=0), results)
     assert figures.errors == 2 and figures.provision is None and figures.hold is None
     assert figures.exec is not None and figures.exec.taskenv.errors == {"502": 1}
+    assert figures.exec.taskenv.blocks == 2 and figures.exec.raw.blocks == 1
+    assert figures.exec.rounds == 4 and figures.config["rounds"] == 4
     assert "tk_secret" not in to_json(figures)
     k64 = build(BenchConfig(workload=BUILT_IN[WorkloadName.K64]), Results())
     assert k64.config["workload"]["expect_output_bytes"] == 65536 and len(to_json(k64)) < 10_000
+
+
+def test_the_report_says_how_it_interleaved_and_what_concurrency_blocks_allowed():
+    results = Results(
+        exec_taskenv=[[Sample(0, 1)], [Sample(3, 4)]],
+        exec_raw=[[Sample(1, 2)], [Sample(2, 3)]],
+        provision_taskenv=[[Sample(0, 1), Sample(0, 1)], [Sample(3, 4), Sample(3, 4)]],
+        provision_raw=[[Sample(1, 2), Sample(1, 2)], [Sample(2, 3), Sample(2, 3)]],
+    )
+    config = BenchConfig(execs=2, concurrency=1, provisions=4, provision_concurrency=10, rounds=2)
+    console = Console(record=True, width=250)
+    render(build(config, results), console)
+    text = " ".join(console.export_text().split())  # titles wrap at the table width
+    assert "2 per side at concurrency 1 over 4 environments, interleaved in 2 rounds" in text
+    assert "4 per side at concurrency 2 (the block size; 10 asked), interleaved in 2 rounds" in text
+    assert "polled every 10 ms" in text

@@ -1,0 +1,50 @@
+"""The two sides interleaved in rounds, so drift on a noisy machine (other load, a warming page
+cache, a growing Redis) falls on both alike instead of on whichever side ran second.
+
+Each round runs a block of one side, then a block of the other; which side goes first
+alternates (taskenv, raw / raw, taskenv / ...), so neither always runs right after the other.
+"""
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from bench.load import Call, run_phase
+from bench.stats import Blocks, Sample
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side's requests, where its blocks go, and what to undo after each block."""
+
+    call: Call
+    blocks: Blocks
+    advance: Callable[[], None]
+    after_block: Callable[[], Awaitable[None]] | None = None
+
+
+def block_sizes(count: int, rounds: int) -> list[int]:
+    """`count` requests over `rounds` rounds, as evenly as can be (ceil(count / rounds) at most,
+    so every block runs at the same load); fewer rounds when there are fewer requests."""
+    if rounds < 1:
+        raise ValueError("at least one round is needed")
+    base, extra = divmod(count, rounds)
+    return [base + 1 if index < extra else base for index in range(min(rounds, count))]
+
+
+def order(round_index: int) -> tuple[int, int]:
+    """Which side (0 taskenv, 1 raw) runs first and second in this round."""
+    return (0, 1) if round_index % 2 == 0 else (1, 0)
+
+
+async def interleave(sides: tuple[Side, Side], count: int, rounds: int, concurrency: int) -> None:
+    """`count` requests per side in rounds at `concurrency`; request numbers run on across a
+    side's blocks, so its blocks together go through 0..count-1 like one long series would."""
+    first = 0
+    for index, size in enumerate(block_sizes(count, rounds)):
+        for side in (sides[i] for i in order(index)):
+            block: list[Sample] = []
+            side.blocks.append(block)
+            await run_phase(side.call, size, concurrency, block, side.advance, first=first)
+            if side.after_block is not None:
+                await side.after_block()
+        first += size
