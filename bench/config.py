@@ -33,6 +33,7 @@ class BenchConfig:
     hold: int = 0
     hold_sleep_sec: float = 5.0
     hold_timeout_sec: int = 60
+    hold_ramp_sec: float = 2.0
     api_pid: int | None = None
     max_seconds: float = 600.0
 

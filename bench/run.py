@@ -221,11 +221,18 @@ async def _hold(
     url: str,
     envs: list[api_side.Env],
 ) -> None:
-    """All `hold` execs at once, each sleeping, while the API process's memory is sampled."""
+    """All `hold` execs at once, each sleeping, while the API process's memory is sampled.
+
+    Their connections open over `hold_ramp_sec`, not in one instant: thousands of simultaneous
+    SYNs overflow the kernel's listen backlog (`net.core.somaxconn`, 4096 here) and get reset,
+    which measures the kernel, not the service. Every exec outlasts the ramp, so all are in
+    flight together once it ends."""
     pick = round_robin(len(envs))
     workload = hold_workload(config.hold_sleep_sec)
+    spacing = config.hold_ramp_sec / max(config.hold, 1)
 
     async def wait(number: int) -> Sample:
+        await asyncio.sleep(number * spacing)
         return await api_side.execute(session, url, envs[pick(number)], workload, config.hold_timeout_sec)
 
     stop = asyncio.Event()

@@ -113,6 +113,7 @@ def bench(
     hold: int = typer.Option(0, min=0, help="Also hold this many execs at once (0: no hold phase)"),
     hold_sleep: float = typer.Option(5.0, help="Seconds each held exec sleeps"),
     hold_timeout: int = typer.Option(60, min=1, help="timeout_sec of each held exec"),
+    hold_ramp: float = typer.Option(2.0, min=0, help="Seconds over which the held execs' connections open"),
     api_pid: int = typer.Option(None, help="PID of the API process, to sample its RSS during the hold"),
     max_seconds: float = typer.Option(600.0, help="Stop, clean up and report after this long"),
     json_path: str = typer.Option(None, "--json", help="Write the figures to this JSON file"),
@@ -146,6 +147,7 @@ def bench(
         hold=hold,
         hold_sleep_sec=hold_sleep,
         hold_timeout_sec=hold_timeout,
+        hold_ramp_sec=hold_ramp,
         api_pid=api_pid,
         max_seconds=max_seconds,
     )
