@@ -7,6 +7,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from shared.errors import ErrorType, TaskenvError
+from shared.models import REQUEST_BODY_MAX_BYTES
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -17,13 +18,28 @@ def validation_error(exc: ValidationError, where: str) -> TaskenvError:
     return TaskenvError(ErrorType.VALIDATION, f"Invalid request {where}: {fields}", errors=errors)
 
 
+async def _read_capped(request: Request) -> bytes:
+    too_large = TaskenvError(ErrorType.PAYLOAD_TOO_LARGE, f"Request body over {REQUEST_BODY_MAX_BYTES} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > REQUEST_BODY_MAX_BYTES:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > REQUEST_BODY_MAX_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def parse_json(request: Request, model: type[Model]) -> Model:
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise TaskenvError(
             ErrorType.INVALID_REQUEST, f"Unsupported content type {content_type!r}: send application/json"
         )
-    raw = await request.body()
+    raw = await _read_capped(request)
     try:
         data: Any = json.loads(raw) if raw.strip() else None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -17,6 +17,7 @@ class ErrorType(StrEnum):
     CONFLICT = "conflict_error"
     VALIDATION = "validation_error"
     INVALID_REQUEST = "invalid_request_error"
+    PAYLOAD_TOO_LARGE = "payload_too_large_error"
     UPGRADE_REQUIRED = "upgrade_required_error"
     RATE_LIMIT = "rate_limit_error"
     APP = "app_error"
@@ -33,6 +34,7 @@ STATUS: dict[ErrorType, int] = {
     ErrorType.CONFLICT: 409,
     ErrorType.VALIDATION: 422,
     ErrorType.INVALID_REQUEST: 400,
+    ErrorType.PAYLOAD_TOO_LARGE: 413,
     ErrorType.UPGRADE_REQUIRED: 426,
     ErrorType.RATE_LIMIT: 429,
     ErrorType.APP: 500,

@@ -7,6 +7,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 EXEC_TIMEOUT_MAX_SEC = 600
+COMMAND_MAX_CHARS = 256 * 1024
+# Larger bodies are refused before they are read whole.
+REQUEST_BODY_MAX_BYTES = 1024 * 1024
 
 
 class EnvironmentState(StrEnum):
@@ -32,7 +35,7 @@ class ProvisionRequest(BaseModel):
 class ExecuteRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    command: str = Field(min_length=1, max_length=256 * 1024)
+    command: str = Field(min_length=1, max_length=COMMAND_MAX_CHARS)
     timeout_sec: int = Field(30, ge=1, le=EXEC_TIMEOUT_MAX_SEC)
 
 

@@ -156,6 +156,10 @@ async def test_body_errors_list_every_field(client, env):
     assert malformed.status_code == 400 and malformed.json()["type"] == "invalid_request_error"
     form = await client.post(url, data={"command": "true"}, headers=env.headers())
     assert form.status_code == 400
+    huge = await client.post(url, json={"command": "x" * (1024 * 1024 + 1)}, headers=env.headers())
+    assert huge.status_code == 413 and huge.json()["type"] == "payload_too_large_error"
+    long_command = await client.post(url, json={"command": "x" * (256 * 1024 + 1)}, headers=env.headers())
+    assert long_command.status_code == 422
     # Authentication comes before validation.
     unauthenticated = await client.post(url, json={"command": ""})
     assert unauthenticated.status_code == 401
