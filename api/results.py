@@ -65,7 +65,8 @@ class ResultListener:
                     backoff = 0.1
                     await self._recover()
                     async for message in pubsub.listen():
-                        self._deliver(jobs.deserialize(message["data"]))
+                        if message["type"] == "message":
+                            self._receive(message["data"])
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -73,6 +74,16 @@ class ResultListener:
                 log.exception("result subscription lost; resubscribing in %.1f s", backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    def _receive(self, data: bytes) -> None:
+        try:
+            result = jobs.deserialize(data)
+            job_id = result["job_id"]
+        except Exception:
+            log.warning("ignored a malformed message on %s", self.channel)
+            return
+        if isinstance(job_id, str):
+            self._deliver(result)
 
     def _deliver(self, result: JobResult) -> None:
         future = self._waiting.get(result.get("job_id", ""))

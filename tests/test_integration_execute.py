@@ -141,3 +141,20 @@ async def test_lost_worker_still_answers_by_the_deadline(client, env, service):
     assert response.status_code == 504
     assert response.json()["type"] == "timeout_error"
     assert elapsed < 3.0
+
+
+async def test_result_survives_a_lost_subscription(client, env, service):
+    import redis.asyncio as aioredis
+
+    redis = aioredis.Redis.from_url(service.redis_url)
+    started = time.monotonic()
+    pending = asyncio.create_task(run(client, env, "sleep 1; echo done", timeout_sec=10))
+    await asyncio.sleep(0.3)
+    # Cut every pub/sub connection: the API's result subscription among them.
+    assert await redis.client_kill_filter(_type="pubsub") >= 1
+    await redis.aclose()
+    response = await pending
+    assert response.status_code == 200
+    assert response.json() == {"exit_code": 0, "output": "done\n"}
+    # Delivered over the new subscription, not by the last-resort read at the 10 s deadline.
+    assert time.monotonic() - started < 5
