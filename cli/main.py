@@ -77,6 +77,7 @@ def up(
     from cli.up import run
 
     _logging("info")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     raise typer.Exit(run(workers=workers, org=org, workspace=workspace))
 
 

@@ -171,7 +171,8 @@ async def serve(settings: Settings) -> None:
     main.cancel()
     with suppress(asyncio.CancelledError):
         await main
-    if worker.tasks:
-        log.info("waiting for %d running jobs", len(worker.tasks))
-        await asyncio.wait(list(worker.tasks.values()), timeout=JOB_TIMEOUT_SEC)
+    running = [task for task in worker.tasks.values() if not task.done()]
+    if running:
+        log.info("waiting for %d running jobs", len(running))
+        await asyncio.wait(running, timeout=JOB_TIMEOUT_SEC)
     await worker.close()
