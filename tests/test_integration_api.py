@@ -1,6 +1,7 @@
 """Lifecycle, authentication and validation over HTTP against the real service."""
 
 import asyncio
+import json
 import subprocess
 
 import httpx
@@ -170,3 +171,20 @@ async def test_unknown_routes_and_methods_use_the_envelope(client, service):
     assert response.status_code == 404 and response.json()["type"] == "not_found_error"
     response = await client.put(service.envs_url())
     assert response.status_code == 405 and response.json()["code"] == 405
+
+
+async def test_sandboxes_start_hardened(service, env):
+    found = subprocess.run(
+        ["docker", "inspect", f"taskenv-{env.id}"], capture_output=True, text=True, check=True
+    )
+    (container,) = json.loads(found.stdout)
+    host = container["HostConfig"]
+    assert host["NetworkMode"] == "none"
+    assert host["CapDrop"] == ["ALL"]
+    assert host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["Init"] is True
+    assert host["Memory"] == host["MemorySwap"] == 512 * 1024 * 1024
+    assert host["PidsLimit"] == 256 and host["NanoCpus"] == 10**9
+    labels = container["Config"]["Labels"]
+    assert labels["taskenv.managed"] == "true" and labels["taskenv.env"] == env.id
+    assert labels["taskenv.queue"] == service.queue and labels["taskenv.org"] == "acme"
