@@ -88,7 +88,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
             arq=arq,
             listener=listener,
             dispatcher=Dispatcher(arq, listener),
-            listener_task=task,
         )
         async with asyncio.timeout(30):
             await listener.wait_subscribed()

@@ -1,6 +1,5 @@
 """What one API process holds for its lifetime: settings, Redis clients, the result listener."""
 
-import asyncio
 from dataclasses import dataclass
 
 from arq.connections import ArqRedis
@@ -21,7 +20,6 @@ class AppState:
     arq: ArqRedis
     listener: ResultListener
     dispatcher: Dispatcher
-    listener_task: "asyncio.Task[None]"
 
 
 def app_state(request: Request) -> AppState:

@@ -44,10 +44,12 @@ return score
 
 
 class WakeableWorker(Worker):
-    def __init__(self, *args: Any, idle_wait_sec: float, **kwargs: Any) -> None:
+    """arq's Worker, fed job ids from a wake list; everything else (running, results, cron) is arq's."""
+
+    def __init__(self, *args: Any, wake_key: str, idle_wait_sec: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.wake_key = wake_key
         self.idle_wait_sec = idle_wait_sec
-        self.wake_key = keys.wake(self.queue_name.removeprefix(keys.arq_queue("")))
         self._slot_freed = asyncio.Event()
         self._claim = self.pool.register_script(_CLAIM)
 
@@ -148,6 +150,7 @@ def create_worker(settings: Settings) -> WakeableWorker:
         keep_result=60,
         max_tries=1,
         retry_jobs=False,
+        wake_key=keys.wake(settings.queue),
         idle_wait_sec=settings.worker_idle_wait_sec,
         job_serializer=jobs.serialize,
         job_deserializer=jobs.deserialize,
