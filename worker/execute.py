@@ -37,6 +37,13 @@ STDOUT = 1
 
 
 async def run_command(docker: aiodocker.Docker, job: ExecJob) -> dict[str, Any]:
+    if job["deadline_at"] <= time.time():
+        # It waited in the queue past its deadline: the caller has its 504 already.
+        raise TaskenvError(
+            ErrorType.TIMEOUT,
+            f"Command not started: its {job['timeout_sec']} s passed while it waited for a worker",
+            extra={"output": ""},
+        )
     output = CappedOutput(job["output_limit"])
     container = docker.containers.container(job["container"])
     with docker_errors("execute"):
