@@ -24,14 +24,14 @@ def test_loopback_urls_are_accepted(url):
 @pytest.mark.parametrize(
     "url",
     [
-        "http://10.0.0.1:8000",
+        "http://203.0.113.1:8000",
         "http://0.0.0.0:8000",
         "http://example.com",
         "http://localhost.example.com",
         "http://127.0.0.1.nip.io",
         "http://127.0.0.1@example.com/",
         "http://user:pw@127.0.0.1",
-        "http://[::ffff:10.0.0.1]",
+        "http://[::ffff:203.0.113.1]",
         "http://[2001:db8::1]",
         "ftp://127.0.0.1",
         "127.0.0.1:8000",
@@ -49,7 +49,7 @@ def test_local_docker_is_accepted(host):
 
 
 @pytest.mark.parametrize(
-    "host", ["tcp://10.1.2.3:2375", "ssh://user@builder", "tcp://docker.example.com:2376"]
+    "host", ["tcp://198.51.100.3:2375", "ssh://user@builder", "tcp://docker.example.com:2376"]
 )
 def test_remote_docker_is_refused(host):
     with pytest.raises(NotLocalError):
