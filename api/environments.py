@@ -82,6 +82,7 @@ async def create_environment(request: Request) -> Response:
         token_hash=hash_secret(token),
         queue=state.settings.queue,
         lifetime_sec=lifetime,
+        provision_timeout_sec=state.settings.control_timeout_sec,
     )
     await state.dispatcher.submit(
         jobs.PROVISION,

@@ -28,6 +28,12 @@ def expiry_index(queue: str) -> str:
     return f"{PREFIX}expiry:{queue}"
 
 
+def provisioning_index(queue: str) -> str:
+    """Sorted set of environment ids whose provision job has not run yet, scored by the time
+    that job expires: past it, no worker will ever provision them."""
+    return f"{PREFIX}provisioning:{queue}"
+
+
 def inflight(env_id: str) -> str:
     """Sorted set of an environment's running exec job ids, scored by their deadline."""
     return f"{PREFIX}inflight:{env_id}"

@@ -44,6 +44,7 @@ async def create(
     token_hash: str,
     queue: str,
     lifetime_sec: int,
+    provision_timeout_sec: float,
 ) -> Record:
     now = time.time()
     record: Record = {
@@ -68,6 +69,7 @@ async def create(
         pipe.zadd(keys.workspace_index(org, workspace), {env_id: now})
         pipe.set(keys.execute_token(token_hash), env_id, ex=lifetime_sec + 3600)
         pipe.zadd(keys.expiry_index(queue), {env_id: now + lifetime_sec})
+        pipe.zadd(keys.provisioning_index(queue), {env_id: now + provision_timeout_sec})
         await pipe.execute()
     return record
 
@@ -116,6 +118,7 @@ async def tear_down(redis: Redis, record: Record, *, error: str = "", retention_
     previous = await redis.eval(_TEAR_DOWN, 1, keys.environment(env_id), error)  # type: ignore[misc]
     async with redis.pipeline(transaction=False) as pipe:
         pipe.zrem(keys.expiry_index(record["queue"]), env_id)
+        pipe.zrem(keys.provisioning_index(record["queue"]), env_id)
         pipe.delete(keys.inflight(env_id))
         if retention_sec:
             pipe.expire(keys.environment(env_id), retention_sec)
@@ -126,6 +129,14 @@ async def tear_down(redis: Redis, record: Record, *, error: str = "", retention_
 
 async def expired(redis: Redis, queue: str, now: float) -> list[str]:
     return list(await redis.zrangebyscore(keys.expiry_index(queue), "-inf", now))
+
+
+async def stalled_provisions(redis: Redis, queue: str, now: float) -> list[str]:
+    return list(await redis.zrangebyscore(keys.provisioning_index(queue), "-inf", now))
+
+
+async def provision_ran(redis: Redis, queue: str, env_id: str) -> None:
+    await redis.zrem(keys.provisioning_index(queue), env_id)
 
 
 _LIST_FIELDS = ("id", "state", "task_ref", "created_at", "expires_at", "error", "instruction")

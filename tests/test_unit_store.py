@@ -26,6 +26,7 @@ async def _create(redis: fakeredis.FakeAsyncRedis, env_id: str, ws: str = "main"
         token_hash="h-" + env_id,
         queue="q",
         lifetime_sec=lifetime,
+        provision_timeout_sec=60,
     )
 
 

@@ -67,8 +67,16 @@ async def execute(ctx: Ctx, payload: ExecJob) -> dict[str, Any]:
 
 @job
 async def provision(ctx: Ctx, payload: EnvJob) -> dict[str, Any]:
-    redis, docker = _records(ctx), _docker(ctx)
-    env_id = payload["env_id"]
+    redis = _records(ctx)
+    try:
+        return await _provision(redis, _docker(ctx), payload["env_id"])
+    finally:
+        # Ran, whatever came of it: the reaper no longer needs to watch for it. (A worker that
+        # dies before this line leaves the entry, and the reaper then fails the environment.)
+        await store.provision_ran(redis, _settings(ctx).queue, payload["env_id"])
+
+
+async def _provision(redis: Redis, docker: aiodocker.Docker, env_id: str) -> dict[str, Any]:
     record = await store.get(redis, env_id)
     if record is None or record["state"] != EnvironmentState.PROVISIONING:
         return {"state": record["state"] if record else None}
@@ -109,11 +117,19 @@ async def logs(ctx: Ctx, payload: EnvJob) -> dict[str, Any]:
 
 
 async def reap(ctx: Ctx) -> dict[str, int]:
-    """Cron: tear down expired environments, and remove containers whose record is gone or
-    torn down (left by a crash or a lost teardown job)."""
+    """Cron: fail environments whose provision job never ran, tear down expired ones, and
+    remove containers whose record is gone, failed or torn down (left by a crash or a lost
+    teardown job)."""
     redis, docker, settings = _records(ctx), _docker(ctx), _settings(ctx)
+    now = time.time()
+    for env_id in await store.stalled_provisions(redis, settings.queue, now):
+        error = f"not provisioned: no worker of queue {settings.queue!r} ran the provision in time"
+        await store.set_if_state(
+            redis, env_id, EnvironmentState.PROVISIONING, state=EnvironmentState.FAILED, error=error
+        )
+        await store.provision_ran(redis, settings.queue, env_id)
     expired = 0
-    for env_id in await store.expired(redis, settings.queue, time.time()):
+    for env_id in await store.expired(redis, settings.queue, now):
         record = await store.get(redis, env_id)
         if record is not None:
             await store.tear_down(

@@ -1,0 +1,93 @@
+"""The reaper's bookkeeping (fakeredis and a fake engine: pure logic only)."""
+
+import time
+
+import fakeredis
+import pytest
+
+from shared import keys, store
+from shared.models import EnvironmentState
+from shared.settings import Settings
+from shared.tasks import TaskSpec
+from worker import jobs
+
+
+class FakeContainer:
+    def __init__(self, engine: "FakeEngine", name: str) -> None:
+        self.engine, self.name = engine, name
+
+    async def delete(self, force: bool, v: bool) -> None:
+        self.engine.removed.append(self.name)
+
+
+class FakeContainers:
+    def __init__(self, engine: "FakeEngine") -> None:
+        self.engine = engine
+
+    async def list(self, **_: object) -> list[dict]:
+        return []
+
+    def container(self, name: str) -> FakeContainer:
+        return FakeContainer(self.engine, name)
+
+
+class FakeEngine:
+    def __init__(self) -> None:
+        self.removed: list[str] = []
+        self.containers = FakeContainers(self)
+
+
+@pytest.fixture
+def ctx() -> dict:
+    return {
+        "records": fakeredis.FakeAsyncRedis(decode_responses=True),
+        "docker": FakeEngine(),
+        "settings": Settings(queue="q", record_retention_sec=60),
+    }
+
+
+async def _create(ctx: dict, env_id: str, *, lifetime: int = 3600, provision_timeout: float = 60) -> None:
+    await store.create(
+        ctx["records"],
+        env_id=env_id,
+        org="acme",
+        workspace="main",
+        task_ref="default",
+        spec=TaskSpec(name="default"),
+        token_hash="h-" + env_id,
+        queue="q",
+        lifetime_sec=lifetime,
+        provision_timeout_sec=provision_timeout,
+    )
+
+
+async def test_a_provision_no_worker_ran_fails_with_a_reason(ctx):
+    await _create(ctx, "stalled", provision_timeout=-1)
+    await _create(ctx, "fresh")
+    await jobs.reap(ctx)
+    stalled = await store.get(ctx["records"], "stalled")
+    assert stalled is not None and stalled["state"] == EnvironmentState.FAILED
+    assert "no worker of queue 'q'" in stalled["error"]
+    fresh = await store.get(ctx["records"], "fresh")
+    assert fresh is not None and fresh["state"] == EnvironmentState.PROVISIONING
+    assert await ctx["records"].zrange(keys.provisioning_index("q"), 0, -1) == ["fresh"]
+
+
+async def test_a_provision_that_ran_is_not_failed_later(ctx):
+    await _create(ctx, "done", provision_timeout=-1)
+    await store.set_if_state(
+        ctx["records"], "done", EnvironmentState.PROVISIONING, state=EnvironmentState.READY
+    )
+    await store.provision_ran(ctx["records"], "q", "done")
+    await jobs.reap(ctx)
+    done = await store.get(ctx["records"], "done")
+    assert done is not None and done["state"] == EnvironmentState.READY
+
+
+async def test_expired_environments_are_torn_down_and_their_containers_removed(ctx):
+    await _create(ctx, "old", lifetime=-1)
+    counts = await jobs.reap(ctx)
+    old = await store.get(ctx["records"], "old")
+    assert old is not None and old["state"] == EnvironmentState.TORN_DOWN and "expired" in old["error"]
+    assert ctx["docker"].removed == ["taskenv-old"] and counts["expired"] == 1
+    assert await store.expired(ctx["records"], "q", time.time()) == []
