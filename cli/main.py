@@ -167,17 +167,29 @@ def keys_create(
     workspace: str = typer.Option(..., help="Workspace the key is for"),
 ) -> None:
     """Create an API key and print it once: only its hash is stored."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
     from api.auth import create_api_key
     from shared.redis import records_client
 
+    settings = instance.settings()
+
     async def create() -> str:
-        redis = records_client(instance.settings())
+        redis = records_client(settings)
         try:
             return await create_api_key(redis, org, workspace)
         finally:
             await redis.aclose()
 
-    typer.echo(asyncio.run(create()))
+    try:
+        typer.echo(asyncio.run(create()))
+    except RedisConnectionError as exc:
+        typer.echo(
+            f"cannot reach Redis at {settings.redis_url} ({exc}):"
+            " start `taskenv up`, or set TASKENV_REDIS_URL",
+            err=True,
+        )
+        raise typer.Exit(1) from None
 
 
 @image_app.command("build")
