@@ -17,6 +17,7 @@ from api.dispatch import Dispatcher
 from api.metrics import ERRORS, metrics
 from api.results import ResultListener
 from api.state import AppState
+from api.targets import TargetCache
 from shared.errors import ErrorType, TaskenvError, for_status
 from shared.redis import arq_client, records_client
 from shared.settings import Settings, get_settings
@@ -88,12 +89,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
             arq=arq,
             listener=listener,
             dispatcher=Dispatcher(arq, listener),
+            targets=TargetCache(records),
         )
         async with asyncio.timeout(30):
             await listener.wait_subscribed()
         try:
             yield
         finally:
+            if app.state.taskenv.background:
+                await asyncio.wait(app.state.taskenv.background, timeout=10)
             task.cancel()
             with suppress(asyncio.CancelledError):
                 await task

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from starlette.requests import Request
 
+from api.targets import ExecTarget
 from shared import keys
 from shared.errors import ErrorType, TaskenvError, authentication_failed, environment_not_found
 from shared.secrets import hash_secret, matches, new_api_key
@@ -64,15 +65,15 @@ async def create_api_key(redis: Redis, org: str, workspace: str) -> str:
     return key
 
 
-async def require_execute_token(redis: Redis, request: Request, record: dict[str, str] | None) -> None:
+async def require_execute_token(redis: Redis, request: Request, target: ExecTarget | None) -> None:
     """401 for a missing or unknown token, 404 for an environment not in this workspace,
     403 for a real token of another environment."""
     token = execute_token_of(request)
     if not token:
         raise authentication_failed()
     org, workspace = request.path_params["org"], request.path_params["workspace"]
-    in_path = record is not None and (record["org"], record["workspace"]) == (org, workspace)
-    if in_path and record is not None and matches(token, record["token_hash"]):
+    in_path = target is not None and (target.org, target.workspace) == (org, workspace)
+    if in_path and target is not None and matches(token, target.token_hash):
         return
     if not await redis.exists(keys.execute_token(hash_secret(token))):
         raise authentication_failed()

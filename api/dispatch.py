@@ -3,6 +3,7 @@
 import asyncio
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -13,16 +14,58 @@ from api.results import ResultListener
 from shared import jobs, keys
 from shared.errors import ErrorType, TaskenvError
 
+# What arq's `enqueue_job` does (refuse a known id; the job key expires with the job, so a job
+# that waited past its deadline never starts), plus handing the id to the queue's workers.
 # KEYS: job, result, queue, wake. ARGV: expiry ms, serialized job, score, job id, wake cap.
-_ENQUEUE = """
-if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
-redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
-redis.call('RPUSH', KEYS[4], ARGV[4])
-redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[5]) - 1)
-redis.call('EXPIRE', KEYS[4], 86400)
-return 1
+_ENQUEUE_FUNCTION = """
+local function enqueue()
+  if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 'duplicate' end
+  redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+  redis.call('RPUSH', KEYS[4], ARGV[4])
+  redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[5]) - 1)
+  redis.call('EXPIRE', KEYS[4], 86400)
+  return 'queued'
+end
 """
+_ENQUEUE = _ENQUEUE_FUNCTION + "return enqueue()"
+
+# An execute: enqueued only if its environment is ready and has a free command slot; the slot
+# carries the command's deadline, so a crashed API process cannot leak it.
+# KEYS (after enqueue's): environment, in-flight set. ARGV (after enqueue's): now, slot
+# expiry, slots per environment.
+_ADMIT_AND_ENQUEUE = (
+    _ENQUEUE_FUNCTION
+    + """
+local state = redis.call('HGET', KEYS[5], 'state')
+if not state then return 'missing' end
+if state ~= 'ready' then return state end
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', ARGV[6])
+if redis.call('ZCARD', KEYS[6]) >= tonumber(ARGV[8]) then return 'busy' end
+local queued = enqueue()
+if queued ~= 'queued' then return queued end
+redis.call('ZADD', KEYS[6], ARGV[7], ARGV[4])
+redis.call('EXPIRE', KEYS[6], math.ceil(tonumber(ARGV[7]) - tonumber(ARGV[6])) + 60)
+return queued
+"""
+)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Enqueue an execute only if `env_id` is ready and runs fewer than `slots` commands."""
+
+    env_id: str
+    slots: int
+    slot_until: float
+
+
+class NotAdmitted(Exception):
+    """The environment was gone, not ready (`reason` is its state), or `busy`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class Dispatcher:
@@ -30,39 +73,69 @@ class Dispatcher:
         self.redis = redis
         self.listener = listener
         self._enqueue = redis.register_script(_ENQUEUE)
+        self._admit_and_enqueue = redis.register_script(_ADMIT_AND_ENQUEUE)
 
     async def submit(
-        self, function: str, payload: Any, *, queue: str, job_id: str, expires_sec: float, reply: bool
+        self,
+        function: str,
+        payload: Any,
+        *,
+        queue: str,
+        job_id: str,
+        expires_sec: float,
+        reply: bool,
+        admission: Admission | None = None,
     ) -> None:
-        """Enqueue an arq job and hand its id to the queue's workers, in one round trip.
-
-        What arq's `enqueue_job` does (refuse a known id; the job key expiring with the job, so
-        a job that waited past its deadline never starts) in one script instead of three round
-        trips, plus the wake. `max_tries=1` on the worker makes a job never run twice."""
-        enqueued_ms = int(time.time() * 1000)
+        """Enqueue an arq job and hand its id to the queue's workers, in one round trip (arq's
+        `enqueue_job` takes three); with an admission, in that same round trip.
+        `max_tries=1` on the worker makes a job never run twice."""
+        now = time.time()
+        enqueued_ms = int(now * 1000)
         reply_to = self.listener.channel if reply else None
         job = serialize_job(
             function, (payload,), {"reply_to": reply_to}, None, enqueued_ms, serializer=jobs.serialize
         )
-        added = await self._enqueue(
-            keys=[
-                job_key_prefix + job_id,
-                result_key_prefix + job_id,
-                keys.arq_queue(queue),
-                keys.wake(queue),
-            ],
-            args=[max(1, int(expires_sec * 1000)), job, enqueued_ms, job_id, keys.WAKE_LIST_MAX],
-        )
-        if not added:
+        script_keys = [
+            job_key_prefix + job_id,
+            result_key_prefix + job_id,
+            keys.arq_queue(queue),
+            keys.wake(queue),
+        ]
+        args: list[Any] = [max(1, int(expires_sec * 1000)), job, enqueued_ms, job_id, keys.WAKE_LIST_MAX]
+        if admission is None:
+            outcome = await self._enqueue(keys=script_keys, args=args)
+        else:
+            script_keys += [keys.environment(admission.env_id), keys.inflight(admission.env_id)]
+            args += [now, admission.slot_until, admission.slots]
+            outcome = await self._admit_and_enqueue(keys=script_keys, args=args)
+        outcome = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
+        if outcome == "duplicate":
             raise TaskenvError(ErrorType.ALREADY_EXISTS, f"Job {job_id} already exists")
+        if outcome != "queued":
+            raise NotAdmitted(outcome)
 
     async def call(
-        self, function: str, payload: Any, *, queue: str, wait_sec: float, job_id: str | None = None
+        self,
+        function: str,
+        payload: Any,
+        *,
+        queue: str,
+        wait_sec: float,
+        job_id: str | None = None,
+        admission: Admission | None = None,
     ) -> dict[str, Any]:
         """Run a job and return its answer, or raise its error; never waits past `wait_sec`."""
         job_id = job_id or uuid.uuid4().hex
         with self.listener.expect(job_id) as future:
-            await self.submit(function, payload, queue=queue, job_id=job_id, expires_sec=wait_sec, reply=True)
+            await self.submit(
+                function,
+                payload,
+                queue=queue,
+                job_id=job_id,
+                expires_sec=wait_sec,
+                reply=True,
+                admission=admission,
+            )
             try:
                 result = await asyncio.wait_for(asyncio.shield(future), wait_sec)
             except TimeoutError:

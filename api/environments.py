@@ -5,12 +5,12 @@ import time
 import uuid
 
 from pydantic import BaseModel, Field
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api.auth import Workspace, require_execute_token, require_workspace
 from api.body import parse_json, parse_query
+from api.dispatch import Admission, NotAdmitted
 from api.metrics import EXECUTE_SECONDS
 from api.state import AppState, app_state
 from shared import jobs, store
@@ -29,12 +29,8 @@ from shared.secrets import hash_secret, new_execute_token
 log = logging.getLogger("taskenv.api")
 
 
-def json_response(
-    model: BaseModel, status_code: int = 200, background: BackgroundTask | None = None
-) -> Response:
-    return Response(
-        model.model_dump_json(), status_code=status_code, media_type="application/json", background=background
-    )
+def json_response(model: BaseModel, status_code: int = 200) -> Response:
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
 
 
 class ListQuery(BaseModel):
@@ -173,41 +169,54 @@ async def execute(request: Request) -> Response:
         body = await parse_json(request, ExecuteRequest)
     except TaskenvError as exc:
         body_error = exc
-    timeout_sec = body.timeout_sec if body else 0
-    deadline_at = time.time() + timeout_sec
-    wait_sec = timeout_sec + state.settings.result_grace_sec
+    target = await state.targets.get(env_id)
+    await require_execute_token(state.records, request, target)
+    assert target is not None
+    if body_error is not None or body is None:
+        raise body_error or TaskenvError(ErrorType.INVALID_REQUEST, "Missing body")
+    deadline_at = time.time() + body.timeout_sec
+    wait_sec = body.timeout_sec + state.settings.result_grace_sec
     job_id = uuid.uuid4().hex
-    record, running = await store.admit_exec(state.records, env_id, job_id, until=deadline_at + wait_sec)
-    try:
-        await require_execute_token(state.records, request, record)
-        assert record is not None
-        if body_error is not None or body is None:
-            raise body_error or TaskenvError(ErrorType.INVALID_REQUEST, "Missing body")
-        _require_state(record, "execute in", EnvironmentState.READY)
-        limit = state.settings.max_execs_per_env
-        if running > limit:
-            raise TaskenvError(
-                ErrorType.RATE_LIMIT,
-                f"Environment {env_id} already runs {limit} commands at once; retry when one finishes",
-            )
-        payload = ExecJob(
-            env_id=env_id,
-            container=record["container"],
-            command=body.command,
-            timeout_sec=body.timeout_sec,
-            deadline_at=deadline_at,
-            user=record["user"],
-            workdir=record["workdir"],
-            output_limit=state.settings.output_limit_bytes,
-        )
-        value = await state.dispatcher.call(
-            jobs.EXECUTE, payload, queue=record["queue"], wait_sec=wait_sec, job_id=job_id
-        )
-    except BaseException:
-        await store.release_exec(state.records, env_id, job_id)
-        raise
-    EXECUTE_SECONDS.observe(time.perf_counter() - started)
-    return json_response(
-        ExecuteResponse.model_validate(value),
-        background=BackgroundTask(store.release_exec, state.records, env_id, job_id),
+    payload = ExecJob(
+        env_id=env_id,
+        container=target.container,
+        command=body.command,
+        timeout_sec=body.timeout_sec,
+        deadline_at=deadline_at,
+        user=target.user,
+        workdir=target.workdir,
+        output_limit=state.settings.output_limit_bytes,
     )
+    slots = state.settings.max_execs_per_env
+    try:
+        value = await state.dispatcher.call(
+            jobs.EXECUTE,
+            payload,
+            queue=target.queue,
+            wait_sec=wait_sec,
+            job_id=job_id,
+            admission=Admission(env_id, slots, slot_until=time.time() + wait_sec),
+        )
+    except NotAdmitted as refused:
+        raise await _refusal(state, env_id, refused.reason, slots) from None
+    finally:
+        state.after_response(store.release_exec(state.records, env_id, job_id))
+    EXECUTE_SECONDS.observe(time.perf_counter() - started)
+    return json_response(ExecuteResponse.model_validate(value))
+
+
+async def _refusal(state: AppState, env_id: str, reason: str, slots: int) -> TaskenvError:
+    if reason == "busy":
+        return TaskenvError(
+            ErrorType.RATE_LIMIT,
+            f"Environment {env_id} already runs {slots} commands at once; retry when one finishes",
+        )
+    record = await store.get(state.records, env_id)
+    if record is None:
+        state.targets.forget(env_id)
+        return environment_not_found(env_id)
+    try:
+        _require_state(record, "execute in", EnvironmentState.READY)
+    except TaskenvError as exc:
+        return exc
+    return TaskenvError(ErrorType.CONFLICT, f"Environment {env_id} changed state; retry")

@@ -1,6 +1,9 @@
 """What one API process holds for its lifetime: settings, Redis clients, the result listener."""
 
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
 
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
@@ -8,6 +11,7 @@ from starlette.requests import Request
 
 from api.dispatch import Dispatcher
 from api.results import ResultListener
+from api.targets import TargetCache
 from shared.settings import Settings
 from shared.tasks import TaskRegistry
 
@@ -20,6 +24,15 @@ class AppState:
     arq: ArqRedis
     listener: ResultListener
     dispatcher: Dispatcher
+    targets: TargetCache
+    background: set["asyncio.Task[Any]"] = field(default_factory=set)
+
+    def after_response(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run bookkeeping without holding the connection: a keep-alive client's next request
+        would otherwise wait for it (Starlette's BackgroundTask runs inside the request cycle)."""
+        task = asyncio.create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
 
 def app_state(request: Request) -> AppState:

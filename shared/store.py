@@ -84,21 +84,6 @@ async def get(redis: Redis, env_id: str) -> Record | None:
     return record or None
 
 
-async def admit_exec(redis: Redis, env_id: str, job_id: str, *, until: float) -> tuple[Record | None, int]:
-    """The record, and how many execs (this one included) are running in it: one round trip.
-    Entries carry their deadline, so a crashed API process cannot leak slots."""
-    now = time.time()
-    inflight = keys.inflight(env_id)
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(keys.environment(env_id))
-        pipe.zremrangebyscore(inflight, "-inf", now)
-        pipe.zadd(inflight, {job_id: until})
-        pipe.zcard(inflight)
-        pipe.expire(inflight, int(until - now) + 60)
-        record, _, _, running, _ = await pipe.execute()
-    return record or None, int(running)
-
-
 async def release_exec(redis: Redis, env_id: str, job_id: str) -> None:
     await redis.zrem(keys.inflight(env_id), job_id)
 

@@ -158,3 +158,13 @@ async def test_result_survives_a_lost_subscription(client, env, service):
     assert response.json() == {"exit_code": 0, "output": "done\n"}
     # Delivered over the new subscription, not by the last-resort read at the 10 s deadline.
     assert time.monotonic() - started < 5
+
+
+async def test_too_many_commands_in_one_environment_get_429(client, env):
+    responses = await asyncio.gather(*(run(client, env, "sleep 1", timeout_sec=10) for _ in range(40)))
+    codes = sorted(r.status_code for r in responses)
+    assert codes.count(200) == 32 and codes.count(429) == 8, codes
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.json()["type"] == "rate_limit_error"
+    # Slots come back when commands end.
+    assert (await run(client, env, "echo again")).json()["output"] == "again\n"

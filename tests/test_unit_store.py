@@ -89,19 +89,3 @@ async def test_list_page_filters_paginates_and_forgets_vanished_records(redis):
     ready = await store.list_page(redis, "acme", "main", states={EnvironmentState.READY}, page=1, limit=50)
     assert [e.id for e in ready.environments] == ["e0"]
     assert await redis.zscore(keys.workspace_index("acme", "main"), "e4") is None
-
-
-async def test_admit_exec_counts_running_and_expires_stale_slots(redis):
-    await _create(redis, "e1")
-    now = time.time()
-    record, running = await store.admit_exec(redis, "e1", "j1", until=now + 30)
-    assert record is not None and running == 1
-    _, running = await store.admit_exec(redis, "e1", "j2", until=now + 30)
-    assert running == 2
-    await store.release_exec(redis, "e1", "j1")
-    # A slot whose deadline passed (its API process died) no longer counts.
-    await redis.zadd(keys.inflight("e1"), {"ghost": now - 1})
-    _, running = await store.admit_exec(redis, "e1", "j3", until=now + 30)
-    assert running == 2
-    missing, _ = await store.admit_exec(redis, "nope", "j4", until=now + 30)
-    assert missing is None

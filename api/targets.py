@@ -1,0 +1,43 @@
+"""What the execute path needs to know of an environment, cached in each API process.
+
+These fields never change once an environment exists, so after the first command only its
+state is read, inside the admission script that also enqueues the command: one round trip
+to Redis per command instead of two.
+"""
+
+from dataclasses import dataclass
+
+from cachetools import LRUCache
+from redis.asyncio import Redis
+
+from shared import store
+
+
+@dataclass(frozen=True)
+class ExecTarget:
+    org: str
+    workspace: str
+    token_hash: str
+    container: str
+    user: str
+    workdir: str
+    queue: str
+
+
+class TargetCache:
+    def __init__(self, redis: Redis, size: int = 100_000) -> None:
+        self.redis = redis
+        self._targets: LRUCache[str, ExecTarget] = LRUCache(maxsize=size)
+
+    async def get(self, env_id: str) -> ExecTarget | None:
+        target = self._targets.get(env_id)
+        if target is None:
+            record = await store.get(self.redis, env_id)
+            if record is None:
+                return None
+            target = ExecTarget(**{name: record[name] for name in ExecTarget.__dataclass_fields__})
+            self._targets[env_id] = target
+        return target
+
+    def forget(self, env_id: str) -> None:
+        self._targets.pop(env_id, None)
