@@ -96,6 +96,13 @@ async def test_exit_codes_survive_exec_traps_and_fd_9_reuse(client, env):
     assert lock.json()["output"].strip() == "0"  # our status was not written into the file
 
 
+async def test_output_without_final_newline_and_late_background_output(client, env):
+    response = await run(client, env, "printf abc; (sleep 0.5; echo late) &")
+    assert response.json() == {"exit_code": 0, "output": "abc"}
+    response = await run(client, env, "printf '\\036not-a-report:1\\n'; exit 2")
+    assert response.json() == {"exit_code": 2, "output": "\x1enot-a-report:1\n"}
+
+
 async def test_invalid_utf8_is_replaced(client, env):
     response = await run(client, env, r"printf '\377\376ok'")
     assert response.status_code == 200

@@ -1,17 +1,17 @@
 """Running one command in a sandbox: combined output in write order, a byte cap, a hard deadline.
 
-The exec is one `sh` that keeps the exec's stderr as fd 9, sends its own stderr to stdout, and
+The exec is one `sh` that sends its stderr to stdout, keeps a copy of stdout as fd 9, and
 `eval`s the command: output arrives as one stream in the exact order written, and an EXIT trap
-reports the status on fd 9 the moment the command ends, even when a background child
-(`sleep 100 &`) keeps the output pipe open. No extra shell is forked, nothing polls, and no
-inspect call is needed; only when the report is missing (the command `exec`s, replaces the
-trap or fd 9, or is killed) does the worker ask the engine for the exit code. A command can
-write a false status to fd 9 on purpose; it only misleads its own caller.
+appends an exit report (`worker.marker`) to that stream the moment the command ends. Reading
+stops at the report: no waiting for the pipe to close (a background child such as
+`sleep 100 &` may never close it), nothing polls, no extra shell is forked and no inspect call
+is needed. Only when the report is missing (the command `exec`s, replaces the trap or fd 9, or
+is killed) does the worker ask the engine for the exit code. A command can forge a report on
+purpose; it only misleads its own caller.
 """
 
 import asyncio
 import time
-from contextlib import suppress
 from typing import Any
 
 import aiodocker
@@ -22,17 +22,18 @@ from shared.errors import ErrorType, TaskenvError
 from shared.jobs import ExecJob
 from worker.docker import docker_errors
 from worker.kill import kill_tree
+from worker.marker import ExitReport, new_nonce
 from worker.output import CappedOutput
 
-# The trap writes only while fd 9 is still the exec's stderr pipe: a command that reuses fd 9
-# (`exec 9>lockfile`) must never get our status written into its file.
+# $1 is the command, $2 the report's nonce; both are cleared from the positional parameters
+# before the eval. The trap writes only while fd 9 is still the output pipe: a command that
+# reuses fd 9 (`exec 9>lockfile`) must never get our report written into its file.
 WRAPPER = (
-    "exec 9>&2 2>&1 </dev/null; "
-    "trap '__taskenv_status=$?; [ -p /proc/self/fd/9 ] && echo \"$__taskenv_status\" >&9' EXIT; "
-    '__taskenv_command=$1; set --; eval "$__taskenv_command"'
+    "exec 9>&1 2>&1 </dev/null; "
+    "trap '__taskenv_status=$?; [ -p /proc/self/fd/9 ] && "
+    'printf "\\036%s:%s\\n" "$__taskenv_nonce" "$__taskenv_status" >&9\' EXIT; '
+    '__taskenv_nonce=$2; __taskenv_command=$1; set --; eval "$__taskenv_command"'
 )
-# After the exit report, how long output already written may still trail in.
-DRAIN_SEC = 0.05
 STDOUT = 1
 
 
@@ -45,10 +46,11 @@ async def run_command(docker: aiodocker.Docker, job: ExecJob) -> dict[str, Any]:
             extra={"output": ""},
         )
     output = CappedOutput(job["output_limit"])
+    nonce = new_nonce()
     container = docker.containers.container(job["container"])
     with docker_errors("execute"):
         exe = await container.exec(
-            ["/bin/sh", "-c", WRAPPER, "sh", job["command"]],  # $1 is cleared before the eval
+            ["/bin/sh", "-c", WRAPPER, "sh", job["command"], nonce],
             stdout=True,
             stderr=True,
             stdin=False,
@@ -60,7 +62,7 @@ async def run_command(docker: aiodocker.Docker, job: ExecJob) -> dict[str, Any]:
         try:
             async with asyncio.timeout(max(job["deadline_at"] - time.time(), 0.0)):
                 with docker_errors("execute"):
-                    exit_code = await _read_until_exit(stream, output)
+                    exit_code = await _read_until_exit(stream, output, ExitReport(nonce))
         except TimeoutError:
             with docker_errors("kill at deadline"):
                 await _kill(docker, exe, job)
@@ -78,26 +80,16 @@ async def run_command(docker: aiodocker.Docker, job: ExecJob) -> dict[str, Any]:
     return {"exit_code": exit_code, "output": output.text()}
 
 
-async def _read_until_exit(stream: Stream, output: CappedOutput) -> int | None:
-    report = b""
+async def _read_until_exit(stream: Stream, output: CappedOutput, report: ExitReport) -> int | None:
     while (message := await stream.read_out()) is not None:
-        if message.stream == STDOUT:
-            output.add(message.data)
+        if message.stream != STDOUT:
+            output.add(message.data)  # only the shell's own words before its redirections
             continue
-        report += message.data
-        if report.endswith(b"\n"):
-            break
-    else:
-        return None
-    with suppress(TimeoutError):
-        async with asyncio.timeout(DRAIN_SEC):
-            while (message := await stream.read_out()) is not None:
-                if message.stream == STDOUT:
-                    output.add(message.data)
-    try:
-        return int(report.splitlines()[-1])
-    except ValueError:
-        return None
+        output.add(report.feed(message.data))
+        if report.status is not None:
+            return report.status
+    output.add(report.rest())
+    return None
 
 
 async def _kill(docker: aiodocker.Docker, exe: Exec, job: ExecJob) -> None:
