@@ -27,8 +27,8 @@ JobFunction = Callable[[Ctx, Any], Awaitable[dict[str, Any]]]
 
 
 def job(fn: JobFunction) -> Callable[..., Coroutine[Any, Any, JobResult]]:
-    """Wrap a job body: errors become results, and the result is kept for `after_job_end`,
-    which pushes it to the waiting API once arq has stored it."""
+    """Wrap a job body: errors become results, and the result is kept for `on_job_end`,
+    which pushes it to the waiting API process."""
 
     @functools.wraps(fn)
     async def run(ctx: Ctx, payload: Any, reply_to: str | None = None) -> JobResult:
