@@ -188,3 +188,14 @@ async def test_sandboxes_start_hardened(service, env):
     labels = container["Config"]["Labels"]
     assert labels["taskenv.managed"] == "true" and labels["taskenv.env"] == env.id
     assert labels["taskenv.queue"] == service.queue and labels["taskenv.org"] == "acme"
+
+
+async def test_lifetime_is_capped_by_the_configured_maximum(client, service):
+    from datetime import datetime
+
+    response = await client.post(service.envs_url(), json={"task_ref": "default", "timeout_sec": 10**6})
+    assert response.status_code == 201
+    body = response.json()
+    lifetime = datetime.fromisoformat(body["expires_at"]) - datetime.fromisoformat(body["created_at"])
+    assert lifetime.total_seconds() == pytest.approx(3600)  # TASKENV_MAX_LIFETIME_SEC in the fixture
+    assert (await client.delete(f"{service.envs_url()}/{body['id']}")).status_code == 204
