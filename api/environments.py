@@ -179,7 +179,6 @@ async def execute(request: Request) -> Response:
     job_id = uuid.uuid4().hex
     payload = ExecJob(
         env_id=env_id,
-        container=target.container,
         command=body.command,
         timeout_sec=body.timeout_sec,
         deadline_at=deadline_at,

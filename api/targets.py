@@ -11,6 +11,7 @@ from cachetools import LRUCache
 from redis.asyncio import Redis
 
 from shared import store
+from shared.tasks import TaskSpec
 
 
 @dataclass(frozen=True)
@@ -18,10 +19,9 @@ class ExecTarget:
     org: str
     workspace: str
     token_hash: str
-    container: str
+    queue: str
     user: str
     workdir: str
-    queue: str
 
 
 class TargetCache:
@@ -35,7 +35,15 @@ class TargetCache:
             record = await store.get(self.redis, env_id)
             if record is None:
                 return None
-            target = ExecTarget(**{name: record[name] for name in ExecTarget.__dataclass_fields__})
+            spec = TaskSpec.model_validate_json(record["spec"])
+            target = ExecTarget(
+                org=record["org"],
+                workspace=record["workspace"],
+                token_hash=record["token_hash"],
+                queue=record["queue"],
+                user=spec.user,
+                workdir=spec.workdir,
+            )
             self._targets[env_id] = target
         return target
 

@@ -19,7 +19,6 @@ LOGS = "logs"
 
 class ExecJob(TypedDict):
     env_id: str
-    container: str
     command: str
     timeout_sec: int
     # Wall-clock instant (epoch seconds) at which the command must be dead.

@@ -59,9 +59,6 @@ async def create(
         "instruction": spec.instruction or "",
         "token_hash": token_hash,
         "queue": queue,
-        "container": container_name(env_id),
-        "user": spec.user,
-        "workdir": spec.workdir,
         "spec": spec.model_dump_json(),
     }
     async with redis.pipeline(transaction=True) as pipe:

@@ -18,7 +18,6 @@ class NoDocker:
 async def test_a_command_past_its_deadline_is_not_started():
     job = {
         "env_id": "e",
-        "container": "taskenv-e",
         "command": "touch /tmp/ran",
         "timeout_sec": 1,
         "deadline_at": time.time() - 0.01,

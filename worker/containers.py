@@ -6,7 +6,7 @@ from typing import Any
 
 import aiodocker
 
-from shared.store import Record
+from shared.store import Record, container_name
 from shared.tasks import TaskSpec
 
 LABEL_MANAGED = "taskenv.managed"
@@ -52,7 +52,8 @@ def container_config(record: Record, spec: TaskSpec) -> dict[str, Any]:
 
 
 async def create_and_start(docker: aiodocker.Docker, record: Record, spec: TaskSpec) -> str:
-    container = await docker.containers.create(container_config(record, spec), name=record["container"])
+    name = container_name(record["id"])
+    container = await docker.containers.create(container_config(record, spec), name=name)
     await container.start()
     return str(container.id)
 

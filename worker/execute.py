@@ -20,6 +20,7 @@ from aiodocker.stream import Stream
 
 from shared.errors import ErrorType, TaskenvError
 from shared.jobs import ExecJob
+from shared.store import container_name
 from worker.docker import docker_errors
 from worker.kill import kill_tree
 from worker.marker import ExitReport, new_nonce
@@ -47,7 +48,7 @@ async def run_command(docker: aiodocker.Docker, job: ExecJob) -> dict[str, Any]:
         )
     output = CappedOutput(job["output_limit"])
     nonce = new_nonce()
-    container = docker.containers.container(job["container"])
+    container = docker.containers.container(container_name(job["env_id"]))
     with docker_errors("execute"):
         exe = await container.exec(
             ["/bin/sh", "-c", WRAPPER, "sh", job["command"], nonce],
@@ -98,6 +99,6 @@ async def _kill(docker: aiodocker.Docker, exe: Exec, job: ExecJob) -> None:
     killed = await asyncio.to_thread(kill_tree, pid, container_id) if pid else 0
     if killed == 0 and info.get("Running"):
         # This worker cannot see the engine's processes: sweep from inside the sandbox.
-        container = docker.containers.container(job["container"])
+        container = docker.containers.container(container_name(job["env_id"]))
         sweep = await container.exec(["kill", "-KILL", "-1"], user=job["user"], stdout=False, stderr=False)
         await sweep.start(detach=True)

@@ -91,12 +91,12 @@ async def _provision(redis: Redis, docker: aiodocker.Docker, env_id: str) -> dic
         await store.set_if_state(
             redis, env_id, EnvironmentState.PROVISIONING, state=EnvironmentState.FAILED, error=error
         )
-        await _remove_quietly(docker, record["container"])
+        await _remove_quietly(docker, store.container_name(env_id))
         return {"state": EnvironmentState.FAILED}
     if await store.set_if_state(redis, env_id, EnvironmentState.PROVISIONING, state=EnvironmentState.READY):
         return {"state": EnvironmentState.READY}
     # Torn down while we were creating it: the container must not outlive its record.
-    await _remove_quietly(docker, record["container"])
+    await _remove_quietly(docker, store.container_name(env_id))
     return {"state": EnvironmentState.TORN_DOWN}
 
 
