@@ -81,6 +81,15 @@ async def get(redis: Redis, env_id: str) -> Record | None:
     return record or None
 
 
+async def states(redis: Redis, env_ids: list[str]) -> dict[str, str | None]:
+    """Each environment's state (None when its record is gone), in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for env_id in env_ids:
+            pipe.hget(keys.environment(env_id), "state")
+        found = await pipe.execute()
+    return dict(zip(env_ids, found, strict=True))
+
+
 async def release_exec(redis: Redis, env_id: str, job_id: str) -> None:
     await redis.zrem(keys.inflight(env_id), job_id)
 

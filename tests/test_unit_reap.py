@@ -25,7 +25,10 @@ class FakeContainers:
         self.engine = engine
 
     async def list(self, **_: object) -> list[dict]:
-        return []
+        return [
+            {"Labels": {"taskenv.env": env_id}, "Names": [f"/taskenv-{env_id}"]}
+            for env_id in self.engine.running
+        ]
 
     def container(self, name: str) -> FakeContainer:
         return FakeContainer(self.engine, name)
@@ -34,6 +37,7 @@ class FakeContainers:
 class FakeEngine:
     def __init__(self) -> None:
         self.removed: list[str] = []
+        self.running: list[str] = []
         self.containers = FakeContainers(self)
 
 
@@ -91,3 +95,15 @@ async def test_expired_environments_are_torn_down_and_their_containers_removed(c
     assert old is not None and old["state"] == EnvironmentState.TORN_DOWN and "expired" in old["error"]
     assert ctx["docker"].removed == ["taskenv-old"] and counts["expired"] == 1
     assert await store.expired(ctx["records"], "q", time.time()) == []
+
+
+async def test_containers_without_a_live_record_are_removed(ctx):
+    await _create(ctx, "live")
+    await store.set_if_state(
+        ctx["records"], "live", EnvironmentState.PROVISIONING, state=EnvironmentState.READY
+    )
+    await _create(ctx, "dead")
+    await store.tear_down(ctx["records"], await store.get(ctx["records"], "dead"), retention_sec=60)
+    ctx["docker"].running = ["live", "dead", "unknown"]
+    counts = await jobs.reap(ctx)
+    assert sorted(ctx["docker"].removed) == ["taskenv-dead", "taskenv-unknown"] and counts["orphans"] == 2

@@ -140,10 +140,11 @@ async def reap(ctx: Ctx) -> dict[str, int]:
         await _remove_quietly(docker, store.container_name(env_id))
         expired += 1
     orphans = 0
-    for env_id, name in (await containers.managed_on_queue(docker, settings.queue)).items():
-        record = await store.get(redis, env_id)
-        if record is None or record["state"] in (EnvironmentState.TORN_DOWN, EnvironmentState.FAILED):
-            orphans += await _remove_quietly(docker, name)
+    managed = await containers.managed_on_queue(docker, settings.queue)
+    gone = (None, EnvironmentState.TORN_DOWN, EnvironmentState.FAILED)
+    for env_id, state in (await store.states(redis, list(managed))).items():
+        if state in gone:
+            orphans += await _remove_quietly(docker, managed[env_id])
     if expired or orphans:
         log.info("reaped %d expired environments and %d orphaned containers", expired, orphans)
     return {"expired": expired, "orphans": orphans}
