@@ -1,6 +1,5 @@
 """`taskenv`: one console script for operators."""
 
-import asyncio
 import logging
 import resource
 from pathlib import Path
@@ -169,20 +168,11 @@ def keys_create(
     """Create an API key and print it once: only its hash is stored."""
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from api.auth import create_api_key
-    from shared.redis import records_client
+    from cli.operations import create_key
 
     settings = instance.settings()
-
-    async def create() -> str:
-        redis = records_client(settings)
-        try:
-            return await create_api_key(redis, org, workspace)
-        finally:
-            await redis.aclose()
-
     try:
-        typer.echo(asyncio.run(create()))
+        typer.echo(create_key(settings, org, workspace))
     except RedisConnectionError as exc:
         typer.echo(
             f"cannot reach Redis at {settings.redis_url} ({exc}):"
@@ -195,14 +185,8 @@ def keys_create(
 @image_app.command("build")
 def image_build() -> None:
     """Build the `default` task's image offline from Debian's busybox-static."""
-    from worker.docker import connect, disconnect
-    from worker.image import build_default_image
+    from cli.operations import build_image
+    from shared.tasks import DEFAULT_IMAGE
 
-    async def build() -> str:
-        docker = connect()
-        try:
-            return await build_default_image(docker)
-        finally:
-            await disconnect(docker)
-
-    typer.echo(f"built {asyncio.run(build())}")
+    build_image(only_if_missing=False)
+    typer.echo(f"built {DEFAULT_IMAGE}")

@@ -5,7 +5,6 @@ processes in their own sessions, so Ctrl-C reaches only this supervisor, which t
 in order: API first, workers next (they finish running commands), Redis last.
 """
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -18,6 +17,7 @@ import httpx
 import redis
 
 from cli import instance
+from cli.operations import build_image, create_key
 from shared.settings import Settings
 
 STARTUP_TIMEOUT_SEC = 30.0
@@ -70,36 +70,6 @@ def _start_redis(home: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return proc
 
 
-def _ensure_image() -> None:
-    from worker.docker import connect, disconnect
-    from worker.image import build_default_image, image_exists
-
-    async def ensure() -> None:
-        docker = connect()
-        try:
-            if not await image_exists(docker):
-                print("building the default task image (offline, from busybox-static)...", flush=True)
-                await build_default_image(docker)
-        finally:
-            await disconnect(docker)
-
-    asyncio.run(ensure())
-
-
-def _create_key(settings: Settings, org: str, workspace: str) -> str:
-    from api.auth import create_api_key
-    from shared.redis import records_client
-
-    async def create() -> str:
-        client = records_client(settings)
-        try:
-            return await create_api_key(client, org, workspace)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(create())
-
-
 def _banner(base: str, key: str, org: str, workspace: str) -> str:
     envs = f"{base}/api/v1/org/{org}/ws/{workspace}/environments"
     field = "python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])'"
@@ -140,7 +110,8 @@ def run(*, workers: int, org: str, workspace: str) -> int:
         redis_proc = _start_redis(home, env)
         env["TASKENV_REDIS_URL"] = instance.embedded_redis_url()
     settings = Settings(redis_url=env["TASKENV_REDIS_URL"])
-    _ensure_image()
+    if build_image(only_if_missing=True):
+        print("built the default task image (offline, from busybox-static)", flush=True)
 
     python = [sys.executable, "-m", "cli"]
     worker_procs = [_spawn([*python, "worker"], env) for _ in range(workers)]
@@ -149,7 +120,7 @@ def run(*, workers: int, org: str, workspace: str) -> int:
     children = [api_proc, *worker_procs] + ([redis_proc] if redis_proc else [])
     try:
         _wait_until(lambda: httpx.get(f"{base}/api/v1/health").is_success, "the API", api_proc)
-        print(_banner(base, _create_key(settings, org, workspace), org, workspace), flush=True)
+        print(_banner(base, create_key(settings, org, workspace), org, workspace), flush=True)
         stop = {"signal": 0}
 
         def on_signal(signum: int, frame: object) -> None:
