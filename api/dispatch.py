@@ -7,24 +7,31 @@ from dataclasses import dataclass
 from typing import Any
 
 from arq.connections import ArqRedis
-from arq.constants import job_key_prefix, result_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 
 from api.results import ResultListener
 from shared import jobs, keys
 from shared.errors import ErrorType, TaskenvError
+from shared.jobs import JOB_TIMEOUT_SEC
 
 # What arq's `enqueue_job` does (refuse a known id; the job key expires with the job, so a job
-# that waited past its deadline never starts), plus handing the id to the queue's workers.
-# KEYS: job, result, queue, wake. ARGV: expiry ms, serialized job, score, job id, wake cap.
+# that waited past its deadline never starts), plus handing the id to the queue's workers: the
+# job is claimed here (arq's in-progress key) for whichever worker pops its wake, so that worker
+# runs it without a claim round trip and no other worker's pass over the queue takes it. Past
+# the wake list's cap the job is left unclaimed, for the workers' periodic pass to find.
+# KEYS: job, result, queue, wake, in-progress. ARGV: expiry ms, serialized job, score, job id,
+# wake cap, claim ms.
 _ENQUEUE_FUNCTION = """
 local function enqueue()
   if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 'duplicate' end
   redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
-  redis.call('RPUSH', KEYS[4], ARGV[4])
-  redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[5]) - 1)
-  redis.call('EXPIRE', KEYS[4], 86400)
+  if redis.call('LLEN', KEYS[4]) < tonumber(ARGV[5]) then
+    redis.call('PSETEX', KEYS[5], ARGV[6], '1')
+    redis.call('RPUSH', KEYS[4], ARGV[4])
+    redis.call('EXPIRE', KEYS[4], 86400)
+  end
   return 'queued'
 end
 """
@@ -37,15 +44,15 @@ _ENQUEUE = _ENQUEUE_FUNCTION + "return enqueue()"
 _ADMIT_AND_ENQUEUE = (
     _ENQUEUE_FUNCTION
     + """
-local state = redis.call('HGET', KEYS[5], 'state')
+local state = redis.call('HGET', KEYS[6], 'state')
 if not state then return 'missing' end
 if state ~= 'ready' then return state end
-redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', ARGV[6])
-if redis.call('ZCARD', KEYS[6]) >= tonumber(ARGV[8]) then return 'busy' end
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', ARGV[7])
+if redis.call('ZCARD', KEYS[7]) >= tonumber(ARGV[9]) then return 'busy' end
 local queued = enqueue()
 if queued ~= 'queued' then return queued end
-redis.call('ZADD', KEYS[6], ARGV[7], ARGV[4])
-redis.call('EXPIRE', KEYS[6], math.ceil(tonumber(ARGV[7]) - tonumber(ARGV[6])) + 60)
+redis.call('ZADD', KEYS[7], ARGV[8], ARGV[4])
+redis.call('EXPIRE', KEYS[7], math.ceil(tonumber(ARGV[8]) - tonumber(ARGV[7])) + 60)
 return queued
 """
 )
@@ -100,8 +107,13 @@ class Dispatcher:
             result_key_prefix + job_id,
             keys.arq_queue(queue),
             keys.wake(queue),
+            in_progress_key_prefix + job_id,
         ]
-        args: list[Any] = [max(1, int(expires_sec * 1000)), job, enqueued_ms, job_id, keys.WAKE_LIST_MAX]
+        expires_ms = max(1, int(expires_sec * 1000))
+        # The claim outlives any run the job can still start: a worker's pass must never take
+        # a job that another worker is running.
+        claim_ms = expires_ms + int(JOB_TIMEOUT_SEC * 1000)
+        args: list[Any] = [expires_ms, job, enqueued_ms, job_id, keys.WAKE_LIST_MAX, claim_ms]
         if admission is None:
             outcome = await self._enqueue(keys=script_keys, args=args)
         else:

@@ -10,6 +10,10 @@ from typing import Any, NotRequired, TypedDict, cast
 import msgpack
 
 from shared.errors import TaskenvError
+from shared.models import EXEC_TIMEOUT_MAX_SEC
+
+# arq's own timeout only guards against a hung job: commands end at their own deadline.
+JOB_TIMEOUT_SEC = EXEC_TIMEOUT_MAX_SEC + 60
 
 EXECUTE = "execute"
 PROVISION = "provision"

@@ -58,3 +58,23 @@ async def test_refusals_say_why(redis):
         await _submit(dispatcher, "j2")
     assert torn_down.value.reason == "torn_down"
     assert await redis.zcard(keys.arq_queue("q")) == 0
+
+
+async def test_a_woken_job_is_claimed_for_its_popper_and_past_the_cap_left_to_the_pass(redis, monkeypatch):
+    dispatcher = Dispatcher(redis, Listener())  # type: ignore[arg-type]
+    monkeypatch.setattr(keys, "WAKE_LIST_MAX", 1)
+
+    async def submit(job_id: str) -> None:
+        await dispatcher.submit(
+            jobs.TEARDOWN, {"env_id": "e1"}, queue="q", job_id=job_id, expires_sec=30, reply=False
+        )
+
+    await submit("j1")
+    await submit("j2")
+    # j1 is announced and claimed (arq's in-progress key): only the worker that pops it runs it,
+    # and the claim outlasts any run it can still start.
+    assert await redis.lrange(keys.wake("q"), 0, -1) == [b"j1"]
+    assert await redis.pttl("arq:in-progress:j1") > (30 + jobs.JOB_TIMEOUT_SEC - 1) * 1000
+    # j2 found the wake list full: queued unclaimed, so the workers' pass over the queue takes it.
+    assert await redis.exists("arq:in-progress:j2") == 0
+    assert await redis.zrange(keys.arq_queue("q"), 0, -1) == [b"j1", b"j2"]

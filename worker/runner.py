@@ -2,9 +2,10 @@
 
 arq only polls: with its default 0.5 s `poll_delay` a 1 ms job takes ~500 ms end to end, and
 each poll re-reads every job in the queue, running ones included. Here the enqueuer also pushes
-each job id to the queue's wake list; the worker BLPOPs it and claims that one job at once, and
-does arq's full pass over the queue only once per `idle_wait_sec` (stragglers, dropped wakes,
-cron). Results go back to the waiting API process over pub/sub from `on_job_end`, as soon as
+each job id to the queue's wake list, claimed for whichever worker pops it; that worker BLPOPs
+it and runs it at once, with no claim of its own, and does arq's full pass over the queue only
+once per `idle_wait_sec` (jobs past the wake list's cap, cron).
+Results go back to the waiting API process over pub/sub from `on_job_end`, as soon as
 the job returns (arq stores its copy right after; a waiter that missed the message reads that
 copy at its deadline).
 """
@@ -21,17 +22,13 @@ from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 
 from shared import jobs, keys
-from shared.models import EXEC_TIMEOUT_MAX_SEC
+from shared.jobs import JOB_TIMEOUT_SEC
 from shared.redis import arq_client, records_client
 from shared.settings import Settings
 from worker import docker
 from worker import jobs as job_functions
 
 log = logging.getLogger("taskenv.worker")
-
-# arq's own timeout only guards against a hung job: commands end at their own deadline.
-JOB_TIMEOUT_SEC = EXEC_TIMEOUT_MAX_SEC + 60
-
 
 # arq's claim on a job, atomically: not running anywhere, still queued, due.
 _CLAIM = """
@@ -51,6 +48,7 @@ class WakeableWorker(Worker):
         self.wake_key = wake_key
         self.idle_wait_sec = idle_wait_sec
         self._slot_freed = asyncio.Event()
+        self._stopping = False
         self._claim = self.pool.register_script(_CLAIM)
 
     async def main(self) -> None:
@@ -59,13 +57,20 @@ class WakeableWorker(Worker):
         if self.on_startup:
             await self.on_startup(self.ctx)
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._stopping:
             await self._poll_iteration()
             next_pass = loop.time() + self.idle_wait_sec
-            while (left := next_pass - loop.time()) > 0:
+            while not self._stopping and (left := next_pass - loop.time()) > 0:
                 job_id = await self._next_woken(left)
                 if job_id is not None:
-                    await self.start_jobs([job_id])
+                    await self._run_woken(job_id.decode())
+
+    def stop_taking(self) -> None:
+        """Take no more jobs. `main` returns after its current wait for a wake (at most
+        `idle_wait_sec`) rather than being cancelled in it: a popped job id is claimed for this
+        worker alone, so dropping it would lose that job."""
+        self.allow_pick_jobs = False
+        self._stopping = True
 
     async def _next_woken(self, wait_sec: float) -> bytes | None:
         """The next job id pushed by an enqueuer, or None after `wait_sec`."""
@@ -83,10 +88,22 @@ class WakeableWorker(Worker):
         super()._release_sem_dec_counter_on_complete()
         self._slot_freed.set()
 
+    async def _run_woken(self, job_id: str) -> None:
+        """Run a job whose enqueuer claimed it for the worker that popped its wake: this one."""
+        await self.sem.acquire()
+        self.job_counter += 1
+        self._start(job_id, timestamp_ms())
+
+    def _start(self, job_id: str, score: int) -> None:
+        task = self.loop.create_task(self.run_job(job_id, score))
+        task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+        self.tasks[job_id] = task
+
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq's start_jobs, with its claim (WATCH, EXISTS, ZSCORE, MULTI/PSETEX/EXEC: four round
-        trips) done by one script, and our own running jobs skipped without asking Redis: they
-        stay in arq's queue until they finish and every pass sees them again."""
+        """arq's start_jobs (for its pass over the queue), with its claim (WATCH, EXISTS, ZSCORE,
+        MULTI/PSETEX/EXEC: four round trips) done by one script, and our own running jobs
+        skipped without asking Redis: they stay in arq's queue until they finish and every pass
+        sees them again."""
         for job_id_bytes in job_ids:
             job_id = job_id_bytes.decode()
             if job_id in self.tasks:
@@ -101,13 +118,12 @@ class WakeableWorker(Worker):
                 args=[job_id, timestamp_ms(), int(self.in_progress_timeout_s * 1000)],
             )
             if not score:
-                # Started by another worker, finished, or deferred: not ours to run.
+                # Claimed by its enqueuer for a woken worker, started by another worker,
+                # finished, or deferred: not ours to run.
                 self.job_counter -= 1
                 self.sem.release()
                 continue
-            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
-            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = task
+            self._start(job_id, int(float(score)))
 
 
 async def _startup(ctx: dict[str, Any]) -> None:
@@ -170,8 +186,7 @@ async def serve(settings: Settings) -> None:
     main = asyncio.create_task(worker.main())
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    worker.allow_pick_jobs = False
-    main.cancel()
+    worker.stop_taking()
     with suppress(asyncio.CancelledError):
         await main
     running = [task for task in worker.tasks.values() if not task.done()]
