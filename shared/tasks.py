@@ -23,6 +23,8 @@ class Resources(BaseModel):
     memory_mb: int = Field(512, ge=16)
     cpus: float = Field(1.0, gt=0)
     pids: int = Field(256, ge=8)
+    # Size of the writable /tmp (a tmpfs, charged to the memory limit too): filling it is ENOSPC.
+    tmp_mb: int = Field(128, ge=1)
 
 
 class TaskSpec(BaseModel):
@@ -36,6 +38,10 @@ class TaskSpec(BaseModel):
     # Commands run as this unprivileged user so they cannot kill the sandbox's own process.
     user: str = "1000:1000"
     workdir: str = "/tmp"  # noqa: S108 (inside the sandbox)
+    # The image's filesystem is read-only and only /tmp is writable, so a command cannot alter
+    # the sandbox's own programs or fill the host's disk. A task whose image needs to write
+    # elsewhere (its workdir outside /tmp) turns this off.
+    read_only_root: bool = True
     env: dict[str, str] = Field(default_factory=dict)
     command: list[str] = Field(default_factory=lambda: list(KEEP_ALIVE))
     resources: Resources = Field(default_factory=Resources)

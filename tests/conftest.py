@@ -19,6 +19,8 @@ import redis
 from shared.settings import DEFAULT_TASKS_DIR
 
 BROKEN_TASK = '[[task]]\nname = "broken"\nimage = "taskenv/no-such-image:0"\n'
+# The default image run as root, with a small /tmp: per-task user and tmpfs size.
+ROOT_TASK = '[[task]]\nname = "rooted"\nuser = "0:0"\n[task.resources]\ntmp_mb = 16\n'
 
 
 @dataclass
@@ -93,6 +95,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     tasks.mkdir()
     shutil.copy(DEFAULT_TASKS_DIR / "default.toml", tasks / "default.toml")
     (tasks / "broken.toml").write_text(BROKEN_TASK)
+    (tasks / "rooted.toml").write_text(ROOT_TASK)
     sock = home / "redis.sock"
     redis_proc = subprocess.Popen(
         ["redis-server", "--port", "0", "--unixsocket", str(sock), "--dir", str(home), "--save", ""],

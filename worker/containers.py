@@ -16,7 +16,8 @@ LABEL_QUEUE = "taskenv.queue"
 
 def container_config(record: Record, spec: TaskSpec) -> dict[str, Any]:
     """Hardened by default: no network, no capabilities, no privilege gain, bounded memory,
-    pids and CPU, and an init process that reaps orphaned children."""
+    pids and CPU, a read-only root with a size-capped /tmp, and an init process that reaps
+    orphaned children."""
     resources = spec.resources
     memory = resources.memory_mb * 1024 * 1024
     return {
@@ -45,6 +46,9 @@ def container_config(record: Record, spec: TaskSpec) -> dict[str, Any]:
             "MemorySwap": memory,
             "PidsLimit": resources.pids,
             "NanoCpus": int(resources.cpus * 1e9),
+            "ReadonlyRootfs": spec.read_only_root,
+            # Docker's default for tmpfs is noexec; scripts written to /tmp must run.
+            "Tmpfs": {"/tmp": f"rw,exec,nosuid,nodev,size={resources.tmp_mb}m,mode=1777"},  # noqa: S108
             "RestartPolicy": {"Name": "no"},
             "LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}},
         },
