@@ -28,7 +28,7 @@ log = logging.getLogger("taskenv.api")
 
 def error_response(error: TaskenvError) -> Response:
     ERRORS.labels(str(error.type)).inc()
-    return JSONResponse(error.envelope(), status_code=error.status)
+    return JSONResponse(error.envelope(), status_code=error.status, headers=error.headers)
 
 
 async def _taskenv_error(request: Request, exc: Exception) -> Response:

@@ -55,12 +55,15 @@ class TaskenvError(Exception):
         *,
         errors: list[dict[str, Any]] | None = None,
         extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
         self.type = error_type
         self.detail = detail
         self.errors = errors
         self.extra = extra or {}
+        # HTTP headers of the answer, such as a 429's `Retry-After`.
+        self.headers = headers or {}
 
     @property
     def status(self) -> int:
