@@ -7,12 +7,14 @@ from contextlib import asynccontextmanager, suppress
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from api import environments as env
-from api import scope
+from api import openapi, scope
+from api.client_version import MinimumClientVersion
 from api.dispatch import Dispatcher
 from api.metrics import ERRORS, metrics
 from api.results import ResultListener
@@ -39,7 +41,9 @@ async def _taskenv_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     detail = {404: "Not found", 405: f"Method {request.method} not allowed"}.get(exc.status_code, exc.detail)
-    return error_response(for_status(exc.status_code, detail))
+    error = for_status(exc.status_code, detail)
+    error.headers.update(exc.headers or {})  # 405's Allow
+    return error_response(error)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
@@ -70,6 +74,7 @@ def _routes() -> list[Route | Mount]:
         Route("/api/v1/org/{org}/ws", scope.list_workspaces, methods=["GET"]),
         Route("/api/v1/org/{org}/ws/{workspace}", scope.get_workspace, methods=["GET"]),
         Mount("/api/v1/org/{org}/ws/{workspace}", routes=workspace_routes),
+        *openapi.routes(),
     ]
 
 
@@ -107,6 +112,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=_routes(),
         lifespan=lifespan,
+        middleware=[Middleware(MinimumClientVersion, minimums=settings.min_client_versions)]
+        if settings.min_client_versions
+        else [],
         exception_handlers={
             TaskenvError: _taskenv_error,
             HTTPException: _http_error,

@@ -15,6 +15,7 @@ import aiohttp
 from bench.ledger import Ledger, guarded
 from bench.stats import Sample
 from bench.workloads import Workload, check
+from shared.clients import USER_AGENT
 
 READY_TIMEOUT_SEC = 120.0
 CONNECT_TIMEOUT_SEC = 30.0
@@ -67,7 +68,7 @@ def make_session(api_key: str, *, connections: int, read_timeout_sec: float) -> 
     connector = aiohttp.TCPConnector(limit=connections, force_close=False, keepalive_timeout=KEEPALIVE_SEC)
     return aiohttp.ClientSession(
         connector=connector,
-        headers={"X-API-Key": api_key},
+        headers={"X-API-Key": api_key, "User-Agent": USER_AGENT},
         timeout=aiohttp.ClientTimeout(
             total=None, connect=None, sock_connect=CONNECT_TIMEOUT_SEC, sock_read=read_timeout_sec
         ),

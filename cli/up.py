@@ -18,6 +18,7 @@ import redis
 
 from cli import instance
 from cli.operations import build_image, create_key
+from shared.clients import USER_AGENT
 from shared.settings import Settings
 
 STARTUP_TIMEOUT_SEC = 30.0
@@ -119,7 +120,11 @@ def run(*, workers: int, org: str, workspace: str) -> int:
     base = f"http://{settings.api_host}:{settings.api_port}"
     children = [api_proc, *worker_procs] + ([redis_proc] if redis_proc else [])
     try:
-        _wait_until(lambda: httpx.get(f"{base}/api/v1/health").is_success, "the API", api_proc)
+        _wait_until(
+            lambda: httpx.get(f"{base}/api/v1/health", headers={"User-Agent": USER_AGENT}).is_success,
+            "the API",
+            api_proc,
+        )
         print(_banner(base, create_key(settings, org, workspace), org, workspace), flush=True)
         stop = {"signal": 0}
 

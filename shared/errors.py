@@ -7,6 +7,8 @@ extra fields where an error carries data (a timed-out exec's partial `output`).
 from enum import StrEnum
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 
 class ErrorType(StrEnum):
     AUTHENTICATION = "authentication_error"
@@ -45,6 +47,32 @@ STATUS: dict[ErrorType, int] = {
 _TYPE_OF_STATUS = {status: error_type for error_type, status in reversed(STATUS.items())}
 
 
+class FieldError(BaseModel):
+    """One field that failed validation (422)."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorEnvelope(BaseModel):
+    """The body of every error answer: what `TaskenvError.envelope()` sends and what the
+    OpenAPI document describes. Errors that carry data add fields (see `ExecTimeoutEnvelope`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    code: int
+    detail: str
+    type: ErrorType
+    errors: list[FieldError] | None
+
+
+class ExecTimeoutEnvelope(ErrorEnvelope):
+    """504 of an execute: the command's output up to its deadline comes with the error."""
+
+    output: str
+
+
 class TaskenvError(Exception):
     """An error that reaches the client as an envelope; raise it anywhere on a request's path."""
 
@@ -70,14 +98,8 @@ class TaskenvError(Exception):
         return STATUS[self.type]
 
     def envelope(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "code": self.status,
-            "detail": self.detail,
-            "type": str(self.type),
-            "errors": self.errors,
-        }
-        body.update(self.extra)
-        return body
+        fields = {"code": self.status, "detail": self.detail, "type": self.type, "errors": self.errors}
+        return ErrorEnvelope.model_validate({**self.extra, **fields}).model_dump(mode="json")
 
     def to_wire(self) -> dict[str, Any]:
         """What a worker returns through Redis so the API can raise the same error."""

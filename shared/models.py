@@ -55,7 +55,9 @@ class Environment(EnvironmentStatus):
     task_ref: str
     created_at: datetime
     instruction: str | None
-    service_urls: dict[str, str] = Field(default_factory=dict)
+    # Dreadnode's shape, `{service: {"url": ..., "port": ...}}`, as the SDK reads it; taskenv's
+    # sandboxes have no network, so it is always empty.
+    service_urls: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 class ProvisionedEnvironment(Environment):
@@ -74,3 +76,43 @@ class EnvironmentPage(BaseModel):
 
 class LogsResponse(BaseModel):
     logs: str
+
+
+class Health(BaseModel):
+    status: str
+
+
+# The identity routes the `dn` CLI reads before any environment command. taskenv has no users
+# or org admin: an API key is one org and workspace, and these describe just that (the fields
+# are those Dreadnode's SDK requires).
+
+
+class User(BaseModel):
+    id: str
+    username: str
+    email_address: str
+
+
+class Organization(BaseModel):
+    id: str
+    key: str
+    name: str
+    effective_max_sandbox_runtime_seconds: int
+    max_sandbox_runtime_source_level: str
+    effective_default_sandbox_runtime_seconds: int
+    default_sandbox_runtime_source_level: str
+    platform_max_sandbox_runtime_seconds: int
+    platform_default_sandbox_runtime_seconds: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class Workspace(BaseModel):
+    id: str
+    key: str
+    name: str
+    org_id: str
+    org_name: str
+    is_default: bool
+    created_at: datetime
+    updated_at: datetime

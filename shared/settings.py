@@ -2,9 +2,12 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.clients import parse_minimums
 
 DEFAULT_TASKS_DIR = Path(__file__).parent / "tasks"
 
@@ -22,6 +25,10 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # Oldest clients served, by User-Agent product: "dreadnode-sdk=2.0.52,taskenv=0.1.0". An
+    # older client gets 426 naming the minimum; other products, and clients that send no
+    # version, are not checked. Empty (the default): no minimum.
+    min_client_versions: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
 
     tasks_path: Path = DEFAULT_TASKS_DIR
     output_limit_bytes: int = Field(1024 * 1024, ge=1024)
@@ -38,6 +45,13 @@ class Settings(BaseSettings):
     record_retention_sec: int = Field(24 * 3600, ge=0)
     reap_interval_sec: int = Field(5, ge=1, le=59)
     logs_tail_lines: int = Field(200, ge=1)
+
+    @field_validator("min_client_versions", mode="before")
+    @classmethod
+    def _parse_min_client_versions(cls, value: object) -> object:
+        if isinstance(value, dict):
+            value = ",".join(f"{product}={wanted}" for product, wanted in value.items())
+        return parse_minimums(value) if isinstance(value, str) else value
 
 
 @lru_cache(maxsize=1)

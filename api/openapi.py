@@ -1,0 +1,354 @@
+"""The OpenAPI 3.1 document (`/api/v1/openapi.json`) and its offline docs page (`/api/v1/docs`).
+
+Paths and methods come from the app's own routes (api/app.py lists them, once); what each route
+takes and answers is declared here, by route name, with the pydantic models the handlers use
+(shared/models.py) and the error envelope of shared/errors.py, so the document cannot drift
+from the wire. Every route must have an entry (a unit test checks), or be marked
+`include_in_schema=False`.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from importlib.resources import files
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from api.environments import ListQuery
+from shared.clients import VERSION
+from shared.errors import STATUS, ErrorEnvelope, ExecTimeoutEnvelope
+from shared.models import (
+    Environment,
+    EnvironmentPage,
+    EnvironmentStatus,
+    ExecuteRequest,
+    ExecuteResponse,
+    Health,
+    LogsResponse,
+    Organization,
+    ProvisionedEnvironment,
+    ProvisionRequest,
+    User,
+    Workspace,
+)
+
+OPENAPI_PATH = "/api/v1/openapi.json"
+DOCS_PATH = "/api/v1/docs"
+
+
+class Auth(StrEnum):
+    NONE = "none"
+    API_KEY = "api_key"
+    EXECUTE_TOKEN = "execute_token"  # noqa: S105 (a kind of credential, not one)
+
+
+@dataclass(frozen=True)
+class Doc:
+    """What one route takes and answers. `ok` is the success status and its body: a model, a
+    list of a model, a media type for non-JSON bodies, or None for no body."""
+
+    summary: str
+    tag: str
+    auth: Auth
+    ok: tuple[int, type[BaseModel] | tuple[type[BaseModel]] | str | None]
+    errors: tuple[int, ...] = ()
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    description: str = ""
+
+
+_API_KEY_ERRORS = (401, 403)
+_BODY_ERRORS = (400, 413, 422)
+
+DOCS: dict[str, Doc] = {
+    "health": Doc("Liveness of the API process", "service", Auth.NONE, (200, Health)),
+    "metrics": Doc(
+        "Prometheus metrics", "service", Auth.NONE, (200, "text/plain; version=0.0.4; charset=utf-8")
+    ),
+    "get_user": Doc(
+        "The caller, as the dn CLI reads it",
+        "identity",
+        Auth.API_KEY,
+        (200, User),
+        (401,),
+        description="An API key belongs to one org and workspace; the user is named after them.",
+    ),
+    "get_organization": Doc(
+        "The caller's organization", "identity", Auth.API_KEY, (200, Organization), (401, 403)
+    ),
+    "list_workspaces": Doc(
+        "The workspaces of the caller's organization visible to its key",
+        "identity",
+        Auth.API_KEY,
+        (200, (Workspace,)),
+        (401, 403),
+    ),
+    "get_workspace": Doc("The caller's workspace", "identity", Auth.API_KEY, (200, Workspace), (401, 403)),
+    "create_environment": Doc(
+        "Provision a task environment",
+        "environments",
+        Auth.API_KEY,
+        (201, ProvisionedEnvironment),
+        (*_BODY_ERRORS, *_API_KEY_ERRORS, 404),
+        body=ProvisionRequest,
+        description="Answers at once in state `provisioning` with the one-time `execute_token`; "
+        "poll `/status` until `ready`. 404: unknown task.",
+    ),
+    "list_environments": Doc(
+        "List the workspace's environments, newest first",
+        "environments",
+        Auth.API_KEY,
+        (200, EnvironmentPage),
+        (*_API_KEY_ERRORS, 422),
+        query=ListQuery,
+    ),
+    "get_environment": Doc(
+        "One environment", "environments", Auth.API_KEY, (200, Environment), (*_API_KEY_ERRORS, 404)
+    ),
+    "get_status": Doc(
+        "An environment's state (poll this until `ready`)",
+        "environments",
+        Auth.API_KEY,
+        (200, EnvironmentStatus),
+        (*_API_KEY_ERRORS, 404),
+    ),
+    "delete_environment": Doc(
+        "Tear down an environment (idempotent)",
+        "environments",
+        Auth.API_KEY,
+        (204, None),
+        (*_API_KEY_ERRORS, 404, 502),
+        description="204 once the container is removed. 502: the Docker engine refused.",
+    ),
+    "get_logs": Doc(
+        "Tail of the sandbox's own output",
+        "environments",
+        Auth.API_KEY,
+        (200, LogsResponse),
+        (*_API_KEY_ERRORS, 404, 409, 502, 504),
+        description="409: the environment is not `ready`.",
+    ),
+    "execute": Doc(
+        "Run a shell command in the environment",
+        "environments",
+        Auth.EXECUTE_TOKEN,
+        (200, ExecuteResponse),
+        (*_BODY_ERRORS, 401, 403, 404, 409, 429, 502, 504),
+        body=ExecuteRequest,
+        description="`sh` evaluates `command` as the task's user; stderr is merged into stdout in "
+        "order. 409: the environment is not `ready`. 429: too many commands already run in it "
+        "(see `Retry-After`). 504: `timeout_sec` passed; the body carries the partial `output`.",
+    ),
+}
+
+# Every route may answer these: a client older than the operator's minimum, or a bug.
+_EVERY_ROUTE_ERRORS = (426, 500)
+
+_ERROR_TEXT = {
+    400: "Malformed JSON, a body that is not an object, or a content type other than JSON",
+    401: "Missing or unknown credential",
+    403: "A valid credential for another organization, workspace or environment",
+    404: "No such environment in this workspace, or unknown task",
+    409: "The environment is in the wrong state for this",
+    413: "Request body over 1 MiB",
+    422: "The body or query fails validation; `errors` lists every field with its `loc`",
+    426: "Client older than the operator's minimum (TASKENV_MIN_CLIENT_VERSIONS); `detail` names it",
+    429: "Too many requests; retry after `Retry-After` seconds",
+    500: "Internal error",
+    502: "The Docker engine failed (container gone, daemon refusing)",
+    504: "The deadline passed",
+}
+
+_SECURITY_SCHEMES = {
+    "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    "ApiKeyBearer": {"type": "http", "scheme": "bearer", "description": "The API key as a bearer token"},
+    "EnvironmentToken": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-Environment-Token",
+        "description": "The environment's execute token, bare or as `Bearer <token>`",
+    },
+}
+_SECURITY: dict[Auth, list[dict[str, list[str]]]] = {
+    Auth.NONE: [],
+    Auth.API_KEY: [{"ApiKey": []}, {"ApiKeyBearer": []}],
+    Auth.EXECUTE_TOKEN: [{"EnvironmentToken": []}],
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _walk(routes: list[BaseRoute], prefix: str = "") -> Iterator[Route]:
+    """Every endpoint route with its full path (Starlette's `{param}` syntax is OpenAPI's)."""
+    for route in routes:
+        if isinstance(route, Mount) and route.routes:
+            yield from _walk(list(route.routes), prefix + route.path)
+        elif isinstance(route, Route) and route.include_in_schema:
+            yield Route(prefix + route.path, route.endpoint, methods=route.methods, name=route.name)
+
+
+def undocumented(routes: list[BaseRoute]) -> list[str]:
+    return [f"{sorted(r.methods or ())} {r.path} ({r.name})" for r in _walk(routes) if r.name not in DOCS]
+
+
+class _Schemas:
+    """Component schemas for every model used, in the mode each is used in."""
+
+    def __init__(self) -> None:
+        inputs: set[type[BaseModel]] = {d.body for d in DOCS.values() if d.body}
+        inputs |= {d.query for d in DOCS.values() if d.query}
+        outputs: set[type[BaseModel]] = {ErrorEnvelope, ExecTimeoutEnvelope}
+        for doc in DOCS.values():
+            body = doc.ok[1]
+            if isinstance(body, tuple):
+                outputs.add(body[0])
+            elif isinstance(body, type):
+                outputs.add(body)
+        keyed: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+            (m, "validation") for m in sorted(inputs, key=str)
+        ]
+        keyed += [(m, "serialization") for m in sorted(outputs, key=str)]
+        self.names, top = models_json_schema(keyed, ref_template="#/components/schemas/{model}")
+        self.components: dict[str, Any] = top.get("$defs", {})
+
+    def of(self, model: type[BaseModel], mode: JsonSchemaMode) -> dict[str, Any]:
+        return dict(self.names[(model, mode)])
+
+    def query_parameters(self, model: type[BaseModel]) -> list[dict[str, Any]]:
+        # The query model stays out of the components: each field is a parameter of its own.
+        name = self.of(model, "validation")["$ref"].rsplit("/", 1)[1]
+        schema = self.components.pop(name)
+        required = set(schema.get("required", ()))
+        return [
+            {"name": field, "in": "query", "required": field in required, "schema": prop}
+            for field, prop in schema["properties"].items()
+        ]
+
+
+def _error_response(status: int, envelope: type[ErrorEnvelope], schemas: _Schemas) -> dict[str, Any]:
+    types = sorted(str(t) for t, s in STATUS.items() if s == status)
+    schema = {
+        "allOf": [schemas.of(envelope, "serialization")],
+        "properties": {"code": {"const": status}, "type": {"enum": types}},
+    }
+    response: dict[str, Any] = {
+        "description": _ERROR_TEXT.get(status, "Error"),
+        "content": {"application/json": {"schema": schema}},
+    }
+    if status == 429:
+        response["headers"] = {"Retry-After": {"schema": {"type": "integer", "minimum": 0}}}
+    return response
+
+
+def _ok_response(body: Any, schemas: _Schemas) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": "No content" if body is None else "Success"}
+    if isinstance(body, str):
+        response["content"] = {body: {"schema": {"type": "string"}}}
+    elif isinstance(body, tuple):
+        schema = {"type": "array", "items": schemas.of(body[0], "serialization")}
+        response["content"] = {"application/json": {"schema": schema}}
+    elif body is not None:
+        response["content"] = {"application/json": {"schema": schemas.of(body, "serialization")}}
+    return response
+
+
+def _operation(route: Route, doc: Doc, schemas: _Schemas) -> dict[str, Any]:
+    parameters: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in route.param_convertors
+    ]
+    if doc.query is not None:
+        parameters += schemas.query_parameters(doc.query)
+    operation: dict[str, Any] = {
+        "operationId": route.name,
+        "summary": doc.summary,
+        "tags": [doc.tag],
+        "security": _SECURITY[doc.auth],
+        "parameters": parameters,
+    }
+    if doc.description:
+        operation["description"] = doc.description
+    if doc.body is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": schemas.of(doc.body, "validation")}},
+        }
+    responses = {str(doc.ok[0]): _ok_response(doc.ok[1], schemas)}
+    for status in sorted({*doc.errors, *_EVERY_ROUTE_ERRORS}):
+        envelope = ExecTimeoutEnvelope if (route.name, status) == ("execute", 504) else ErrorEnvelope
+        responses[str(status)] = _error_response(status, envelope, schemas)
+    operation["responses"] = responses
+    return operation
+
+
+def build_document(routes: list[BaseRoute]) -> dict[str, Any]:
+    schemas = _Schemas()
+    paths: dict[str, dict[str, Any]] = {}
+    for route in _walk(routes):
+        doc = DOCS.get(route.name)
+        if doc is None:
+            continue  # tests/test_unit_openapi.py fails on this; the server still answers
+        for method in sorted((route.methods or set()) - {"HEAD"}):
+            paths.setdefault(route.path, {})[method.lower()] = _operation(route, doc, schemas)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "taskenv",
+            "version": VERSION,
+            "description": "Self-hosted task environments behind Dreadnode's task-environment API. "
+            "Every error answers with the envelope `{code, detail, type, errors}`.",
+        },
+        "paths": paths,
+        "components": {"schemas": schemas.components, "securitySchemes": _SECURITY_SCHEMES},
+    }
+
+
+async def openapi_json(request: Request) -> Response:
+    state = request.app.state
+    if getattr(state, "openapi", None) is None:
+        state.openapi = JSONResponse(build_document(request.app.routes)).body
+    return Response(state.openapi, media_type="application/json")
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>taskenv API</title>
+<link rel="stylesheet" href="{static}/swagger-ui.css">
+<link rel="icon" type="image/png" href="{static}/favicon-32x32.png">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="{static}/swagger-ui-bundle.js"></script>
+<script>
+window.onload = () => {{
+  window.ui = SwaggerUIBundle({{url: "{openapi}", dom_id: "#swagger-ui", deepLinking: true}});
+}};
+</script>
+</body>
+</html>
+"""
+
+
+async def docs_page(request: Request) -> Response:
+    return HTMLResponse(_PAGE.format(static=DOCS_PATH + "/static", openapi=OPENAPI_PATH))
+
+
+def routes() -> list[Route | Mount]:
+    """The document and its docs page; Swagger UI's assets come from the swagger-ui-py package,
+    so the page works without reaching any other host."""
+    assets = StaticFiles(directory=str(files("swagger_ui") / "static"))
+    return [
+        Route(OPENAPI_PATH, openapi_json, methods=["GET"], include_in_schema=False),
+        Route(DOCS_PATH, docs_page, methods=["GET"], include_in_schema=False),
+        Mount(DOCS_PATH + "/static", app=assets, name="docs_static"),
+    ]
