@@ -16,6 +16,7 @@ from api import environments as env
 from api import openapi, scope
 from api.client_version import MinimumClientVersion
 from api.dispatch import Dispatcher
+from api.lockout import AuthLockout
 from api.metrics import ERRORS, metrics
 from api.results import ResultListener
 from api.state import AppState
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             listener=listener,
             dispatcher=Dispatcher(arq, listener),
             targets=TargetCache(records),
+            lockout=AuthLockout(records, settings.auth_fail_limit, settings.auth_fail_window_sec),
         )
         async with asyncio.timeout(30):
             await listener.wait_subscribed()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from starlette.requests import Request
 
+from api.state import app_state
 from api.targets import ExecTarget
 from shared import keys
 from shared.errors import ErrorType, TaskenvError, authentication_failed, environment_not_found
@@ -39,9 +40,12 @@ async def authenticate(redis: Redis, request: Request) -> Workspace:
     key = api_key_of(request)
     if not key:
         raise authentication_failed()
+    lockout = app_state(request).lockout
+    lockout.check(request)
+    # Looked up by its SHA-256: the lookup's timing depends on the hash, not on the key.
     org, workspace = await redis.hmget(keys.api_key(hash_secret(key)), ["org", "workspace"])  # type: ignore[misc]
     if org is None or workspace is None:
-        raise authentication_failed()
+        raise await lockout.failed(request)
     return Workspace(org, workspace)
 
 
@@ -66,17 +70,26 @@ async def create_api_key(redis: Redis, org: str, workspace: str) -> str:
 
 
 async def require_execute_token(redis: Redis, request: Request, target: ExecTarget | None) -> None:
-    """401 for a missing or unknown token, 404 for an environment not in this workspace,
-    403 for a real token of another environment."""
+    """401 for a missing or unknown token; 403 for a real token of another workspace (whatever
+    the id: whether it exists elsewhere is never told) or of another environment of this one;
+    404 for an environment not in this workspace."""
     token = execute_token_of(request)
     if not token:
         raise authentication_failed()
+    state = app_state(request)
+    state.lockout.check(request)
     org, workspace = request.path_params["org"], request.path_params["workspace"]
     in_path = target is not None and (target.org, target.workspace) == (org, workspace)
     if in_path and target is not None and matches(token, target.token_hash):
         return
-    if not await redis.exists(keys.execute_token(hash_secret(token))):
-        raise authentication_failed()
+    owner_id = await redis.get(keys.execute_token(hash_secret(token)))
+    if owner_id is None:
+        raise await state.lockout.failed(request)
+    owner = await state.targets.get(owner_id)
+    if owner is None or (owner.org, owner.workspace) != (org, workspace):
+        raise TaskenvError(
+            ErrorType.PERMISSION, "This execute token is not valid for this organization or workspace"
+        )
     if not in_path:
         raise environment_not_found(request.path_params["env_id"])
     raise TaskenvError(ErrorType.PERMISSION, "This execute token belongs to another environment")

@@ -44,6 +44,10 @@ async def parse_json(request: Request, model: type[Model]) -> Model:
         data: Any = json.loads(raw) if raw.strip() else None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TaskenvError(ErrorType.INVALID_REQUEST, f"Malformed JSON body: {exc}") from None
+    except RecursionError:
+        raise TaskenvError(ErrorType.INVALID_REQUEST, "Malformed JSON body: nested too deeply") from None
+    except ValueError:  # an integer of more than 4,300 digits
+        raise TaskenvError(ErrorType.INVALID_REQUEST, "Malformed JSON body: a number is too long") from None
     if not isinstance(data, dict):
         raise TaskenvError(ErrorType.INVALID_REQUEST, "The request body must be a JSON object")
     try:

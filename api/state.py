@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from starlette.requests import Request
 
 from api.dispatch import Dispatcher
+from api.lockout import AuthLockout
 from api.results import ResultListener
 from api.targets import TargetCache
 from shared.settings import Settings
@@ -25,6 +26,7 @@ class AppState:
     listener: ResultListener
     dispatcher: Dispatcher
     targets: TargetCache
+    lockout: AuthLockout
     background: set["asyncio.Task[Any]"] = field(default_factory=set)
 
     def after_response(self, work: Coroutine[Any, Any, Any]) -> None:

@@ -38,6 +38,7 @@ def api(
 ) -> None:
     """Run the HTTP API (one process; start more behind a balancer to scale)."""
     from api.app import create_app
+    from api.http import EnvelopeHttpToolsProtocol
 
     settings = instance.settings()
     _logging(log_level)
@@ -47,7 +48,7 @@ def api(
         host=host or settings.api_host,
         port=port or settings.api_port,
         loop="uvloop",
-        http="httptools",
+        http=EnvelopeHttpToolsProtocol,
         log_level=log_level,
         access_log=False,
         backlog=8192,

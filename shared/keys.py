@@ -34,6 +34,11 @@ def provisioning_index(queue: str) -> str:
     return f"{PREFIX}provisioning:{queue}"
 
 
+def auth_failures(address: str) -> str:
+    """Counter of one client address's unknown credentials in the current window."""
+    return f"{PREFIX}authfail:{address}"
+
+
 def inflight(env_id: str) -> str:
     """Sorted set of an environment's running exec job ids, scored by their deadline."""
     return f"{PREFIX}inflight:{env_id}"

@@ -4,7 +4,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 EXEC_TIMEOUT_MAX_SEC = 600
 COMMAND_MAX_CHARS = 256 * 1024
@@ -35,8 +35,27 @@ class ProvisionRequest(BaseModel):
 class ExecuteRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    command: str = Field(min_length=1, max_length=COMMAND_MAX_CHARS)
+    command: str = Field(
+        min_length=1, max_length=COMMAND_MAX_CHARS, json_schema_extra={"pattern": "^[^\\u0000]*$"}
+    )
+    # Lax as Dreadnode's API is: "30" and 30.0 are 30; 30.5, null and booleans are refused.
     timeout_sec: int = Field(30, ge=1, le=EXEC_TIMEOUT_MAX_SEC)
+
+    @field_validator("command")
+    @classmethod
+    def _passable_to_exec(cls, command: str) -> str:
+        """A process's arguments are C strings: a NUL cannot be passed. Refused here with a
+        reason, instead of failing in the engine."""
+        if "\0" in command:
+            raise ValueError("must not contain NUL characters: a shell command cannot carry them")
+        return command
+
+    @field_validator("timeout_sec", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be a number of seconds, not a boolean")
+        return value
 
 
 class ExecuteResponse(BaseModel):

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     record_retention_sec: int = Field(24 * 3600, ge=0)
     reap_interval_sec: int = Field(5, ge=1, le=59)
     logs_tail_lines: int = Field(200, ge=1)
+    # Past this many unknown API keys or execute tokens from one address within the window,
+    # that address gets 429 (with Retry-After) until the window ends.
+    auth_fail_limit: int = Field(100, ge=1)
+    auth_fail_window_sec: int = Field(60, ge=1)
 
     @field_validator("min_client_versions", mode="before")
     @classmethod

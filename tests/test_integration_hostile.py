@@ -6,6 +6,7 @@ holding stdout (`sleep 100 & echo hi`), the deadline killing group, session and 
 children, an endless flood stopped at the deadline, the default user and the lone `lo`.
 """
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
@@ -38,6 +39,18 @@ async def assert_usable(client: httpx.AsyncClient, env: Env) -> None:
     assert (await run(client, env, "echo ok")).json() == {"exit_code": 0, "output": "ok\n"}
 
 
+async def usable_within(client: httpx.AsyncClient, env: Env, seconds: float) -> float:
+    """How long until `echo ok` works again: a bomb's last processes may still hold the pids
+    limit for a moment after its command has answered (runc then fails the exec: 126)."""
+    started = time.monotonic()
+    while True:
+        answer = (await run(client, env, "echo ok")).json()
+        if answer == {"exit_code": 0, "output": "ok\n"}:
+            return time.monotonic() - started
+        assert answer["exit_code"] == 126 and time.monotonic() - started < seconds, answer
+        await asyncio.sleep(0.1)
+
+
 @pytest.fixture
 async def rooted(client: httpx.AsyncClient, service: Service) -> AsyncIterator[Env]:
     """The `rooted` test task: the default image as uid 0 with a 16 MiB /tmp."""
@@ -57,7 +70,8 @@ async def test_fork_bomb_is_contained_by_the_pids_limit(client, env):
     response = await run(client, env, "f() { f | f & }; f; wait", timeout_sec=5)
     assert response.status_code in (200, 504), response.text
     assert time.monotonic() - started < 5 + 3
-    await assert_usable(client, env)
+    recovered = await usable_within(client, env, 10)
+    print(f"\nfork bomb: {response.status_code}, usable again after {recovered:.2f} s")
     # One that keeps forking (awk's system() survives failed forks): killed at its deadline,
     # every process it made with it.
     response = await run(client, env, "awk 'BEGIN { while (1) system(\"sleep 1000 &\") }'", timeout_sec=3)
@@ -151,7 +165,7 @@ async def test_no_host_secrets_are_reachable(client, env, rooted, service):
     mounts = set((await output_of(client, rooted, "cut -d' ' -f2 /proc/mounts")).split())
     engine = {"/etc/resolv.conf", "/etc/hostname", "/etc/hosts", "/sbin/docker-init", "/tmp", "/"}
     kernel = {m for m in mounts if m.split("/")[1] in ("proc", "sys", "dev")}
-    assert mounts - kernel == engine, mounts
+    assert {"/", "/tmp"} <= mounts - kernel <= engine, mounts
 
 
 async def test_there_is_no_network_not_even_the_hosts_loopback(client, env, service):
