@@ -16,6 +16,7 @@ from api import environments as env
 from api import openapi, scope
 from api.client_version import MinimumClientVersion
 from api.dispatch import Dispatcher
+from api.health import healthz, readyz, sweep_forever
 from api.lockout import AuthLockout
 from api.metrics import ERRORS, metrics
 from api.results import ResultListener
@@ -70,6 +71,9 @@ def _routes() -> list[Route | Mount]:
     return [
         Route("/api/v1/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        # For load balancers and orchestrators, not clients: outside the OpenAPI document.
+        Route("/healthz", healthz, methods=["GET"], include_in_schema=False),
+        Route("/readyz", readyz, methods=["GET"], include_in_schema=False),
         Route("/api/v1/user", scope.get_user, methods=["GET"]),
         Route("/api/v1/org/{org}", scope.get_organization, methods=["GET"]),
         Route("/api/v1/org/{org}/ws", scope.list_workspaces, methods=["GET"]),
@@ -88,6 +92,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         records = records_client(settings)
         listener = ResultListener(arq)
         task = asyncio.create_task(listener.run(), name="taskenv-results")
+        sweeper = asyncio.create_task(sweep_forever(records, settings), name="taskenv-sweep")
         app.state.taskenv = AppState(
             settings=settings,
             registry=load_registry(settings.tasks_path),
@@ -105,9 +110,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             if app.state.taskenv.background:
                 await asyncio.wait(app.state.taskenv.background, timeout=10)
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+            for running in (task, sweeper):
+                running.cancel()
+                with suppress(asyncio.CancelledError):
+                    await running
             await records.aclose()
             await arq.aclose()
 

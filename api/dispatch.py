@@ -138,7 +138,7 @@ class Dispatcher:
     ) -> dict[str, Any]:
         """Run a job and return its answer, or raise its error; never waits past `wait_sec`."""
         job_id = job_id or uuid.uuid4().hex
-        with self.listener.expect(job_id) as future:
+        with self.listener.expect(job_id, queue) as future:
             await self.submit(
                 function,
                 payload,

@@ -13,7 +13,7 @@ from api.body import parse_json, parse_query
 from api.dispatch import Admission, NotAdmitted
 from api.metrics import EXECUTE_SECONDS
 from api.state import AppState, app_state
-from shared import jobs, store
+from shared import jobs, keys, store
 from shared.errors import ErrorType, TaskenvError, environment_not_found
 from shared.jobs import ExecJob
 from shared.models import (
@@ -76,14 +76,13 @@ async def create_environment(request: Request) -> Response:
         task_ref=body.task_ref,
         spec=spec,
         token_hash=hash_secret(token),
-        queue=state.settings.queue,
         lifetime_sec=lifetime,
         provision_timeout_sec=state.settings.control_timeout_sec,
     )
     await state.dispatcher.submit(
         jobs.PROVISION,
         jobs.EnvJob(env_id=env_id),
-        queue=record["queue"],
+        queue=keys.PROVISION_QUEUE,
         job_id=uuid.uuid4().hex,
         expires_sec=state.settings.control_timeout_sec,
         reply=False,
@@ -124,6 +123,11 @@ async def delete_environment(request: Request) -> Response:
     record = await _record_in(state, scope, request.path_params["env_id"])
     if record["state"] != EnvironmentState.TORN_DOWN:
         await store.tear_down(state.records, record, retention_sec=state.settings.record_retention_sec)
+        # A provision may have claimed a host since the read: ask again where the container is.
+        record = await _record_in(state, scope, record["id"])
+    if not record.get("host"):
+        # No host took the provision: no container exists, and none will (it is torn down).
+        return Response(status_code=204)
     # Remove the container now, so that 204 normally means it is gone (this also retries a failed
     # earlier removal). If the host's worker does not answer in time, the record is torn down
     # already and that worker's reaper removes the container when it is back.
@@ -131,14 +135,14 @@ async def delete_environment(request: Request) -> Response:
         await state.dispatcher.call(
             jobs.TEARDOWN,
             jobs.EnvJob(env_id=record["id"]),
-            queue=record["queue"],
+            queue=keys.host_queue(record["host"]),
             wait_sec=state.settings.teardown_wait_sec,
         )
     except TaskenvError as exc:
         if exc.type != ErrorType.TIMEOUT:
             raise
         log.warning(
-            "teardown of %s not confirmed by queue %s; left to its reaper", record["id"], record["queue"]
+            "teardown of %s not confirmed by host %s; left to its reaper", record["id"], record["host"]
         )
     return Response(status_code=204)
 
@@ -151,7 +155,7 @@ async def get_logs(request: Request) -> Response:
     value = await state.dispatcher.call(
         jobs.LOGS,
         jobs.EnvJob(env_id=record["id"]),
-        queue=record["queue"],
+        queue=keys.host_queue(record["host"]),
         wait_sec=state.settings.control_timeout_sec,
     )
     return json_response(LogsResponse(logs=value["logs"]))
@@ -174,6 +178,9 @@ async def execute(request: Request) -> Response:
     assert target is not None
     if body_error is not None or body is None:
         raise body_error or TaskenvError(ErrorType.INVALID_REQUEST, "Missing body")
+    if not target.host:
+        # No host has taken its provision yet, so it cannot be ready.
+        raise await _refusal(state, env_id, "provisioning", state.settings.max_execs_per_env)
     deadline_at = time.time() + body.timeout_sec
     wait_sec = body.timeout_sec + state.settings.result_grace_sec
     job_id = uuid.uuid4().hex
@@ -191,7 +198,7 @@ async def execute(request: Request) -> Response:
         value = await state.dispatcher.call(
             jobs.EXECUTE,
             payload,
-            queue=target.queue,
+            queue=keys.host_queue(target.host),
             wait_sec=wait_sec,
             job_id=job_id,
             admission=Admission(env_id, slots, slot_until=time.time() + wait_sec),
@@ -214,6 +221,9 @@ async def _refusal(state: AppState, env_id: str, reason: str, slots: int) -> Tas
     if record is None:
         state.targets.forget(env_id)
         return environment_not_found(env_id)
+    if record["state"] == EnvironmentState.FAILED and record.get("lost_host"):
+        # Its host is gone with its container: a gateway failure, as for a waiting command.
+        return TaskenvError(ErrorType.BAD_GATEWAY, f"host_lost: {record['error']}")
     try:
         _require_state(record, "execute in", EnvironmentState.READY)
     except TaskenvError as exc:

@@ -4,6 +4,9 @@ One pub/sub subscription per process, whatever the number of waiting requests: n
 loop and no Redis connection per request. A lost message (e.g. while reconnecting) costs
 only latency: every waiter still reads arq's stored result once at its deadline, and after a
 reconnect all waiters check theirs at once.
+
+The same subscription hears of lost hosts and workers (shared/hosts.py): the requests waiting
+on them answer 502 at once instead of at their deadline.
 """
 
 import asyncio
@@ -15,7 +18,7 @@ from contextlib import contextmanager, suppress
 from arq.connections import ArqRedis
 from arq.jobs import Job
 
-from shared import jobs, keys
+from shared import hosts, jobs, keys
 from shared.errors import ErrorType, TaskenvError
 from shared.jobs import JobResult
 
@@ -27,6 +30,8 @@ class ResultListener:
         self.redis = redis
         self.channel = keys.reply_channel(uuid.uuid4().hex)
         self._waiting: dict[str, asyncio.Future[JobResult]] = {}
+        # Queue name → ids of the jobs waited for on it, to answer them all when its host is lost.
+        self._by_queue: dict[str, set[str]] = {}
         self._subscribed = asyncio.Event()
 
     @property
@@ -34,14 +39,19 @@ class ResultListener:
         return len(self._waiting)
 
     @contextmanager
-    def expect(self, job_id: str) -> Iterator["asyncio.Future[JobResult]"]:
+    def expect(self, job_id: str, queue: str = "") -> Iterator["asyncio.Future[JobResult]"]:
         """Register before enqueueing, so that even an instant result finds its waiter."""
         future: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
         self._waiting[job_id] = future
+        on_queue = self._by_queue.setdefault(queue, set())
+        on_queue.add(job_id)
         try:
             yield future
         finally:
             self._waiting.pop(job_id, None)
+            on_queue.discard(job_id)
+            if not on_queue and self._by_queue.get(queue) is on_queue:
+                del self._by_queue[queue]
 
     async def stored_result(self, job_id: str) -> JobResult | None:
         """arq's stored copy of a result: the fallback when no message arrived."""
@@ -60,12 +70,16 @@ class ResultListener:
         while True:
             try:
                 async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(self.channel)
+                    await pubsub.subscribe(self.channel, keys.EVENTS)
                     self._subscribed.set()
                     backoff = 0.1
                     await self._recover()
                     async for message in pubsub.listen():
-                        if message["type"] == "message":
+                        if message["type"] != "message":
+                            continue
+                        if message["channel"] in (keys.EVENTS, keys.EVENTS.encode()):
+                            self._loss(message["data"])
+                        else:
                             self._receive(message["data"])
             except asyncio.CancelledError:
                 raise
@@ -84,6 +98,24 @@ class ResultListener:
             return
         if isinstance(job_id, str):
             self._deliver(result)
+
+    def _loss(self, data: bytes) -> None:
+        """A host or a worker was lost: the jobs waited for on it will never answer."""
+        event = hosts.parse_event(data)
+        if event is None:
+            return
+        host = str(event.get("host", ""))
+        if event["kind"] == "host_lost":
+            job_ids = set(self._by_queue.get(keys.host_queue(host), ()))
+            error = _lost(f"host_lost: {event.get('error') or host}")
+        else:
+            job_ids = set(str(event.get("jobs", "")).split())
+            error = _lost(
+                f"worker_lost: worker {event.get('worker')} of host {host} stopped heartbeating while"
+                " running this job; it was not retried"
+            )
+        for job_id in job_ids:
+            self._deliver(jobs.failed(job_id, error))
 
     def _deliver(self, result: JobResult) -> None:
         future = self._waiting.get(result.get("job_id", ""))

@@ -19,7 +19,8 @@ class ExecTarget:
     org: str
     workspace: str
     token_hash: str
-    queue: str
+    # Empty until a host's worker takes the provision: such a target is not cached.
+    host: str
     user: str
     workdir: str
 
@@ -40,11 +41,12 @@ class TargetCache:
                 org=record["org"],
                 workspace=record["workspace"],
                 token_hash=record["token_hash"],
-                queue=record["queue"],
+                host=record.get("host", ""),
                 user=spec.user,
                 workdir=spec.workdir,
             )
-            self._targets[env_id] = target
+            if target.host:
+                self._targets[env_id] = target
         return target
 
     def forget(self, env_id: str) -> None:

@@ -69,7 +69,7 @@ def default_spec() -> TaskSpec:
 
 
 def raw_config(spec: TaskSpec, name: str) -> dict[str, Any]:
-    record = {"id": name, "queue": "bench", "org": "bench", "workspace": "bench"}
+    record = {"id": name, "host": "bench", "org": "bench", "workspace": "bench"}
     config = container_config(record, spec)
     config["Labels"] = {LABEL_BENCH: "true"}
     return config

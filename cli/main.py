@@ -60,7 +60,7 @@ def worker(log_level: str = "info") -> None:
     """Run one worker for this host's queue (TASKENV_QUEUE): it needs the Docker engine."""
     import uvloop
 
-    from worker.runner import serve
+    from worker.process import serve
 
     _logging(log_level)
     _raise_open_files_limit()

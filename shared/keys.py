@@ -23,15 +23,14 @@ def execute_token(token_hash: str) -> str:
     return f"{PREFIX}token:{token_hash}"
 
 
-def expiry_index(queue: str) -> str:
-    """Sorted set of live environment ids on one host queue, scored by expiry time."""
-    return f"{PREFIX}expiry:{queue}"
+def expiry_index(host: str) -> str:
+    """Sorted set of the environment ids one host holds, scored by expiry time."""
+    return f"{PREFIX}expiry:{host}"
 
 
-def provisioning_index(queue: str) -> str:
-    """Sorted set of environment ids whose provision job has not run yet, scored by the time
-    that job expires: past it, no worker will ever provision them."""
-    return f"{PREFIX}provisioning:{queue}"
+# Sorted set of environment ids whose provision job has not run yet, scored by the time that
+# job expires: past it, no worker will ever provision them.
+PROVISIONING = f"{PREFIX}provisioning"
 
 
 def auth_failures(address: str) -> str:
@@ -45,13 +44,22 @@ def inflight(env_id: str) -> str:
 
 
 def arq_queue(queue: str) -> str:
-    """The arq queue (sorted set) of one host's workers."""
+    """The arq queue (sorted set) behind a queue name."""
     return f"{PREFIX}queue:{queue}"
 
 
 def wake(queue: str) -> str:
     """List of job ids, in enqueue order, that a worker BLPOPs instead of polling arq's queue."""
     return f"{PREFIX}wake:{queue}"
+
+
+# The queue every host's workers take provisions from (pull-based: a host with room takes one).
+PROVISION_QUEUE = "provision"
+
+
+def host_queue(host: str) -> str:
+    """Name of one host's own queue: the execs, logs and teardowns of its environments."""
+    return f"host:{host}"
 
 
 # Past this many pending wakes the newest are dropped; workers' periodic full pass over arq's
@@ -62,3 +70,24 @@ WAKE_LIST_MAX = 10_000
 def reply_channel(instance: str) -> str:
     """Pub/sub channel on which workers push results to one waiting API process."""
     return f"{PREFIX}reply:{instance}"
+
+
+# Membership: who is alive. Workers write these in their heartbeat script (shared/hosts.py).
+# Sorted set of host ids, scored by the last heartbeat of any of the host's workers.
+HOSTS = f"{PREFIX}hosts"
+# Set of every host id that ever heartbeated (the lost and stopped ones too, for `taskenv hosts`).
+KNOWN_HOSTS = f"{PREFIX}hosts:known"
+# Sorted set of worker ids, scored by their last heartbeat.
+WORKERS = f"{PREFIX}workers"
+# Pub/sub channel on which a host's or a worker's loss is announced to the API processes.
+EVENTS = f"{PREFIX}events"
+
+
+def host(host_id: str) -> str:
+    """Hash of one host: state (up, lost, stopped), draining, cap, environment counts."""
+    return f"{PREFIX}host:{host_id}"
+
+
+def worker(worker_id: str) -> str:
+    """Hash of one worker process: host, pid, capacity, load, running job ids, metrics."""
+    return f"{PREFIX}worker:{worker_id}"

@@ -1,8 +1,13 @@
 """Redis connections. Pools are bounded and block when full, so a burst of thousands of
 requests queues for a connection instead of opening thousands of them."""
 
+from typing import Any
+
 from arq.connections import ArqRedis
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError, TimeoutError
 
 from shared import jobs, keys
 from shared.settings import Settings
@@ -15,7 +20,19 @@ def _pool(settings: Settings, *, decode: bool) -> BlockingConnectionPool:
         timeout=30,
         decode_responses=decode,
         health_check_interval=30,
+        **_retry(),
     )
+
+
+def _retry() -> dict[str, Any]:
+    """A command that meets a dropped connection (Redis restarted) is sent again on a new one,
+    for about 2 s, before its caller sees the error: a restart costs a pause, not failed
+    requests on every stale pooled connection. Resending is safe: taskenv's state-changing
+    scripts recognise their own earlier run (see api/dispatch.py)."""
+    return {
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=6),
+        "retry_on_error": [ConnectionError, TimeoutError],
+    }
 
 
 def records_client(settings: Settings) -> "Redis":
@@ -29,5 +46,5 @@ def arq_client(settings: Settings) -> ArqRedis:
         connection_pool=_pool(settings, decode=False),
         job_serializer=jobs.serialize,
         job_deserializer=jobs.deserialize,
-        default_queue_name=keys.arq_queue(settings.queue),
+        default_queue_name=keys.arq_queue(keys.host_queue(settings.host_id)),
     )

@@ -1,10 +1,11 @@
 """Every tunable in one place, read from `TASKENV_*` environment variables."""
 
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.clients import parse_minimums
@@ -13,14 +14,36 @@ DEFAULT_TASKS_DIR = Path(__file__).parent / "tasks"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TASKENV_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="TASKENV_", extra="ignore", populate_by_name=True)
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_max_connections: int = Field(64, ge=4)
 
-    # The arq queue of this host's workers: execs must run where their container lives.
-    queue: str = "local"
+    # Redis Sentinel (high availability): with sentinels set ("host:port,host:port"), the master
+    # of `redis_sentinel_master` is used; TASKENV_REDIS_URL then gives only password and db.
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = "mymaster"
+
+    # The Docker host this worker drives. Its environments' execs, logs and teardowns go to this
+    # host's own queue; provisions go to a queue that every host's workers share. (`TASKENV_QUEUE`
+    # is its former name.)
+    host_id: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        validation_alias=AliasChoices("TASKENV_HOST_ID", "TASKENV_QUEUE"),
+    )
+    # Environments one host holds at most (provisioning or ready): a host at its cap takes no
+    # provisions, and other hosts' workers do.
+    host_max_environments: int = Field(1000, ge=1)
+    # Workers heartbeat this often; a host (or a worker process) silent for `host_dead_after_sec`
+    # is lost: its environments fail and the requests waiting on it get 502 at once.
+    heartbeat_sec: float = Field(1.0, gt=0)
+    host_dead_after_sec: float = Field(10.0, gt=0)
     worker_max_jobs: int = Field(1000, ge=1)
+    # Provisions one worker process runs at once: a small number spreads a burst over hosts.
+    worker_max_provisions: int = Field(4, ge=1)
     worker_idle_wait_sec: float = Field(1.0, gt=0)
 
     api_host: str = "127.0.0.1"
@@ -45,6 +68,15 @@ class Settings(BaseSettings):
     record_retention_sec: int = Field(24 * 3600, ge=0)
     reap_interval_sec: int = Field(5, ge=1, le=59)
     logs_tail_lines: int = Field(200, ge=1)
+    # "json" (one JSON object per line, with the request id) or "text".
+    log_format: str = Field("json", pattern="^(json|text)$")
+
+    @model_validator(mode="after")
+    def _heartbeats_fit(self) -> "Settings":
+        if self.heartbeat_sec * 2 > self.host_dead_after_sec:
+            raise ValueError("TASKENV_HEARTBEAT_SEC must be at most half of TASKENV_HOST_DEAD_AFTER_SEC")
+        return self
+
     # Past this many unknown API keys or execute tokens from one address within the window,
     # that address gets 429 (with Retry-After) until the window ends.
     auth_fail_limit: int = Field(100, ge=1)

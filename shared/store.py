@@ -33,6 +33,27 @@ return prev
 """
 
 
+# Counting a host's live environments walks its expiry index (at most its cap plus the failed
+# ones not expired yet): exact, and atomic with the claim, so workers of one host sharing a
+# count cannot overshoot the cap together.
+# KEYS: environment, host's expiry index. ARGV: env id, host, cap, environment key prefix.
+_CLAIM_PROVISION = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'provisioning' then return {state or 'missing', 0} end
+local live = 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  local s = redis.call('HGET', ARGV[4] .. id, 'state')
+  if s == 'ready' or s == 'provisioning' then live = live + 1 end
+end
+if redis.call('HGET', KEYS[1], 'host') ~= '' then return {'taken', live} end
+if live >= tonumber(ARGV[3]) then return {'full', live} end
+redis.call('HSET', KEYS[1], 'host', ARGV[2])
+redis.call('ZADD', KEYS[2], redis.call('HGET', KEYS[1], 'expires_at'), ARGV[1])
+return {'claimed', live + 1}
+"""
+_ENV_PREFIX = keys.environment("")
+
+
 async def create(
     redis: Redis,
     *,
@@ -42,7 +63,6 @@ async def create(
     task_ref: str,
     spec: TaskSpec,
     token_hash: str,
-    queue: str,
     lifetime_sec: int,
     provision_timeout_sec: float,
 ) -> Record:
@@ -58,15 +78,15 @@ async def create(
         "error": "",
         "instruction": spec.instruction or "",
         "token_hash": token_hash,
-        "queue": queue,
+        # The host whose worker takes the provision writes itself here (`claim_provision`).
+        "host": "",
         "spec": spec.model_dump_json(),
     }
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(keys.environment(env_id), mapping=record)
         pipe.zadd(keys.workspace_index(org, workspace), {env_id: now})
         pipe.set(keys.execute_token(token_hash), env_id, ex=lifetime_sec + 3600)
-        pipe.zadd(keys.expiry_index(queue), {env_id: now + lifetime_sec})
-        pipe.zadd(keys.provisioning_index(queue), {env_id: now + provision_timeout_sec})
+        pipe.zadd(keys.PROVISIONING, {env_id: now + provision_timeout_sec})
         await pipe.execute()
     return record
 
@@ -108,8 +128,9 @@ async def tear_down(redis: Redis, record: Record, *, error: str = "", retention_
     env_id = record["id"]
     previous = await redis.eval(_TEAR_DOWN, 1, keys.environment(env_id), error)  # type: ignore[misc]
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.zrem(keys.expiry_index(record["queue"]), env_id)
-        pipe.zrem(keys.provisioning_index(record["queue"]), env_id)
+        if record.get("host"):
+            pipe.zrem(keys.expiry_index(record["host"]), env_id)
+        pipe.zrem(keys.PROVISIONING, env_id)
         pipe.delete(keys.inflight(env_id))
         if retention_sec:
             pipe.expire(keys.environment(env_id), retention_sec)
@@ -118,16 +139,33 @@ async def tear_down(redis: Redis, record: Record, *, error: str = "", retention_
     return str(previous) if previous is not None else None
 
 
-async def expired(redis: Redis, queue: str, now: float) -> list[str]:
-    return list(await redis.zrangebyscore(keys.expiry_index(queue), "-inf", now))
+async def expired(redis: Redis, host: str, now: float) -> list[str]:
+    return list(await redis.zrangebyscore(keys.expiry_index(host), "-inf", now))
 
 
-async def stalled_provisions(redis: Redis, queue: str, now: float) -> list[str]:
-    return list(await redis.zrangebyscore(keys.provisioning_index(queue), "-inf", now))
+async def stalled_provisions(redis: Redis, now: float) -> list[str]:
+    return list(await redis.zrangebyscore(keys.PROVISIONING, "-inf", now))
 
 
-async def provision_ran(redis: Redis, queue: str, env_id: str) -> None:
-    await redis.zrem(keys.provisioning_index(queue), env_id)
+async def provision_ran(redis: Redis, env_id: str) -> None:
+    await redis.zrem(keys.PROVISIONING, env_id)
+
+
+async def claim_provision(redis: Redis, env_id: str, host: str, cap: int) -> tuple[str, int]:
+    """Make `host` the environment's host if it is still unclaimed and the host holds fewer than
+    `cap` live environments. Returns ("claimed", count after), ("full", count) or (state, count)
+    when there is nothing to provision any more."""
+    outcome, count = await redis.eval(  # type: ignore[misc]
+        _CLAIM_PROVISION,
+        2,
+        keys.environment(env_id),
+        keys.expiry_index(host),
+        env_id,
+        host,
+        str(cap),
+        _ENV_PREFIX,
+    )
+    return str(outcome), int(count)
 
 
 _LIST_FIELDS = ("id", "state", "task_ref", "created_at", "expires_at", "error", "instruction")

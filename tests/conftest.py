@@ -79,7 +79,7 @@ def _docker_ready() -> None:
 
 def _remove_containers(queue: str) -> None:
     ids = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=taskenv.queue={queue}"], capture_output=True, text=True
+        ["docker", "ps", "-aq", "--filter", f"label=taskenv.host={queue}"], capture_output=True, text=True
     ).stdout.split()
     if ids:
         subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
@@ -109,7 +109,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     env = {
         **os.environ,
         "TASKENV_REDIS_URL": f"unix://{sock}",
-        "TASKENV_QUEUE": queue,
+        "TASKENV_HOST_ID": queue,  # this test service's own "host": its containers, its reaper
         "TASKENV_API_PORT": str(port),
         "TASKENV_TASKS_PATH": str(tasks),
         "TASKENV_REAP_INTERVAL_SEC": "1",
@@ -190,3 +190,7 @@ async def env(client: httpx.AsyncClient, service: Service) -> AsyncIterator[Env]
     ready = await provision(client, service)
     yield ready
     await client.delete(ready.url)
+
+
+# Several "hosts" (worker processes with their own host ids) for one test: tests/cluster.py.
+from tests.cluster import cluster_factory  # noqa: E402, F401

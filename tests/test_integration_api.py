@@ -187,7 +187,7 @@ async def test_sandboxes_start_hardened(service, env):
     assert host["PidsLimit"] == 256 and host["NanoCpus"] == 10**9
     labels = container["Config"]["Labels"]
     assert labels["taskenv.managed"] == "true" and labels["taskenv.env"] == env.id
-    assert labels["taskenv.queue"] == service.queue and labels["taskenv.org"] == "acme"
+    assert labels["taskenv.host"] == service.queue and labels["taskenv.org"] == "acme"
 
 
 async def test_lifetime_is_capped_by_the_configured_maximum(client, service):

@@ -137,13 +137,13 @@ async def test_lost_worker_still_answers_by_the_deadline(client, env, service):
 
     from shared import keys
 
-    # Point the environment at a queue no worker serves: the job is never picked up.
+    # Point the environment at a host no worker serves: the job is never picked up.
     redis = aioredis.Redis.from_url(service.redis_url, decode_responses=True)
-    await redis.hset(keys.environment(env.id), "queue", "nobody-serves-this")
+    await redis.hset(keys.environment(env.id), "host", "nobody-serves-this")
     started = time.monotonic()
     response = await run(client, env, "echo never", timeout_sec=1)
     elapsed = time.monotonic() - started
-    await redis.hset(keys.environment(env.id), "queue", service.queue)
+    await redis.hset(keys.environment(env.id), "host", service.queue)
     await redis.aclose()
     assert response.status_code == 504
     assert response.json()["type"] == "timeout_error"

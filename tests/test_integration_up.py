@@ -19,7 +19,7 @@ def test_up_runs_everything_and_stops_cleanly(tmp_path):
     port = _free_port()
     env = {**os.environ, "TASKENV_HOME": str(tmp_path), "TASKENV_API_PORT": str(port)}
     env.pop("TASKENV_REDIS_URL", None)
-    env["TASKENV_QUEUE"] = f"up-{uuid.uuid4().hex[:8]}"
+    env["TASKENV_HOST_ID"] = f"up-{uuid.uuid4().hex[:8]}"
     up = subprocess.Popen(
         [sys.executable, "-m", "cli", "up"],
         env=env,

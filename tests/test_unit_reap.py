@@ -46,11 +46,13 @@ def ctx() -> dict:
     return {
         "records": fakeredis.FakeAsyncRedis(decode_responses=True),
         "docker": FakeEngine(),
-        "settings": Settings(queue="q", record_retention_sec=60),
+        "settings": Settings(host_id="q", record_retention_sec=60),
     }
 
 
-async def _create(ctx: dict, env_id: str, *, lifetime: int = 3600, provision_timeout: float = 60) -> None:
+async def _create(
+    ctx: dict, env_id: str, *, lifetime: int = 3600, provision_timeout: float = 60, claim: bool = True
+) -> None:
     await store.create(
         ctx["records"],
         env_id=env_id,
@@ -59,22 +61,23 @@ async def _create(ctx: dict, env_id: str, *, lifetime: int = 3600, provision_tim
         task_ref="default",
         spec=TaskSpec(name="default"),
         token_hash="h-" + env_id,
-        queue="q",
         lifetime_sec=lifetime,
         provision_timeout_sec=provision_timeout,
     )
+    if claim:
+        await store.claim_provision(ctx["records"], env_id, "q", cap=100)
 
 
 async def test_a_provision_no_worker_ran_fails_with_a_reason(ctx):
-    await _create(ctx, "stalled", provision_timeout=-1)
-    await _create(ctx, "fresh")
+    await _create(ctx, "stalled", provision_timeout=-1, claim=False)
+    await _create(ctx, "fresh", claim=False)
     await jobs.reap(ctx)
     stalled = await store.get(ctx["records"], "stalled")
     assert stalled is not None and stalled["state"] == EnvironmentState.FAILED
-    assert "no worker of queue 'q'" in stalled["error"]
+    assert "not provisioned in time" in stalled["error"]
     fresh = await store.get(ctx["records"], "fresh")
     assert fresh is not None and fresh["state"] == EnvironmentState.PROVISIONING
-    assert await ctx["records"].zrange(keys.provisioning_index("q"), 0, -1) == ["fresh"]
+    assert await ctx["records"].zrange(keys.PROVISIONING, 0, -1) == ["fresh"]
 
 
 async def test_a_provision_that_ran_is_not_failed_later(ctx):
@@ -82,7 +85,7 @@ async def test_a_provision_that_ran_is_not_failed_later(ctx):
     await store.set_if_state(
         ctx["records"], "done", EnvironmentState.PROVISIONING, state=EnvironmentState.READY
     )
-    await store.provision_ran(ctx["records"], "q", "done")
+    await store.provision_ran(ctx["records"], "done")
     await jobs.reap(ctx)
     done = await store.get(ctx["records"], "done")
     assert done is not None and done["state"] == EnvironmentState.READY

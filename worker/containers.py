@@ -11,7 +11,8 @@ from shared.tasks import TaskSpec
 
 LABEL_MANAGED = "taskenv.managed"
 LABEL_ENV = "taskenv.env"
-LABEL_QUEUE = "taskenv.queue"
+# The Docker host whose worker made it: a reaper touches only its own host's containers.
+LABEL_HOST = "taskenv.host"
 
 
 def container_config(record: Record, spec: TaskSpec) -> dict[str, Any]:
@@ -28,7 +29,7 @@ def container_config(record: Record, spec: TaskSpec) -> dict[str, Any]:
         "Labels": {
             LABEL_MANAGED: "true",
             LABEL_ENV: record["id"],
-            LABEL_QUEUE: record["queue"],
+            LABEL_HOST: record["host"],
             "taskenv.org": record["org"],
             "taskenv.workspace": record["workspace"],
             "taskenv.task": spec.ref,
@@ -97,8 +98,8 @@ async def tail_logs(docker: aiodocker.Docker, name: str, lines: int) -> str:
     return "".join(chunks)
 
 
-async def managed_on_queue(docker: aiodocker.Docker, queue: str) -> dict[str, str]:
-    """Container name by environment id, for every taskenv container of this host queue."""
-    filters = json.dumps({"label": [f"{LABEL_MANAGED}=true", f"{LABEL_QUEUE}={queue}"]})
+async def managed_on_host(docker: aiodocker.Docker, host: str) -> dict[str, str]:
+    """Container name by environment id, for every taskenv container of this host."""
+    filters = json.dumps({"label": [f"{LABEL_MANAGED}=true", f"{LABEL_HOST}={host}"]})
     found = await docker.containers.list(all=True, filters=filters)
     return {c["Labels"][LABEL_ENV]: c["Names"][0].lstrip("/") for c in found}

@@ -67,13 +67,37 @@ async def execute(ctx: Ctx, payload: ExecJob) -> dict[str, Any]:
 
 @job
 async def provision(ctx: Ctx, payload: EnvJob) -> dict[str, Any]:
-    redis = _records(ctx)
+    """Taken from the shared provision queue by a worker of any host with room: that host
+    claims the environment, then creates its container."""
+    redis, settings, env_id = _records(ctx), _settings(ctx), payload["env_id"]
+    outcome, count = await store.claim_provision(
+        redis, env_id, settings.host_id, settings.host_max_environments
+    )
+    if "membership" in ctx:
+        ctx["membership"].saw_environments(count)
+    if outcome == "full":
+        # Another worker of this host filled it meanwhile: hand the provision back to the queue.
+        await _hand_back(ctx, payload)
+        return {"state": EnvironmentState.PROVISIONING, "handed_back": True}
     try:
-        return await _provision(redis, _docker(ctx), payload["env_id"])
+        if outcome != "claimed":
+            return {"state": outcome}
+        return await _provision(redis, _docker(ctx), env_id)
     finally:
         # Ran, whatever came of it: the reaper no longer needs to watch for it. (A worker that
         # dies before this line leaves the entry, and the reaper then fails the environment.)
-        await store.provision_ran(redis, _settings(ctx).queue, payload["env_id"])
+        await store.provision_ran(redis, env_id)
+
+
+async def _hand_back(ctx: Ctx, payload: EnvJob) -> None:
+    """Re-enqueue a provision for other hosts, unannounced (no wake): a worker with room finds
+    it on its next pass over the queue. It keeps its original expiry."""
+    expires_at = await _records(ctx).zscore(keys.PROVISIONING, payload["env_id"])
+    left = (expires_at or 0) - time.time()
+    if left > 0:
+        await ctx["redis"].enqueue_job(
+            jobs.PROVISION, payload, _queue_name=keys.arq_queue(keys.PROVISION_QUEUE), _expires=left
+        )
 
 
 async def _provision(redis: Redis, docker: aiodocker.Docker, env_id: str) -> dict[str, Any]:
@@ -121,26 +145,31 @@ async def reap(ctx: Ctx) -> dict[str, int]:
     remove containers whose record is gone, failed or torn down (left by a crash or a lost
     teardown job)."""
     redis, docker, settings = _records(ctx), _docker(ctx), _settings(ctx)
-    now = time.time()
-    for env_id in await store.stalled_provisions(redis, settings.queue, now):
-        error = f"not provisioned: no worker of queue {settings.queue!r} ran the provision in time"
-        await store.set_if_state(
-            redis, env_id, EnvironmentState.PROVISIONING, state=EnvironmentState.FAILED, error=error
-        )
-        await store.provision_ran(redis, settings.queue, env_id)
+    now, host = time.time(), settings.host_id
+    for env_id in await store.stalled_provisions(redis, now):
+        error = "not provisioned in time: no host with room took it, or its worker died"
+        if (
+            await store.set_if_state(
+                redis, env_id, EnvironmentState.PROVISIONING, state=EnvironmentState.FAILED, error=error
+            )
+            and settings.record_retention_sec
+        ):
+            # On no host, so no host's reaper will ever expire it: its record goes by itself.
+            await redis.expire(keys.environment(env_id), settings.record_retention_sec)
+        await store.provision_ran(redis, env_id)
     expired = 0
-    for env_id in await store.expired(redis, settings.queue, now):
+    for env_id in await store.expired(redis, host, now):
         record = await store.get(redis, env_id)
         if record is not None:
             await store.tear_down(
                 redis, record, error="expired: lifetime reached", retention_sec=settings.record_retention_sec
             )
         else:
-            await redis.zrem(keys.expiry_index(settings.queue), env_id)
+            await redis.zrem(keys.expiry_index(host), env_id)
         await _remove_quietly(docker, store.container_name(env_id))
         expired += 1
     orphans = 0
-    managed = await containers.managed_on_queue(docker, settings.queue)
+    managed = await containers.managed_on_host(docker, host)
     gone = (None, EnvironmentState.TORN_DOWN, EnvironmentState.FAILED)
     for env_id, state in (await store.states(redis, list(managed))).items():
         if state in gone:

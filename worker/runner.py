@@ -12,7 +12,6 @@ copy at its deadline).
 
 import asyncio
 import logging
-import signal
 from contextlib import suppress
 from typing import Any
 
@@ -65,6 +64,13 @@ class WakeableWorker(Worker):
                 if job_id is not None:
                     await self._run_woken(job_id.decode())
 
+    def pause(self, paused: bool) -> None:
+        """Take no new jobs while paused (the provision worker of a draining or full host),
+        without stopping: running jobs go on, and taking resumes at once when unpaused."""
+        if paused != (not self.allow_pick_jobs) and not self._stopping:
+            self.allow_pick_jobs = not paused
+            self._slot_freed.set()
+
     def stop_taking(self) -> None:
         """Take no more jobs. `main` returns after its current wait for a wake (at most
         `idle_wait_sec`) rather than being cancelled in it: a popped job id is claimed for this
@@ -75,8 +81,8 @@ class WakeableWorker(Worker):
     async def _next_woken(self, wait_sec: float) -> bytes | None:
         """The next job id pushed by an enqueuer, or None after `wait_sec`."""
         self._slot_freed.clear()
-        if self.job_counter >= self.max_jobs:
-            # Full: leave the ids queued in the list until a running job ends.
+        if self.job_counter >= self.max_jobs or not self.allow_pick_jobs:
+            # Full or paused: leave the ids queued in the list until a running job ends.
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._slot_freed.wait(), wait_sec)
             return None
@@ -126,14 +132,15 @@ class WakeableWorker(Worker):
             self._start(job_id, int(float(score)))
 
 
-async def _startup(ctx: dict[str, Any]) -> None:
+async def startup(ctx: dict[str, Any]) -> None:
+    """Open what the job functions of both of a process's workers share, and reconcile."""
     settings: Settings = ctx["settings"]
     ctx["records"] = records_client(settings)
     ctx["docker"] = docker.connect()
     await job_functions.reap(ctx)
 
 
-async def _shutdown(ctx: dict[str, Any]) -> None:
+async def shutdown(ctx: dict[str, Any]) -> None:
     await docker.disconnect(ctx["docker"])
     await ctx["records"].aclose()
 
@@ -144,53 +151,56 @@ async def _publish_result(ctx: dict[str, Any]) -> None:
         await ctx["redis"].publish(reply_to, jobs.serialize(result))
 
 
-def create_worker(settings: Settings) -> WakeableWorker:
+def create_workers(settings: Settings) -> tuple[WakeableWorker, WakeableWorker]:
+    """A worker process's two arq workers, sharing one context (Docker and Redis clients,
+    opened by `startup`): one for this host's own queue (execs, logs, teardowns and the
+    reaper), one for the provision queue shared by all hosts, paused while this host is
+    draining or full."""
+    ctx: dict[str, Any] = {"settings": settings}
     reap_seconds = set(range(0, 60, settings.reap_interval_sec))
-    return WakeableWorker(
-        functions=[
+    host_queue = keys.host_queue(settings.host_id)
+    own = _worker(
+        settings,
+        ctx,
+        host_queue,
+        [
             func(job_functions.execute, name=jobs.EXECUTE, max_tries=1, timeout=JOB_TIMEOUT_SEC),
-            func(job_functions.provision, name=jobs.PROVISION, max_tries=1, timeout=JOB_TIMEOUT_SEC),
             func(job_functions.teardown, name=jobs.TEARDOWN, max_tries=1, timeout=JOB_TIMEOUT_SEC),
             func(job_functions.logs, name=jobs.LOGS, max_tries=1, timeout=JOB_TIMEOUT_SEC),
         ],
+        settings.worker_max_jobs,
         cron_jobs=[cron(job_functions.reap, second=reap_seconds, run_at_startup=False, max_tries=1)],
-        queue_name=keys.arq_queue(settings.queue),
+    )
+    provisions = _worker(
+        settings,
+        ctx,
+        keys.PROVISION_QUEUE,
+        [func(job_functions.provision, name=jobs.PROVISION, max_tries=1, timeout=JOB_TIMEOUT_SEC)],
+        settings.worker_max_provisions,
+    )
+    return own, provisions
+
+
+def _worker(
+    settings: Settings, ctx: dict[str, Any], queue: str, functions: list[Any], max_jobs: int, **kwargs: Any
+) -> WakeableWorker:
+    return WakeableWorker(
+        functions=functions,
+        queue_name=keys.arq_queue(queue),
         redis_pool=arq_client(settings),
-        ctx={"settings": settings},
-        on_startup=_startup,
-        on_shutdown=_shutdown,
+        ctx=ctx,
         on_job_end=_publish_result,
-        max_jobs=settings.worker_max_jobs,
-        queue_read_limit=settings.worker_max_jobs * 5,
+        max_jobs=max_jobs,
+        queue_read_limit=max_jobs * 5,
         job_timeout=JOB_TIMEOUT_SEC,
         keep_result=60,
         max_tries=1,
         retry_jobs=False,
-        wake_key=keys.wake(settings.queue),
+        wake_key=keys.wake(queue),
         idle_wait_sec=settings.worker_idle_wait_sec,
         job_serializer=jobs.serialize,
         job_deserializer=jobs.deserialize,
         log_results=False,
         handle_signals=False,
+        **kwargs,
     )
-
-
-async def serve(settings: Settings) -> None:
-    """Run one worker until SIGINT/SIGTERM, then let running commands finish (bounded by their
-    deadlines) so no result is lost."""
-    worker = create_worker(settings)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    main = asyncio.create_task(worker.main())
-    stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    worker.stop_taking()
-    with suppress(asyncio.CancelledError):
-        await main
-    running = [task for task in worker.tasks.values() if not task.done()]
-    if running:
-        log.info("waiting for %d running jobs", len(running))
-        await asyncio.wait(running, timeout=JOB_TIMEOUT_SEC)
-    await worker.close()

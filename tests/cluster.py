@@ -1,0 +1,169 @@
+"""Several "hosts" on one machine for integration tests: a private redis-server, one API, and
+worker processes with distinct `TASKENV_HOST_ID`s sharing the local Docker engine (their
+containers labelled by host). `cluster_factory` starts one with the hosts and settings a test
+asks for; the test can then kill, signal, drain or add workers by host."""
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from shared.settings import DEFAULT_TASKS_DIR
+from tests.conftest import _docker_ready, _free_port, _remove_containers, _wait
+
+PYTHON = [sys.executable, "-m", "cli"]
+# Fast membership for tests: a host is lost after 3 s without a heartbeat.
+FAST = {"TASKENV_HOST_DEAD_AFTER_SEC": "3", "TASKENV_HEARTBEAT_SEC": "0.5", "TASKENV_REAP_INTERVAL_SEC": "1"}
+
+
+@dataclass
+class Cluster:
+    home: Path
+    base_url: str
+    redis_url: str
+    key: str
+    env: dict[str, str]
+    prefix: str
+    api: subprocess.Popen[bytes]
+    workers: dict[str, list[subprocess.Popen[bytes]]] = field(default_factory=dict)
+    host_settings: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def host_id(self, name: str) -> str:
+        return f"{self.prefix}-{name}"
+
+    def envs_url(self) -> str:
+        return f"{self.base_url}/api/v1/org/acme/ws/main/environments"
+
+    def log_path(self, name: str) -> Path:
+        return self.home / f"worker-{name}.log"
+
+    def log(self, name: str) -> str:
+        return self.log_path(name).read_text(errors="replace")
+
+    def start_worker(self, name: str, **settings: str) -> subprocess.Popen[bytes]:
+        """One more worker process for host `name` (a new host if it has none yet)."""
+        self.host_settings.setdefault(name, {}).update(settings)
+        env = {**self.env, **self.host_settings[name], "TASKENV_HOST_ID": self.host_id(name)}
+        out = open(self.log_path(name), "ab")  # noqa: SIM115 (the child owns it)
+        proc = subprocess.Popen([*PYTHON, "worker"], env=env, stdout=out, stderr=out)
+        self.workers.setdefault(name, []).append(proc)
+        return proc
+
+    async def wait_live(self, name: str, timeout: float = 30) -> None:
+        await asyncio.to_thread(self._wait_live, name, timeout)
+
+    def _wait_live(self, name: str, timeout: float) -> None:
+        client = redis.Redis.from_url(self.redis_url)
+        live = lambda: client.zscore("taskenv:hosts", self.host_id(name)) is not None  # noqa: E731
+        _wait(live, f"host {name}", timeout=timeout)
+        client.close()
+
+    def kill(self, name: str) -> None:
+        """SIGKILL every worker of a host, as a crash or a power cut would."""
+        for proc in self.workers.get(name, []):
+            proc.kill()
+        for proc in self.workers.pop(name, []):
+            proc.wait()
+
+    def signal(self, name: str, signum: signal.Signals) -> None:
+        for proc in self.workers.get(name, []):
+            proc.send_signal(signum)
+
+    def stop_all(self) -> None:
+        procs = [self.api, *(p for ps in self.workers.values() for p in ps)]
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def cluster_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., Coroutine[Any, Any, Cluster]]]:
+    """`await cluster_factory(hosts=("a", "b"), workers_per_host=1, **TASKENV_settings)`."""
+    started: list[tuple[Cluster, subprocess.Popen[bytes]]] = []
+
+    def start(hosts: tuple[str, ...] = ("a", "b"), workers_per_host: int = 1, **settings: str) -> Cluster:
+        if shutil.which("redis-server") is None:
+            pytest.fail("integration tests need redis-server")
+        _docker_ready()
+        home = tmp_path_factory.mktemp("cluster")
+        tasks = home / "tasks"
+        tasks.mkdir()
+        shutil.copy(DEFAULT_TASKS_DIR / "default.toml", tasks / "default.toml")
+        sock = home / "redis.sock"
+        redis_proc = subprocess.Popen(
+            ["redis-server", "--port", "0", "--unixsocket", str(sock), "--dir", str(home), "--save", ""],
+            stdout=subprocess.DEVNULL,
+        )
+        _wait(redis.Redis(unix_socket_path=str(sock)).ping, "redis-server", redis_proc)
+        port = _free_port()
+        env = {
+            **os.environ,
+            **FAST,
+            **settings,
+            "TASKENV_REDIS_URL": f"unix://{sock}",
+            "TASKENV_API_PORT": str(port),
+            "TASKENV_TASKS_PATH": str(tasks),
+            "TASKENV_HOST_ID": f"api-{uuid.uuid4().hex[:6]}",
+        }
+        api_log = open(home / "api.log", "ab")  # noqa: SIM115
+        api = subprocess.Popen([*PYTHON, "api"], env=env, stdout=api_log, stderr=api_log)
+        cluster = Cluster(
+            home,
+            f"http://127.0.0.1:{port}",
+            env["TASKENV_REDIS_URL"],
+            "",
+            env,
+            f"t{uuid.uuid4().hex[:6]}",
+            api,
+        )
+        started.append((cluster, redis_proc))
+        for name in hosts:
+            for _ in range(workers_per_host):
+                cluster.start_worker(name)
+        _wait(lambda: httpx.get(f"{cluster.base_url}/api/v1/health").is_success, "the API", api)
+        for name in hosts:
+            cluster._wait_live(name, 30)
+        cluster.key = subprocess.run(
+            [*PYTHON, "keys", "create", "--org", "acme", "--workspace", "main"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        return cluster
+
+    async def start_async(*args: Any, **kwargs: Any) -> Cluster:
+        return await asyncio.to_thread(start, *args, **kwargs)
+
+    yield start_async
+    for cluster, redis_proc in started:
+        cluster.stop_all()
+        redis_proc.terminate()
+        redis_proc.wait()
+        for name in cluster.host_settings:
+            _remove_containers(cluster.host_id(name))
+        print(f"\ncluster logs: {cluster.home}")
+
+
+def timed(since: float) -> float:
+    return round(time.monotonic() - since, 2)

@@ -1,0 +1,199 @@
+"""Several hosts on one machine (tests/cluster.py): provisions spread up to each host's cap,
+commands reach the owning host only, a lost host fails fast while the others serve, a killed
+worker's waiting command is answered at once and never re-run, draining stops provisions."""
+
+import asyncio
+import signal
+import time
+from collections import Counter
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from shared import keys
+from tests.cluster import Cluster, timed
+from tests.conftest import wait_for_state
+
+pytestmark = pytest.mark.integration
+
+
+class Api:
+    def __init__(self, cluster: Cluster, http: httpx.AsyncClient) -> None:
+        self.cluster, self.http = cluster, http
+        self.redis = aioredis.Redis.from_url(cluster.redis_url, decode_responses=True)
+        self.tokens: dict[str, str] = {}
+
+    async def create(self) -> str:
+        response = await self.http.post(self.cluster.envs_url(), json={"task_ref": "default"})
+        assert response.status_code == 201, response.text
+        created = response.json()
+        self.tokens[created["id"]] = created["execute_token"]
+        return str(created["id"])
+
+    async def ready(self, env_id: str, timeout: float = 30) -> str:
+        """Wait for ready; the host it landed on."""
+        status = await wait_for_state(self.http, self.url(env_id), "ready", "failed", timeout=timeout)
+        assert status["state"] == "ready", status
+        return str(await self.redis.hget(keys.environment(env_id), "host"))
+
+    def url(self, env_id: str) -> str:
+        return f"{self.cluster.envs_url()}/{env_id}"
+
+    async def run(self, env_id: str, command: str, timeout_sec: int = 10, **headers: str) -> httpx.Response:
+        return await self.http.post(
+            f"{self.url(env_id)}/execute",
+            json={"command": command, "timeout_sec": timeout_sec},
+            headers={"X-Environment-Token": f"Bearer {self.tokens[env_id]}", **headers},
+        )
+
+    async def state(self, env_id: str) -> dict:
+        return (await self.http.get(f"{self.url(env_id)}/status")).json()
+
+
+@pytest.fixture
+async def connect():
+    opened: list[Api] = []
+
+    async def make(cluster: Cluster) -> Api:
+        http = httpx.AsyncClient(headers={"X-API-Key": cluster.key}, timeout=httpx.Timeout(60, connect=5))
+        api = Api(cluster, http)
+        opened.append(api)
+        return api
+
+    yield make
+    for api in opened:
+        await api.http.aclose()
+        await api.redis.aclose()
+
+
+async def test_provisions_spread_over_hosts_up_to_each_cap(cluster_factory, connect):
+    cluster = await cluster_factory(hosts=("a", "b", "c"), TASKENV_HOST_MAX_ENVIRONMENTS="2")
+    api = await connect(cluster)
+    env_ids = [await api.create() for _ in range(6)]
+    placed = await asyncio.gather(*(api.ready(env_id) for env_id in env_ids))
+    assert Counter(placed) == {cluster.host_id(n): 2 for n in "abc"}
+    # Every host is full: a seventh waits, unprovisioned...
+    extra = await api.create()
+    await asyncio.sleep(2)
+    assert (await api.state(extra))["state"] == "provisioning"
+    # ...until a host has room again.
+    freed = env_ids[placed.index(cluster.host_id("b"))]
+    assert (await api.http.delete(api.url(freed))).status_code == 204
+    assert await api.ready(extra) == cluster.host_id("b")
+
+
+async def test_a_lost_host_fails_fast_while_the_others_serve(cluster_factory, connect):
+    cluster = await cluster_factory(hosts=("a", "b"), TASKENV_HOST_MAX_ENVIRONMENTS="2")
+    api = await connect(cluster)
+    env_ids = [await api.create() for _ in range(4)]
+    placed = dict(zip(env_ids, await asyncio.gather(*(api.ready(e) for e in env_ids)), strict=True))
+    on_a = [e for e, h in placed.items() if h == cluster.host_id("a")]
+    on_b = [e for e, h in placed.items() if h == cluster.host_id("b")]
+    waiting = [asyncio.create_task(api.run(e, "sleep 60", timeout_sec=120)) for e in on_b]
+    await asyncio.sleep(1.5)
+
+    lost_at = time.monotonic()
+    cluster.kill("b")
+    answers = await asyncio.wait_for(asyncio.gather(*waiting), 30)
+    answered = timed(lost_at)
+    failed_states = await asyncio.gather(*(wait_for_state(api.http, api.url(e), "failed") for e in on_b))
+    failed = timed(lost_at)
+    for response in answers:
+        assert response.status_code == 502, response.text
+        assert response.json()["type"] == "bad_gateway_error"
+        assert "host_lost" in response.json()["detail"] and cluster.host_id("b") in response.json()["detail"]
+    for status in failed_states:
+        assert status["state"] == "failed" and cluster.host_id("b") in status["error"]
+    # New commands for its environments are refused at once with the same error.
+    started = time.monotonic()
+    refused = await api.run(on_b[0], "echo hi")
+    assert refused.status_code == 502 and refused.json()["type"] == "bad_gateway_error"
+    refused_in = timed(started)
+    # The other host keeps serving, and takes the new provisions.
+    for env_id in on_a:
+        assert (await api.run(env_id, "echo alive")).json() == {"exit_code": 0, "output": "alive\n"}
+    await api.http.delete(api.url(on_a[0]))
+    assert await api.ready(await api.create()) == cluster.host_id("a")
+    print(
+        f"\nhost loss (dead after 3 s, heartbeat 0.5 s): waiting requests answered in {answered} s,"
+        f" environments failed within {failed} s, a new execute refused in {refused_in} s"
+    )
+    assert answered < 3 + 3
+
+
+async def test_a_worker_killed_mid_execute_answers_502_and_never_reruns(cluster_factory, connect):
+    cluster = await cluster_factory(hosts=("a",))
+    api = await connect(cluster)
+    env_id = await api.create()
+    await api.ready(env_id)
+    command = "echo run >> /tmp/runs; sleep 6; echo done"
+    waiting = asyncio.create_task(api.run(env_id, command, timeout_sec=30))
+    await asyncio.sleep(1.5)  # running, and seen by a heartbeat
+
+    killed_at = time.monotonic()
+    cluster.kill("a")
+    cluster.start_worker("a")  # the same host comes back within its dead-after window
+    response = await asyncio.wait_for(waiting, 30)
+    answered = timed(killed_at)
+    assert response.status_code == 502, response.text
+    assert response.json()["type"] == "bad_gateway_error" and "worker_lost" in response.json()["detail"]
+    print(f"\nworker SIGKILLed mid-execute: the waiting client got 502 worker_lost in {answered} s")
+    assert answered < 3 + 3  # the dead-after window, not the command's 30 s deadline
+
+    # The environment was not failed: its host lived on. The command is not run again.
+    assert (await api.state(env_id))["state"] == "ready"
+    await asyncio.sleep(6)
+    again = await api.run(env_id, "cat /tmp/runs")
+    assert again.status_code == 200 and again.json()["output"] == "run\n"
+
+
+async def test_a_cleanly_stopped_host_keeps_its_environments(cluster_factory, connect):
+    cluster = await cluster_factory(hosts=("a",))
+    api = await connect(cluster)
+    env_id = await api.create()
+    await api.ready(env_id)
+    cluster.signal("a", signal.SIGTERM)
+    for proc in cluster.workers.pop("a"):
+        proc.wait(timeout=30)
+    await asyncio.sleep(3 + 1.5)  # past the dead-after window
+    assert (await api.state(env_id))["state"] == "ready"
+    assert await api.redis.hget(keys.host(cluster.host_id("a")), "state") == "stopped"
+    cluster.start_worker("a")
+    await cluster.wait_live("a")
+    assert (await api.run(env_id, "echo back")).json()["output"] == "back\n"
+
+
+async def test_draining_stops_provisions_and_lets_running_commands_finish(cluster_factory, connect):
+    cluster = await cluster_factory(hosts=("a",))
+    api = await connect(cluster)
+    on_a = await api.create()
+    assert await api.ready(on_a) == cluster.host_id("a")
+    cluster.start_worker("b")
+    await cluster.wait_live("b")
+    running = asyncio.create_task(api.run(on_a, "sleep 2; echo finished", timeout_sec=20))
+    await asyncio.sleep(0.5)
+    cluster.signal("a", signal.SIGUSR1)
+    await asyncio.sleep(1)  # a heartbeat of host a's worker
+    assert await api.redis.hget(keys.host(cluster.host_id("a")), "draining") == "1"
+    new = [await api.create() for _ in range(3)]
+    assert set(await asyncio.gather(*(api.ready(e) for e in new))) == {cluster.host_id("b")}
+    assert (await running).json() == {"exit_code": 0, "output": "finished\n"}
+    # Draining takes no provisions; the host's environments are still served.
+    assert (await api.run(on_a, "echo still")).json()["output"] == "still\n"
+
+
+async def test_readiness_follows_the_live_hosts(cluster_factory, connect):
+    cluster = await cluster_factory(hosts=("a",))
+    api = await connect(cluster)
+    assert (await api.http.get(f"{cluster.base_url}/readyz")).json() == {
+        "status": "ready",
+        "redis": "ok",
+        "live_hosts": 1,
+    }
+    cluster.kill("a")
+    await asyncio.sleep(3 + 1.5)
+    not_ready = await api.http.get(f"{cluster.base_url}/readyz")
+    assert not_ready.status_code == 503 and not_ready.json()["live_hosts"] == 0
+    # Alive all the same: a balancer must not restart the API for want of workers.
+    assert (await api.http.get(f"{cluster.base_url}/healthz")).status_code == 200

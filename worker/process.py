@@ -1,0 +1,54 @@
+"""One worker process: its two arq workers (own host queue, shared provision queue), its
+membership heartbeat, and the signals an operator sends it."""
+
+import asyncio
+import logging
+import signal
+from contextlib import suppress
+
+from shared.jobs import JOB_TIMEOUT_SEC
+from shared.settings import Settings
+from worker.membership import Membership
+from worker.runner import create_workers, shutdown, startup
+
+log = logging.getLogger("taskenv.worker")
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM, then let running commands finish (bounded by their deadlines),
+    still heartbeating so they are not taken for lost, and leave. SIGUSR1 drains the host."""
+    own, provisions = create_workers(settings)
+    ctx = own.ctx
+    await startup(ctx)
+    membership = Membership(settings, ctx["records"], [own, provisions], provisions)
+    ctx["membership"] = membership
+    # Alive (and paused if draining or full) before the first job is taken.
+    await membership.beat()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, membership.request_drain)
+    log.info("worker %s on host %s", membership.worker_id, settings.host_id)
+    heart = asyncio.create_task(membership.run(), name="taskenv-heartbeat")
+    mains = {asyncio.create_task(w.main()) for w in (own, provisions)}
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({*mains, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    for worker in (provisions, own):
+        worker.stop_taking()
+    for main in mains:
+        with suppress(asyncio.CancelledError):
+            await main
+    running = [task for w in (own, provisions) for task in w.tasks.values() if not task.done()]
+    if running:
+        log.info("waiting for %d running jobs", len(running))
+        await asyncio.wait(running, timeout=JOB_TIMEOUT_SEC)
+    heart.cancel()
+    with suppress(asyncio.CancelledError):
+        await heart
+    try:
+        await membership.leave()
+    finally:
+        for worker in (provisions, own):
+            await worker.close()
+        await shutdown(ctx)
