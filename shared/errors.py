@@ -4,6 +4,7 @@ Dreadnode's envelope is a flat object: `{"code", "detail", "type", "errors"}`, p
 extra fields where an error carries data (a timed-out exec's partial `output`).
 """
 
+import uuid
 from enum import StrEnum
 from typing import Any
 
@@ -124,4 +125,10 @@ def authentication_failed() -> TaskenvError:
 
 
 def environment_not_found(env_id: str) -> TaskenvError:
-    return TaskenvError(ErrorType.NOT_FOUND, f"Environment {env_id} not found")
+    # Only a well-formed id is repeated: whatever else sits in the path (a token pasted there by
+    # mistake) is not echoed into an answer that clients log.
+    try:
+        shown = str(uuid.UUID(env_id))
+    except ValueError:
+        shown = "with that id"
+    return TaskenvError(ErrorType.NOT_FOUND, f"Environment {shown} not found")
