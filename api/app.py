@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from api import environments as env
-from api import openapi, scope
+from api import observe, openapi, scope
 from api.client_version import MinimumClientVersion
 from api.dispatch import Dispatcher
 from api.health import healthz, readyz, sweep_forever
@@ -120,9 +120,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=_routes(),
         lifespan=lifespan,
-        middleware=[Middleware(MinimumClientVersion, minimums=settings.min_client_versions)]
-        if settings.min_client_versions
-        else [],
+        middleware=[
+            *observe.middleware(),
+            *(
+                [Middleware(MinimumClientVersion, minimums=settings.min_client_versions)]
+                if settings.min_client_versions
+                else []
+            ),
+        ],
         exception_handlers={
             TaskenvError: _taskenv_error,
             HTTPException: _http_error,

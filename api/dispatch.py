@@ -14,6 +14,7 @@ from api.results import ResultListener
 from shared import jobs, keys
 from shared.errors import ErrorType, TaskenvError
 from shared.jobs import JOB_TIMEOUT_SEC
+from shared.logs import REQUEST_ID
 
 # What arq's `enqueue_job` does (refuse a known id; the job key expires with the job, so a job
 # that waited past its deadline never starts), plus handing the id to the queue's workers: the
@@ -100,7 +101,12 @@ class Dispatcher:
         enqueued_ms = int(now * 1000)
         reply_to = self.listener.channel if reply else None
         job = serialize_job(
-            function, (payload,), {"reply_to": reply_to}, None, enqueued_ms, serializer=jobs.serialize
+            function,
+            (payload,),
+            {"reply_to": reply_to, "request_id": REQUEST_ID.get()},
+            None,
+            enqueued_ms,
+            serializer=jobs.serialize,
         )
         script_keys = [
             job_key_prefix + job_id,

@@ -1,5 +1,6 @@
 """`taskenv`: one console script for operators."""
 
+import asyncio
 import logging
 import resource
 from pathlib import Path
@@ -14,12 +15,14 @@ keys_app = typer.Typer(no_args_is_help=True, help="API keys, one per org and wor
 image_app = typer.Typer(no_args_is_help=True, help="The default task image.")
 app.add_typer(keys_app, name="keys")
 app.add_typer(image_app, name="image")
+env_app = typer.Typer(no_args_is_help=True, help="Environments, across hosts.")
+app.add_typer(env_app, name="env")
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # arq logs every job with its arguments: commands are the users' business, not our logs'.
-    logging.getLogger("arq").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
+def _logging(level: str, **static: str) -> None:
+    from shared.logs import configure
+
+    configure(level, instance.settings().log_format, **static)
 
 
 def _raise_open_files_limit() -> None:
@@ -41,7 +44,7 @@ def api(
     from api.http import EnvelopeHttpToolsProtocol
 
     settings = instance.settings()
-    _logging(log_level)
+    _logging(log_level, service="api")
     _raise_open_files_limit()
     uvicorn.run(
         create_app(settings),
@@ -50,21 +53,33 @@ def api(
         loop="uvloop",
         http=EnvelopeHttpToolsProtocol,
         log_level=log_level,
+        log_config=None,  # uvicorn's own lines go through ours (JSON)
         access_log=False,
         backlog=8192,
     )
 
 
 @app.command()
-def worker(log_level: str = "info") -> None:
-    """Run one worker for this host's queue (TASKENV_QUEUE): it needs the Docker engine."""
+def worker(
+    log_level: str = "info",
+    drain: bool = typer.Option(
+        False, "--drain", help="Do not start a worker: drain this host (no new provisions), wait for its jobs"
+    ),
+    undrain: bool = typer.Option(False, "--undrain", help="Do not start a worker: end this host's drain"),
+) -> None:
+    """Run one worker process of this host (TASKENV_HOST_ID): it needs the Docker engine."""
     import uvloop
 
+    settings = instance.settings()
+    if drain or undrain:
+        from cli.cluster import set_draining
+
+        raise typer.Exit(asyncio.run(set_draining(settings, drain=drain)))
     from worker.process import serve
 
-    _logging(log_level)
+    _logging(log_level, service="worker", host=settings.host_id)
     _raise_open_files_limit()
-    uvloop.run(serve(instance.settings()))
+    uvloop.run(serve(settings))
 
 
 @app.command()
@@ -159,6 +174,28 @@ def bench(
             plot_path=Path(plot_path) if plot_path else None,
         )
     )
+
+
+@app.command("hosts")
+def hosts_list(as_json: bool = typer.Option(False, "--json", help="JSON instead of a table")) -> None:
+    """List the hosts: state (up, silent, lost, stopped; draining), workers, environments, load."""
+    from cli.cluster import list_hosts
+
+    typer.echo(asyncio.run(list_hosts(instance.settings(), as_json)))
+
+
+@env_app.command("ls")
+def env_ls(
+    host: str = typer.Option(None, help="Only this host's"),
+    state: str = typer.Option(None, help="Only in this state"),
+    org: str = typer.Option(None, help="Only this org's"),
+    as_json: bool = typer.Option(False, "--json", help="JSON instead of a table"),
+) -> None:
+    """List environments across hosts, orgs and workspaces."""
+    from cli.cluster import list_environments
+
+    settings = instance.settings()
+    typer.echo(asyncio.run(list_environments(settings, host=host, state=state, org=org, as_json=as_json)))
 
 
 @keys_app.command("create")

@@ -24,6 +24,7 @@ from shared.store import container_name
 from worker.docker import docker_errors
 from worker.kill import kill_tree
 from worker.marker import ExitReport, new_nonce
+from worker.metrics import DOCKER_SECONDS
 from worker.output import CappedOutput
 
 # $1 is the command, $2 the report's nonce; both are cleared from the positional parameters
@@ -65,7 +66,7 @@ async def run_command(docker: aiodocker.Docker, job: ExecJob) -> dict[str, Any]:
                 with docker_errors("execute"):
                     exit_code = await _read_until_exit(stream, output, ExitReport(nonce))
         except TimeoutError:
-            with docker_errors("kill at deadline"):
+            with docker_errors("kill at deadline"), DOCKER_SECONDS.labels("kill").time():
                 await _kill(docker, exe, job)
             raise TaskenvError(
                 ErrorType.TIMEOUT,

@@ -13,12 +13,14 @@ from redis.asyncio import Redis
 from shared import jobs, keys, store
 from shared.errors import ErrorType, TaskenvError
 from shared.jobs import EnvJob, ExecJob, JobResult
+from shared.logs import REQUEST_ID
 from shared.models import EnvironmentState
 from shared.settings import Settings
 from shared.tasks import TaskSpec
 from worker import containers
 from worker.docker import bad_gateway, docker_errors
 from worker.execute import run_command
+from worker.metrics import DOCKER_SECONDS, JOB_SECONDS, QUEUE_WAIT_SECONDS
 
 log = logging.getLogger("taskenv.worker")
 
@@ -31,8 +33,14 @@ def job(fn: JobFunction) -> Callable[..., Coroutine[Any, Any, JobResult]]:
     which pushes it to the waiting API process."""
 
     @functools.wraps(fn)
-    async def run(ctx: Ctx, payload: Any, reply_to: str | None = None) -> JobResult:
-        job_id = ctx["job_id"]
+    async def run(ctx: Ctx, payload: Any, reply_to: str | None = None, request_id: str = "") -> JobResult:
+        job_id, started = ctx["job_id"], time.perf_counter()
+        if request_id:
+            REQUEST_ID.set(request_id)  # this job's own task: its log lines name the request
+        if ctx.get("enqueue_time"):
+            QUEUE_WAIT_SECONDS.labels(fn.__name__).observe(
+                max(0.0, time.time() - ctx["enqueue_time"].timestamp())
+            )
         try:
             result = jobs.ok(job_id, await fn(ctx, payload))
         except TaskenvError as exc:
@@ -43,6 +51,7 @@ def job(fn: JobFunction) -> Callable[..., Coroutine[Any, Any, JobResult]]:
             log.exception("job %s (%s) failed", job_id, fn.__name__)
             result = jobs.failed(job_id, TaskenvError(ErrorType.APP, "Internal error in the worker"))
         ctx["reply"] = (reply_to, result)
+        _account(fn.__name__, job_id, payload, result, time.perf_counter() - started)
         return result
 
     return run
@@ -50,6 +59,21 @@ def job(fn: JobFunction) -> Callable[..., Coroutine[Any, Any, JobResult]]:
 
 def _docker(ctx: Ctx) -> aiodocker.Docker:
     return ctx["docker"]  # type: ignore[no-any-return]
+
+
+def _account(function: str, job_id: str, payload: Any, result: JobResult, elapsed: float) -> None:
+    """One metric sample and one log line per job (never the command: it is the user's)."""
+    outcome = "ok" if "value" in result else str(result.get("error", {}).get("type", "error"))
+    JOB_SECONDS.labels(function, outcome).observe(elapsed)
+    env_id = payload.get("env_id", "") if isinstance(payload, dict) else ""
+    log.info(
+        "%s %s %s in %.1f ms",
+        function,
+        env_id,
+        outcome,
+        elapsed * 1000,
+        extra={"job_id": job_id, "env_id": env_id, "function": function, "outcome": outcome},
+    )
 
 
 def _records(ctx: Ctx) -> Redis:
@@ -62,7 +86,8 @@ def _settings(ctx: Ctx) -> Settings:
 
 @job
 async def execute(ctx: Ctx, payload: ExecJob) -> dict[str, Any]:
-    return await run_command(_docker(ctx), payload)
+    with DOCKER_SECONDS.labels("exec").time():
+        return await run_command(_docker(ctx), payload)
 
 
 @job
@@ -106,7 +131,7 @@ async def _provision(redis: Redis, docker: aiodocker.Docker, env_id: str) -> dic
         return {"state": record["state"] if record else None}
     spec = TaskSpec.model_validate_json(record["spec"])
     try:
-        with docker_errors("provision"):
+        with docker_errors("provision"), DOCKER_SECONDS.labels("create").time():
             await containers.create_and_start(docker, record, spec)
     except TaskenvError as exc:
         error = exc.detail
@@ -126,7 +151,7 @@ async def _provision(redis: Redis, docker: aiodocker.Docker, env_id: str) -> dic
 
 @job
 async def teardown(ctx: Ctx, payload: EnvJob) -> dict[str, Any]:
-    with docker_errors("teardown"):
+    with docker_errors("teardown"), DOCKER_SECONDS.labels("remove").time():
         removed = await containers.remove(_docker(ctx), store.container_name(payload["env_id"]))
     return {"removed": removed}
 

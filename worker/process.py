@@ -8,6 +8,7 @@ from contextlib import suppress
 
 from shared.jobs import JOB_TIMEOUT_SEC
 from shared.settings import Settings
+from worker import metrics
 from worker.membership import Membership
 from worker.runner import create_workers, shutdown, startup
 
@@ -20,7 +21,7 @@ async def serve(settings: Settings) -> None:
     own, provisions = create_workers(settings)
     ctx = own.ctx
     await startup(ctx)
-    membership = Membership(settings, ctx["records"], [own, provisions], provisions)
+    membership = Membership(settings, ctx["records"], [own, provisions], provisions, metrics.exposition)
     ctx["membership"] = membership
     # Alive (and paused if draining or full) before the first job is taken.
     await membership.beat()
