@@ -12,6 +12,8 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 [ -x /bin/busybox ] && /bin/busybox --list-full >/dev/null 2>&1 && ! ldd /bin/busybox >/dev/null 2>&1 \
   || need_apt+=(busybox-static)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+# Validates compose.yaml in the tests (`docker-compose config`: no image is pulled or built).
+command -v docker-compose >/dev/null || need_apt+=(docker-compose)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

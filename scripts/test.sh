@@ -9,4 +9,5 @@ scripts/sdk-venv.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy api worker shared cli bench
+TASKENV_REDIS_PASSWORD=validate docker-compose -f compose.yaml config -q
 exec .venv/bin/pytest -q -ra "$@"

@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     # of `redis_sentinel_master` is used; TASKENV_REDIS_URL then gives only password and db.
     redis_sentinels: str = ""
     redis_sentinel_master: str = "mymaster"
+    redis_sentinel_password: str = ""
 
     # The Docker host this worker drives. Its environments' execs, logs and teardowns go to this
     # host's own queue; provisions go to a queue that every host's workers share. (`TASKENV_QUEUE`

@@ -1,0 +1,67 @@
+"""Redis high availability through redis-py's Sentinel support: with TASKENV_REDIS_SENTINELS
+set, every client asks the sentinels for the master (and, after a failover, for the new one)."""
+
+import subprocess
+
+import pytest
+import redis
+from redis.asyncio.sentinel import SentinelConnectionPool
+
+from shared.redis import arq_client, records_client
+from shared.settings import Settings
+from tests.conftest import _free_port, _wait
+
+
+def test_sentinel_settings_build_a_sentinel_pool_without_connecting():
+    settings = Settings(
+        redis_url="redis://:secret@unused:6379/3",
+        redis_sentinels="10.0.0.1:26379, sentinel-b:26380",
+        redis_sentinel_master="taskenv",
+        redis_max_connections=17,
+    )
+    pool = records_client(settings).connection_pool
+    assert isinstance(pool, SentinelConnectionPool)
+    assert pool.service_name == "taskenv" and pool.max_connections == 17
+    hosts = [(c.connection_pool.connection_kwargs["host"], c.connection_pool.connection_kwargs["port"])
+             for c in pool.sentinel_manager.sentinels]  # fmt: skip
+    assert hosts == [("10.0.0.1", 26379), ("sentinel-b", 26380)]
+    assert pool.connection_kwargs["password"] == "secret" and pool.connection_kwargs["db"] == 3
+    assert isinstance(arq_client(settings).connection_pool, SentinelConnectionPool)
+    # Without sentinels, the URL is used as it is.
+    assert not isinstance(
+        records_client(Settings(redis_url="redis://h:1/0")).connection_pool, SentinelConnectionPool
+    )
+
+
+@pytest.mark.integration
+async def test_clients_find_the_master_through_a_real_sentinel(tmp_path):
+    port, sentinel_port = _free_port(), _free_port()
+    master = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {sentinel_port}\nbind 127.0.0.1\ndir {tmp_path}\nsentinel monitor taskenv 127.0.0.1 {port} 1\n"
+    )
+    sentinel = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL)
+    try:
+        asker = redis.Redis(port=sentinel_port)
+        _wait(lambda: asker.sentinel_get_master_addr_by_name("taskenv") is not None, "sentinel", sentinel)
+        asker.close()
+        settings = Settings(
+            redis_url="redis://unused/0",
+            redis_sentinels=f"127.0.0.1:{sentinel_port}",
+            redis_sentinel_master="taskenv",
+        )
+        client = records_client(settings)
+        await client.set("taskenv:probe", "through the sentinel")
+        assert await client.get("taskenv:probe") == "through the sentinel"
+        await client.aclose()
+        direct = redis.Redis(port=port, decode_responses=True)
+        assert direct.get("taskenv:probe") == "through the sentinel"  # it was the master
+        direct.close()
+    finally:
+        for proc in (sentinel, master):
+            proc.terminate()
+            proc.wait(timeout=10)
