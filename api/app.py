@@ -5,6 +5,8 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -45,6 +47,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     detail = {404: "Not found", 405: f"Method {request.method} not allowed"}.get(exc.status_code, exc.detail)
     error = for_status(exc.status_code, detail)
     error.headers.update(exc.headers or {})  # 405's Allow
+    return error_response(error)
+
+
+async def _redis_unavailable(request: Request, exc: Exception) -> Response:
+    # Redis is restarting or unreachable (each command was retried for ~2 s first): the
+    # request may be retried, and the connections come back by themselves.
+    log.warning("Redis unavailable on %s %s: %s", request.method, request.url.path, exc)
+    error = TaskenvError(ErrorType.UNAVAILABLE, "The service's store (Redis) is unavailable; retry shortly")
+    error.headers["Retry-After"] = "1"
     return error_response(error)
 
 
@@ -99,7 +110,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
             records=records,
             arq=arq,
             listener=listener,
-            dispatcher=Dispatcher(arq, listener),
+            dispatcher=Dispatcher(
+                arq,
+                listener,
+                max_queue_depth=settings.max_queue_depth,
+                retry_after_sec=settings.busy_retry_after_sec,
+            ),
             targets=TargetCache(records),
             lockout=AuthLockout(records, settings.auth_fail_limit, settings.auth_fail_window_sec),
         )
@@ -131,6 +147,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers={
             TaskenvError: _taskenv_error,
             HTTPException: _http_error,
+            RedisConnectionError: _redis_unavailable,
+            RedisTimeoutError: _redis_unavailable,
             Exception: _unexpected_error,
         },
     )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from starlette.requests import Request
 
+from api.ratelimit import OrgRate, lookup_api_key
 from api.state import app_state
 from api.targets import ExecTarget
 from shared import keys
@@ -40,13 +41,15 @@ async def authenticate(redis: Redis, request: Request) -> Workspace:
     key = api_key_of(request)
     if not key:
         raise authentication_failed()
-    lockout = app_state(request).lockout
+    state = app_state(request)
+    lockout = state.lockout
     lockout.check(request)
-    # Looked up by its SHA-256: the lookup's timing depends on the hash, not on the key.
-    org, workspace = await redis.hmget(keys.api_key(hash_secret(key)), ["org", "workspace"])  # type: ignore[misc]
-    if org is None or workspace is None:
+    # Looked up by its SHA-256: the lookup's timing depends on the hash, not on the key. The
+    # same round trip counts the request against its org's rate.
+    found = await lookup_api_key(redis, hash_secret(key), time.time(), OrgRate.of(state.settings))
+    if found is None:
         raise await lockout.failed(request)
-    return Workspace(org, workspace)
+    return Workspace(*found)
 
 
 async def require_workspace(redis: Redis, request: Request) -> Workspace:

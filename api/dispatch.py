@@ -10,22 +10,26 @@ from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 
+from api.ratelimit import RATE_BUCKET, OrgRate, org_over_rate
 from api.results import ResultListener
 from shared import jobs, keys
-from shared.errors import ErrorType, TaskenvError
-from shared.jobs import JOB_TIMEOUT_SEC
+from shared.errors import ErrorType, TaskenvError, rate_limited
+from shared.jobs import JOB_TIMEOUT_SEC, JobResult
 from shared.logs import REQUEST_ID
 
-# What arq's `enqueue_job` does (refuse a known id; the job key expires with the job, so a job
-# that waited past its deadline never starts), plus handing the id to the queue's workers: the
-# job is claimed here (arq's in-progress key) for whichever worker pops its wake, so that worker
-# runs it without a claim round trip and no other worker's pass over the queue takes it. Past
-# the wake list's cap the job is left unclaimed, for the workers' periodic pass to find.
+# What arq's `enqueue_job` does (the job key expires with the job, so a job that waited past its
+# deadline never starts), plus handing the id to the queue's workers: the job is claimed here
+# (arq's in-progress key) for whichever worker pops its wake, so that worker runs it without a
+# claim round trip and no other worker's pass over the queue takes it. Past the wake list's cap
+# the job is left unclaimed, for the workers' periodic pass to find. A queue holding its bound
+# of jobs (waiting and running) takes no more. A job that exists already can only be this very
+# call's, retried after a lost reply (ids are fresh uuids): it is queued.
 # KEYS: job, result, queue, wake, in-progress. ARGV: expiry ms, serialized job, score, job id,
-# wake cap, claim ms.
+# wake cap, claim ms, queue bound.
 _ENQUEUE_FUNCTION = """
 local function enqueue()
-  if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 'duplicate' end
+  if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 'queued' end
+  if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[7]) then return 'queue_full' end
   redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
   if redis.call('LLEN', KEYS[4]) < tonumber(ARGV[5]) then
@@ -36,50 +40,104 @@ local function enqueue()
   return 'queued'
 end
 """
-_ENQUEUE = _ENQUEUE_FUNCTION + "return enqueue()"
+_ENQUEUE = _ENQUEUE_FUNCTION + "return {enqueue()}"
 
-# An execute: enqueued only if its environment is ready and has a free command slot; the slot
-# carries the command's deadline, so a crashed API process cannot leak it.
-# KEYS (after enqueue's): environment, in-flight set. ARGV (after enqueue's): now, slot
-# expiry, slots per environment.
+# An execute, in the same round trip: counted against its org's rate; with an Idempotency-Key
+# already used in this environment, the first command's answer (or where to wait for it) instead
+# of a second run (shared/idempotency.py); else enqueued only if the environment is ready and
+# has a free command slot. The slot carries the command's deadline, so a crashed API process
+# cannot leak it.
+# KEYS (after enqueue's): environment, in-flight set, org's bucket, idempotency record.
+# ARGV (after enqueue's): now, slot expiry, slots per environment, org rate, org burst, body
+# fingerprint ('' without a key), key TTL ms, this API process's reply channel.
 _ADMIT_AND_ENQUEUE = (
-    _ENQUEUE_FUNCTION
+    RATE_BUCKET
+    + _ENQUEUE_FUNCTION
     + """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return {'queued'} end
+local now = tonumber(ARGV[8])
+local wait = take_token(KEYS[8], now, tonumber(ARGV[11]), tonumber(ARGV[12]))
+if wait > 0 then return {'rate', wait} end
+if ARGV[13] ~= '' then
+  local seen = redis.call('HMGET', KEYS[9], 'fingerprint', 'job', 'until', 'result')
+  if seen[1] then
+    if seen[1] ~= ARGV[13] then return {'mismatch'} end
+    if not seen[4] then redis.call('HSET', KEYS[9], 'reply:' .. ARGV[15], '1') end
+    return {'replay', seen[2], seen[3], seen[4]}
+  end
+end
 local state = redis.call('HGET', KEYS[6], 'state')
-if not state then return 'missing' end
-if state ~= 'ready' then return state end
-redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', ARGV[7])
-if redis.call('ZCARD', KEYS[7]) >= tonumber(ARGV[9]) then return 'busy' end
+if not state then return {'missing'} end
+if state ~= 'ready' then return {state} end
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now)
+if redis.call('ZCARD', KEYS[7]) >= tonumber(ARGV[10]) then return {'busy'} end
 local queued = enqueue()
-if queued ~= 'queued' then return queued end
-redis.call('ZADD', KEYS[7], ARGV[8], ARGV[4])
-redis.call('EXPIRE', KEYS[7], math.ceil(tonumber(ARGV[8]) - tonumber(ARGV[7])) + 60)
-return queued
+if queued ~= 'queued' then return {queued} end
+local slot_ms = math.ceil((tonumber(ARGV[9]) - now) * 1000)
+redis.call('ZADD', KEYS[7], ARGV[9], ARGV[4])
+redis.call('PEXPIRE', KEYS[7], slot_ms + 60000)
+if ARGV[13] ~= '' then
+  redis.call('HSET', KEYS[9], 'fingerprint', ARGV[13], 'job', ARGV[4], 'until', ARGV[9])
+  redis.call('PEXPIRE', KEYS[9], math.max(tonumber(ARGV[14]), slot_ms))
+end
+return {'queued'}
 """
 )
 
 
 @dataclass(frozen=True)
+class Idempotency:
+    """An execute's Idempotency-Key: its record and what the request asks."""
+
+    record: str
+    fingerprint: str
+    ttl_sec: int
+
+
+@dataclass(frozen=True)
 class Admission:
-    """Enqueue an execute only if `env_id` is ready and runs fewer than `slots` commands."""
+    """Enqueue an execute only if its org is within its rate, `env_id` is ready and runs fewer
+    than `slots` commands; with an idempotency key already used, answer as the first time."""
 
     env_id: str
     slots: int
     slot_until: float
+    org: str
+    rate: OrgRate
+    idempotency: Idempotency | None = None
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A retry of an execute whose Idempotency-Key was used: its first command's job, the
+    instant its caller stops waiting, and its answer if stored already."""
+
+    job_id: str
+    until: float
+    result: bytes | None
 
 
 class NotAdmitted(Exception):
-    """The environment was gone, not ready (`reason` is its state), or `busy`."""
+    """The environment was gone, not ready (`reason` is its state), `busy`, or the request
+    reuses an Idempotency-Key with another body (`mismatch`)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class Dispatcher:
-    def __init__(self, redis: ArqRedis, listener: ResultListener) -> None:
+    def __init__(
+        self, redis: ArqRedis, listener: ResultListener, *, max_queue_depth: int, retry_after_sec: int
+    ) -> None:
         self.redis = redis
         self.listener = listener
+        self.max_queue_depth = max_queue_depth
+        self.retry_after_sec = retry_after_sec
         self._enqueue = redis.register_script(_ENQUEUE)
         self._admit_and_enqueue = redis.register_script(_ADMIT_AND_ENQUEUE)
 
@@ -93,10 +151,11 @@ class Dispatcher:
         expires_sec: float,
         reply: bool,
         admission: Admission | None = None,
-    ) -> None:
+    ) -> Replay | None:
         """Enqueue an arq job and hand its id to the queue's workers, in one round trip (arq's
-        `enqueue_job` takes three); with an admission, in that same round trip.
-        `max_tries=1` on the worker makes a job never run twice."""
+        `enqueue_job` takes three); with an admission, in that same round trip, which answers
+        a `Replay` instead for a used Idempotency-Key. `max_tries=1` on the worker makes a job
+        never run twice. 429 for a full queue or an org over its rate."""
         now = time.time()
         enqueued_ms = int(now * 1000)
         reply_to = self.listener.channel if reply else None
@@ -119,18 +178,39 @@ class Dispatcher:
         # The claim outlives any run the job can still start: a worker's pass must never take
         # a job that another worker is running.
         claim_ms = expires_ms + int(JOB_TIMEOUT_SEC * 1000)
-        args: list[Any] = [expires_ms, job, enqueued_ms, job_id, keys.WAKE_LIST_MAX, claim_ms]
+        args: list[Any] = [
+            expires_ms, job, enqueued_ms, job_id, keys.WAKE_LIST_MAX, claim_ms, self.max_queue_depth
+        ]  # fmt: skip
         if admission is None:
             outcome = await self._enqueue(keys=script_keys, args=args)
         else:
-            script_keys += [keys.environment(admission.env_id), keys.inflight(admission.env_id)]
-            args += [now, admission.slot_until, admission.slots]
+            idempotency = admission.idempotency
+            script_keys += [
+                keys.environment(admission.env_id),
+                keys.inflight(admission.env_id),
+                keys.org_rate(admission.org),
+                idempotency.record if idempotency else keys.idempotency(admission.env_id, ""),
+            ]
+            args += [
+                now, admission.slot_until, admission.slots, *admission.rate.args(),
+                idempotency.fingerprint if idempotency else "",
+                idempotency.ttl_sec * 1000 if idempotency else 0,
+                self.listener.channel,
+            ]  # fmt: skip
             outcome = await self._admit_and_enqueue(keys=script_keys, args=args)
-        outcome = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
-        if outcome == "duplicate":
-            raise TaskenvError(ErrorType.ALREADY_EXISTS, f"Job {job_id} already exists")
-        if outcome != "queued":
-            raise NotAdmitted(outcome)
+        kind = _text(outcome[0])
+        if kind == "queued":
+            return None
+        if kind == "replay":
+            return Replay(_text(outcome[1]), float(_text(outcome[2])), outcome[3])
+        if kind == "queue_full":
+            raise rate_limited(
+                f"Queue {queue!r} holds its limit of {self.max_queue_depth} jobs; retry later",
+                self.retry_after_sec,
+            )
+        if kind == "rate" and admission is not None:
+            raise org_over_rate(admission.org, int(outcome[1]))
+        raise NotAdmitted(kind)
 
     async def call(
         self,
@@ -142,10 +222,11 @@ class Dispatcher:
         job_id: str | None = None,
         admission: Admission | None = None,
     ) -> dict[str, Any]:
-        """Run a job and return its answer, or raise its error; never waits past `wait_sec`."""
+        """Run a job and return its answer, or raise its error; never waits past `wait_sec`
+        (a replay: past its first request's wait)."""
         job_id = job_id or uuid.uuid4().hex
         with self.listener.expect(job_id, queue) as future:
-            await self.submit(
+            replay = await self.submit(
                 function,
                 payload,
                 queue=queue,
@@ -154,16 +235,35 @@ class Dispatcher:
                 reply=True,
                 admission=admission,
             )
-            try:
-                result = await asyncio.wait_for(asyncio.shield(future), wait_sec)
-            except TimeoutError:
-                stored = await self.listener.stored_result(job_id)
-                if stored is None:
-                    raise TaskenvError(
-                        ErrorType.TIMEOUT,
-                        f"No answer from a worker within {wait_sec:.1f} s (is a worker running"
-                        f" for queue {queue!r}?)",
-                        extra={"output": ""} if function == jobs.EXECUTE else None,
-                    ) from None
-                result = stored
+            if replay is None:
+                return await self._answer(function, queue, job_id, future, wait_sec)
+        assert admission is not None and admission.idempotency is not None
+        return await self._replay(function, queue, replay, admission.idempotency.record)
+
+    async def _answer(
+        self, function: str, queue: str, job_id: str, future: "asyncio.Future[JobResult]", wait_sec: float
+    ) -> dict[str, Any]:
+        try:
+            result = await asyncio.wait_for(asyncio.shield(future), max(wait_sec, 0.0))
+        except TimeoutError:
+            stored = await self.listener.stored_result(job_id)
+            if stored is None:
+                raise TaskenvError(
+                    ErrorType.TIMEOUT,
+                    f"No answer from a worker within {wait_sec:.1f} s (is a worker running"
+                    f" for queue {queue!r}?)",
+                    extra={"output": ""} if function == jobs.EXECUTE else None,
+                ) from None
+            result = stored
         return jobs.unwrap(result)
+
+    async def _replay(self, function: str, queue: str, replay: Replay, record: str) -> dict[str, Any]:
+        """The first request's answer: at once when stored, else as soon as its worker sends it."""
+        if replay.result is not None:
+            return jobs.unwrap(jobs.deserialize(replay.result))
+        with self.listener.expect(replay.job_id, queue) as future:
+            # An answer stored between the script and this registration was sent to no waiter.
+            stored = await self.redis.hget(record, "result")  # type: ignore[misc]
+            if stored is not None:
+                return jobs.unwrap(jobs.deserialize(stored))
+            return await self._answer(function, queue, replay.job_id, future, replay.until - time.time())

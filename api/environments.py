@@ -10,11 +10,15 @@ from starlette.responses import Response
 
 from api.auth import Workspace, require_execute_token, require_workspace
 from api.body import parse_json, parse_query
-from api.dispatch import Admission, NotAdmitted
+from api.dispatch import Admission, Idempotency, NotAdmitted
 from api.metrics import EXECUTE_SECONDS
+from api.ratelimit import OrgRate
 from api.state import AppState, app_state
 from shared import jobs, keys, store
-from shared.errors import ErrorType, TaskenvError, environment_not_found
+from shared.errors import ErrorType, TaskenvError, environment_not_found, rate_limited
+from shared.idempotency import HEADER as IDEMPOTENCY_HEADER
+from shared.idempotency import MAX_KEY_CHARS as IDEMPOTENCY_KEY_MAX_CHARS
+from shared.idempotency import fingerprint
 from shared.jobs import ExecJob
 from shared.models import (
     EnvironmentState,
@@ -79,14 +83,18 @@ async def create_environment(request: Request) -> Response:
         lifetime_sec=lifetime,
         provision_timeout_sec=state.settings.control_timeout_sec,
     )
-    await state.dispatcher.submit(
-        jobs.PROVISION,
-        jobs.EnvJob(env_id=env_id),
-        queue=keys.PROVISION_QUEUE,
-        job_id=uuid.uuid4().hex,
-        expires_sec=state.settings.control_timeout_sec,
-        reply=False,
-    )
+    try:
+        await state.dispatcher.submit(
+            jobs.PROVISION,
+            jobs.EnvJob(env_id=env_id),
+            queue=keys.PROVISION_QUEUE,
+            job_id=uuid.uuid4().hex,
+            expires_sec=state.settings.control_timeout_sec,
+            reply=False,
+        )
+    except TaskenvError:
+        await store.discard(state.records, record)  # a full queue: 429
+        raise
     environment = store.to_environment(record)
     return json_response(
         ProvisionedEnvironment(**environment.model_dump(), execute_token=token), status_code=201
@@ -139,7 +147,8 @@ async def delete_environment(request: Request) -> Response:
             wait_sec=state.settings.teardown_wait_sec,
         )
     except TaskenvError as exc:
-        if exc.type != ErrorType.TIMEOUT:
+        # No answer in time, or the host's queue is full: the reaper removes the container.
+        if exc.type not in (ErrorType.TIMEOUT, ErrorType.RATE_LIMIT):
             raise
         log.warning(
             "teardown of %s not confirmed by host %s; left to its reaper", record["id"], record["host"]
@@ -181,6 +190,7 @@ async def execute(request: Request) -> Response:
     if not target.host:
         # No host has taken its provision yet, so it cannot be ready.
         raise await _refusal(state, env_id, "provisioning", state.settings.max_execs_per_env)
+    once = _idempotency(request, body, env_id, state.settings.idempotency_ttl_sec)
     deadline_at = time.time() + body.timeout_sec
     wait_sec = body.timeout_sec + state.settings.result_grace_sec
     job_id = uuid.uuid4().hex
@@ -193,7 +203,17 @@ async def execute(request: Request) -> Response:
         workdir=target.workdir,
         output_limit=state.settings.output_limit_bytes,
     )
+    if once is not None:
+        payload["idempotency"] = once.record
     slots = state.settings.max_execs_per_env
+    admission = Admission(
+        env_id,
+        slots,
+        slot_until=time.time() + wait_sec,
+        org=target.org,
+        rate=OrgRate.of(state.settings),
+        idempotency=once,
+    )
     try:
         value = await state.dispatcher.call(
             jobs.EXECUTE,
@@ -201,7 +221,7 @@ async def execute(request: Request) -> Response:
             queue=keys.host_queue(target.host),
             wait_sec=wait_sec,
             job_id=job_id,
-            admission=Admission(env_id, slots, slot_until=time.time() + wait_sec),
+            admission=admission,
         )
     except NotAdmitted as refused:
         raise await _refusal(state, env_id, refused.reason, slots) from None
@@ -211,16 +231,39 @@ async def execute(request: Request) -> Response:
     return json_response(ExecuteResponse.model_validate(value))
 
 
+def _idempotency(request: Request, body: ExecuteRequest, env_id: str, ttl_sec: int) -> Idempotency | None:
+    """The request's Idempotency-Key, scoped to its environment (stored hashed)."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX_CHARS:
+        message = f"must be 1 to {IDEMPOTENCY_KEY_MAX_CHARS} characters"
+        raise TaskenvError(
+            ErrorType.VALIDATION,
+            f"Invalid request header: {IDEMPOTENCY_HEADER} {message}",
+            errors=[{"loc": ["header", IDEMPOTENCY_HEADER], "msg": message, "type": "string_length"}],
+        )
+    return Idempotency(keys.idempotency(env_id, hash_secret(key)), fingerprint(body), ttl_sec)
+
+
 async def _refusal(state: AppState, env_id: str, reason: str, slots: int) -> TaskenvError:
     if reason == "busy":
-        return TaskenvError(
-            ErrorType.RATE_LIMIT,
+        return rate_limited(
             f"Environment {env_id} already runs {slots} commands at once; retry when one finishes",
+            state.settings.busy_retry_after_sec,
         )
+    if reason == "mismatch":
+        # As the IETF draft on the header says: the key was used with another request body.
+        message = "was used with another command or timeout in this environment; use a new key"
+        reused = {"loc": ["header", IDEMPOTENCY_HEADER], "msg": message, "type": "idempotency_key_reused"}
+        return TaskenvError(ErrorType.VALIDATION, f"{IDEMPOTENCY_HEADER} {message}", errors=[reused])
     record = await store.get(state.records, env_id)
     if record is None:
         state.targets.forget(env_id)
         return environment_not_found(env_id)
+    if record["state"] == EnvironmentState.FAILED and record.get("container_gone"):
+        # Its container was removed or stopped outside taskenv: as answered when that was found.
+        return TaskenvError(ErrorType.BAD_GATEWAY, record["error"])
     if record["state"] == EnvironmentState.FAILED and record.get("lost_host"):
         # Its host is gone with its container: a gateway failure, as for a waiting command.
         return TaskenvError(ErrorType.BAD_GATEWAY, f"host_lost: {record['error']}")

@@ -12,6 +12,7 @@ on them answer 502 at once instead of at their deadline.
 import asyncio
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
@@ -30,9 +31,13 @@ class ResultListener:
         self.redis = redis
         self.channel = keys.reply_channel(uuid.uuid4().hex)
         self._waiting: dict[str, asyncio.Future[JobResult]] = {}
+        # Requests waiting for each job: more than one when retries with the same
+        # Idempotency-Key wait for the first request's command.
+        self._users: Counter[str] = Counter()
         # Queue name → ids of the jobs waited for on it, to answer them all when its host is lost.
         self._by_queue: dict[str, set[str]] = {}
         self._subscribed = asyncio.Event()
+        self._recovering: set[asyncio.Task[None]] = set()
 
     @property
     def waiting(self) -> int:
@@ -41,17 +46,22 @@ class ResultListener:
     @contextmanager
     def expect(self, job_id: str, queue: str = "") -> Iterator["asyncio.Future[JobResult]"]:
         """Register before enqueueing, so that even an instant result finds its waiter."""
-        future: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
-        self._waiting[job_id] = future
+        future = self._waiting.get(job_id)
+        if future is None:
+            future = self._waiting[job_id] = asyncio.get_running_loop().create_future()
+        self._users[job_id] += 1
         on_queue = self._by_queue.setdefault(queue, set())
         on_queue.add(job_id)
         try:
             yield future
         finally:
-            self._waiting.pop(job_id, None)
-            on_queue.discard(job_id)
-            if not on_queue and self._by_queue.get(queue) is on_queue:
-                del self._by_queue[queue]
+            self._users[job_id] -= 1
+            if self._users[job_id] <= 0:
+                del self._users[job_id]
+                self._waiting.pop(job_id, None)
+                on_queue.discard(job_id)
+                if not on_queue and self._by_queue.get(queue) is on_queue:
+                    del self._by_queue[queue]
 
     async def stored_result(self, job_id: str) -> JobResult | None:
         """arq's stored copy of a result: the fallback when no message arrived."""
@@ -71,6 +81,10 @@ class ResultListener:
             try:
                 async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.channel, keys.EVENTS)
+                    if pubsub.connection is not None:
+                        # After a short outage redis-py reconnects and resubscribes by itself
+                        # (shared/redis.py retries): recover what was published meanwhile.
+                        pubsub.connection.register_connect_callback(self._reconnected)
                     self._subscribed.set()
                     backoff = 0.1
                     await self._recover()
@@ -121,6 +135,11 @@ class ResultListener:
         future = self._waiting.get(result.get("job_id", ""))
         if future is not None and not future.done():
             future.set_result(result)
+
+    def _reconnected(self, connection: object) -> None:
+        task = asyncio.create_task(self._recover())
+        self._recovering.add(task)
+        task.add_done_callback(self._recovering.discard)
 
     async def _recover(self) -> None:
         for job_id in list(self._waiting):

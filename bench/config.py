@@ -4,9 +4,10 @@ run ends by itself."""
 from dataclasses import dataclass, field
 
 from bench.workloads import BUILT_IN, Workload, WorkloadName
+from shared.settings import Settings
 
 # The service's TASKENV_MAX_EXECS_PER_ENV default: more execs at once in one env answer 429.
-SERVICE_MAX_EXECS_PER_ENV = 32
+SERVICE_MAX_EXECS_PER_ENV: int = Settings.model_fields["max_execs_per_env"].default
 # Execs the Docker engine starts per second on a small host (shared/notes: 14-15 exec/s on 2
 # vCPUs): held execs start no faster than this, so the last of N starts ~N / rate s late.
 ENGINE_EXECS_PER_SEC = 15

@@ -4,6 +4,7 @@ Dreadnode's envelope is a flat object: `{"code", "detail", "type", "errors"}`, p
 extra fields where an error carries data (a timed-out exec's partial `output`).
 """
 
+import math
 import uuid
 from enum import StrEnum
 from typing import Any
@@ -25,6 +26,7 @@ class ErrorType(StrEnum):
     RATE_LIMIT = "rate_limit_error"
     APP = "app_error"
     BAD_GATEWAY = "bad_gateway_error"
+    UNAVAILABLE = "service_unavailable_error"
     TIMEOUT = "timeout_error"
 
 
@@ -42,6 +44,7 @@ STATUS: dict[ErrorType, int] = {
     ErrorType.RATE_LIMIT: 429,
     ErrorType.APP: 500,
     ErrorType.BAD_GATEWAY: 502,
+    ErrorType.UNAVAILABLE: 503,
     ErrorType.TIMEOUT: 504,
 }
 
@@ -118,6 +121,14 @@ class TaskenvError(Exception):
 def for_status(status: int, detail: str) -> TaskenvError:
     """An error for a bare HTTP status (Starlette's 404 for unknown routes, 405...)."""
     return TaskenvError(_TYPE_OF_STATUS.get(status, ErrorType.APP), detail)
+
+
+def rate_limited(detail: str, retry_after_sec: float) -> TaskenvError:
+    """429 with `Retry-After` in whole seconds (at least 1): the one way a refusal says when to
+    come back."""
+    return TaskenvError(
+        ErrorType.RATE_LIMIT, detail, headers={"Retry-After": str(max(1, math.ceil(retry_after_sec)))}
+    )
 
 
 def authentication_failed() -> TaskenvError:

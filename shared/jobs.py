@@ -30,6 +30,8 @@ class ExecJob(TypedDict):
     user: str
     workdir: str
     output_limit: int
+    # With an Idempotency-Key: the record that keeps the answer for retries (shared/idempotency.py).
+    idempotency: NotRequired[str]
 
 
 class EnvJob(TypedDict):

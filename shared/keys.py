@@ -38,6 +38,16 @@ def auth_failures(address: str) -> str:
     return f"{PREFIX}authfail:{address}"
 
 
+def org_rate(org: str) -> str:
+    """Hash: one org's request token bucket (tokens left, when last counted)."""
+    return f"{PREFIX}rate:{org}"
+
+
+def idempotency(env_id: str, key_hash: str) -> str:
+    """Hash: one Idempotency-Key of an environment's executes (`shared/idempotency.py`)."""
+    return f"{PREFIX}idem:{env_id}:{key_hash}"
+
+
 def inflight(env_id: str) -> str:
     """Sorted set of an environment's running exec job ids, scored by their deadline."""
     return f"{PREFIX}inflight:{env_id}"

@@ -64,7 +64,20 @@ class Settings(BaseSettings):
     teardown_wait_sec: float = Field(10.0, gt=0)
     default_lifetime_sec: int = Field(3600, ge=1)
     max_lifetime_sec: int = Field(24 * 3600, ge=1)
-    max_execs_per_env: int = Field(32, ge=1)
+    # Admission control: past these bounds requests get 429 with Retry-After, so no queue grows
+    # without limit. Commands running at once in one environment:
+    max_execs_per_env: int = Field(8, ge=1)
+    # Requests per second one org may make, all API processes and routes together (execute
+    # included), and the burst it may spend at once: a token bucket in Redis. 0: no limit.
+    org_rate_per_sec: float = Field(1000.0, ge=0)
+    org_rate_burst: int = Field(2000, ge=1)
+    # Jobs one queue may hold (waiting and running); past it, new work is refused.
+    max_queue_depth: int = Field(5000, ge=1)
+    # Retry-After (s) of a 429 for an environment at its command limit or a full queue.
+    busy_retry_after_sec: int = Field(1, ge=1)
+    # How long an execute's Idempotency-Key is remembered, with the first answer (never less
+    # than until that command's deadline).
+    idempotency_ttl_sec: int = Field(600, ge=1)
     # Torn-down records stay listable this long.
     record_retention_sec: int = Field(24 * 3600, ge=0)
     reap_interval_sec: int = Field(5, ge=1, le=59)

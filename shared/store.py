@@ -91,6 +91,16 @@ async def create(
     return record
 
 
+async def discard(redis: Redis, record: Record) -> None:
+    """Undo `create` for an environment whose provision was refused (its caller got 429 and
+    never learnt its id)."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.delete(keys.environment(record["id"]), keys.execute_token(record["token_hash"]))
+        pipe.zrem(keys.workspace_index(record["org"], record["workspace"]), record["id"])
+        pipe.zrem(keys.PROVISIONING, record["id"])
+        await pipe.execute()
+
+
 def container_name(env_id: str) -> str:
     """Deterministic, so teardown finds a container even while its provision is still running."""
     return f"taskenv-{env_id}"

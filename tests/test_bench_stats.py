@@ -137,8 +137,8 @@ def test_proc_status_parsing_and_peaks():
 def test_config_flags_what_cannot_run_and_what_will_be_refused():
     assert BenchConfig().problems() == ["an API key is needed: --api-key or TASKENV_KEY"]
     assert len(BenchConfig(api_key="k", hold=5000, envs=4).warnings()) == 2
-    assert len(BenchConfig(api_key="k", hold=5000, envs=160).warnings()) == 1  # starts too slowly for 60 s
-    assert not BenchConfig(api_key="k", hold=5000, envs=160, hold_timeout_sec=600).warnings()
+    assert len(BenchConfig(api_key="k", hold=5000, envs=625).warnings()) == 1  # starts too slowly for 60 s
+    assert not BenchConfig(api_key="k", hold=5000, envs=625, hold_timeout_sec=600).warnings()
     assert BenchConfig(api_key="k", hold=10, hold_sleep_sec=60, hold_timeout_sec=60).problems()
     assert BenchConfig(api_key="k", rounds=0).problems()
 

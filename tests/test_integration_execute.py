@@ -130,6 +130,14 @@ async def test_container_gone_is_a_502(client, env, service):
     response = await run(client, env, "true")
     assert response.status_code == 502
     assert response.json()["type"] == "bad_gateway_error"
+    assert response.json()["detail"] == "container_gone: container removed outside taskenv"
+    # The environment is failed with that reason, answers the same from then on, and tears down.
+    status = (await client.get(f"{env.url}/status")).json()
+    assert status["state"] == "failed" and status["error"] == response.json()["detail"]
+    again = await run(client, env, "true")
+    assert again.status_code == 502 and again.json()["detail"] == response.json()["detail"]
+    assert (await client.delete(env.url)).status_code == 204
+    assert (await client.get(f"{env.url}/status")).json()["state"] == "torn_down"
 
 
 async def test_lost_worker_still_answers_by_the_deadline(client, env, service):
@@ -168,10 +176,12 @@ async def test_result_survives_a_lost_subscription(client, env, service):
 
 
 async def test_too_many_commands_in_one_environment_get_429(client, env):
-    responses = await asyncio.gather(*(run(client, env, "sleep 1", timeout_sec=10) for _ in range(40)))
+    # TASKENV_MAX_EXECS_PER_ENV's default: 8.
+    responses = await asyncio.gather(*(run(client, env, "sleep 1", timeout_sec=10) for _ in range(12)))
     codes = sorted(r.status_code for r in responses)
-    assert codes.count(200) == 32 and codes.count(429) == 8, codes
+    assert codes.count(200) == 8 and codes.count(429) == 4, codes
     refused = next(r for r in responses if r.status_code == 429)
     assert refused.json()["type"] == "rate_limit_error"
+    assert refused.headers["Retry-After"] == "1"
     # Slots come back when commands end.
     assert (await run(client, env, "echo again")).json()["output"] == "again\n"

@@ -2,6 +2,7 @@
 
 import time
 
+import aiodocker
 import fakeredis
 import pytest
 
@@ -19,6 +20,12 @@ class FakeContainer:
     async def delete(self, force: bool, v: bool) -> None:
         self.engine.removed.append(self.name)
 
+    async def show(self) -> dict:
+        env_id = self.name.removeprefix("taskenv-")
+        if env_id not in self.engine.running + self.engine.stopped:
+            raise aiodocker.DockerError(404, {"message": f"No such container: {self.name}"})
+        return {"State": {"Running": env_id in self.engine.running, "ExitCode": 137}}
+
 
 class FakeContainers:
     def __init__(self, engine: "FakeEngine") -> None:
@@ -26,8 +33,9 @@ class FakeContainers:
 
     async def list(self, **_: object) -> list[dict]:
         return [
-            {"Labels": {"taskenv.env": env_id}, "Names": [f"/taskenv-{env_id}"]}
-            for env_id in self.engine.running
+            {"Labels": {"taskenv.env": env_id}, "Names": [f"/taskenv-{env_id}"], "State": state}
+            for state, ids in (("running", self.engine.running), ("exited", self.engine.stopped))
+            for env_id in ids
         ]
 
     def container(self, name: str) -> FakeContainer:
@@ -38,6 +46,7 @@ class FakeEngine:
     def __init__(self) -> None:
         self.removed: list[str] = []
         self.running: list[str] = []
+        self.stopped: list[str] = []
         self.containers = FakeContainers(self)
 
 
@@ -86,6 +95,7 @@ async def test_a_provision_that_ran_is_not_failed_later(ctx):
         ctx["records"], "done", EnvironmentState.PROVISIONING, state=EnvironmentState.READY
     )
     await store.provision_ran(ctx["records"], "done")
+    ctx["docker"].running = ["done"]
     await jobs.reap(ctx)
     done = await store.get(ctx["records"], "done")
     assert done is not None and done["state"] == EnvironmentState.READY
@@ -110,3 +120,26 @@ async def test_containers_without_a_live_record_are_removed(ctx):
     ctx["docker"].running = ["live", "dead", "unknown"]
     counts = await jobs.reap(ctx)
     assert sorted(ctx["docker"].removed) == ["taskenv-dead", "taskenv-unknown"] and counts["orphans"] == 2
+
+
+async def test_ready_environments_whose_container_vanished_are_failed(ctx):
+    for env_id in ("removed", "killed", "fine"):
+        await _create(ctx, env_id)
+        await store.set_if_state(
+            ctx["records"], env_id, EnvironmentState.PROVISIONING, state=EnvironmentState.READY
+        )
+    await _create(ctx, "starting")  # still provisioning: it has no container yet
+    ctx["docker"].running, ctx["docker"].stopped = ["fine"], ["killed"]
+    counts = await jobs.reap(ctx)
+    assert counts["vanished"] == 2
+    states = {
+        e: (await store.get(ctx["records"], e)) or {} for e in ("removed", "killed", "fine", "starting")
+    }
+    assert states["removed"]["state"] == states["killed"]["state"] == EnvironmentState.FAILED
+    assert states["removed"]["error"] == "container_gone: container removed outside taskenv"
+    assert states["killed"]["error"] == "container_gone: container stopped outside taskenv (exit code 137)"
+    assert states["fine"]["state"] == EnvironmentState.READY
+    assert states["starting"]["state"] == EnvironmentState.PROVISIONING
+    # Failed, the stopped container is an orphan: the next pass removes it.
+    await jobs.reap(ctx)
+    assert ctx["docker"].removed == ["taskenv-killed"]

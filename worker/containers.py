@@ -2,7 +2,8 @@
 
 import asyncio
 import json
-from typing import Any
+from contextlib import suppress
+from typing import Any, NamedTuple
 
 import aiodocker
 
@@ -98,8 +99,40 @@ async def tail_logs(docker: aiodocker.Docker, name: str, lines: int) -> str:
     return "".join(chunks)
 
 
-async def managed_on_host(docker: aiodocker.Docker, host: str) -> dict[str, str]:
-    """Container name by environment id, for every taskenv container of this host."""
+class Managed(NamedTuple):
+    name: str
+    running: bool
+
+
+async def managed_on_host(docker: aiodocker.Docker, host: str) -> dict[str, Managed]:
+    """Every taskenv container of this host, by environment id."""
     filters = json.dumps({"label": [f"{LABEL_MANAGED}=true", f"{LABEL_HOST}={host}"]})
     found = await docker.containers.list(all=True, filters=filters)
-    return {c["Labels"][LABEL_ENV]: c["Names"][0].lstrip("/") for c in found}
+    return {
+        c["Labels"][LABEL_ENV]: Managed(c["Names"][0].lstrip("/"), c["State"] == "running") for c in found
+    }
+
+
+async def why_stopped(docker: aiodocker.Docker, name: str, settle_sec: float = 0.0) -> str | None:
+    """Why this container can run no command any more (removed or stopped outside taskenv: a
+    `docker kill`, an engine restart), or None while it runs (paused too: unpausing brings it
+    back). With `settle_sec`, a running container is watched that long for its end: the engine
+    reports a killed container's processes dead before the container itself."""
+    container = docker.containers.container(name)
+    try:
+        state = (await container.show()).get("State") or {}
+        if state.get("Running") and settle_sec > 0:
+            with suppress(TimeoutError):
+                async with asyncio.timeout(settle_sec):
+                    await container.wait(condition="not-running")
+                state = (await container.show()).get("State") or {}
+    except aiodocker.DockerError as exc:
+        if exc.status == 404:
+            return "container removed outside taskenv"
+        raise
+    return None if state.get("Running") else stopped(state)
+
+
+def stopped(state: dict[str, Any]) -> str:
+    oom = ", out of memory" if state.get("OOMKilled") else ""
+    return f"container stopped outside taskenv (exit code {state.get('ExitCode')}{oom})"

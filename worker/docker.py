@@ -26,10 +26,19 @@ def connect() -> aiodocker.Docker:
     return aiodocker.Docker(url=host)
 
 
+# aiodocker's status for a request that never reached the engine.
+UNREACHABLE = 900
+# The 502's detail starts with this when an environment's container was removed or stopped
+# outside taskenv: the environment is `failed` from then on.
+CONTAINER_GONE = "container_gone"
+
+
 def bad_gateway(exc: BaseException, what: str) -> TaskenvError:
-    if isinstance(exc, aiodocker.DockerError):
+    if isinstance(exc, aiodocker.DockerError) and exc.status != UNREACHABLE:
         # The engine's own words name the missing thing: "No such container: ...", "No such image: ...".
         detail = f"{what}: Docker engine answered {exc.status}: {exc.message}"
+    elif isinstance(exc, aiodocker.DockerError):
+        detail = f"{what}: Docker engine unreachable ({exc.message})"
     else:
         detail = f"{what}: Docker engine unreachable ({type(exc).__name__}: {exc})"
     return TaskenvError(ErrorType.BAD_GATEWAY, detail)

@@ -21,7 +21,8 @@ from aiodocker.stream import Stream
 from shared.errors import ErrorType, TaskenvError
 from shared.jobs import ExecJob
 from shared.store import container_name
-from worker.docker import docker_errors
+from worker.containers import why_stopped
+from worker.docker import CONTAINER_GONE, docker_errors
 from worker.kill import kill_tree
 from worker.marker import ExitReport, new_nonce
 from worker.metrics import DOCKER_SECONDS
@@ -37,6 +38,9 @@ WRAPPER = (
     '__taskenv_nonce=$2; __taskenv_command=$1; set --; eval "$__taskenv_command"'
 )
 STDOUT = 1
+# How long a command killed without its exit report waits to tell a killed container (whose
+# processes die first, its state a moment later) from a command killed alone (out of memory).
+CONTAINER_END_SETTLE_SEC = 0.5
 
 
 async def run_command(docker: aiodocker.Docker, job: ExecJob) -> dict[str, Any]:
@@ -76,9 +80,16 @@ async def run_command(docker: aiodocker.Docker, job: ExecJob) -> dict[str, Any]:
     finally:
         await stream.close()
     if exit_code is None:
-        # No report (the command exec'd or set its own EXIT trap, or was killed): ask the engine.
+        # No report (the command exec'd or set its own EXIT trap, or was killed, maybe with its
+        # whole container): ask the engine.
         with docker_errors("execute"):
-            exit_code = int((await exe.inspect())["ExitCode"] or 0)
+            info = await exe.inspect()
+            # Killed (137) with all else in its container? Then the container's end follows.
+            settle = CONTAINER_END_SETTLE_SEC if info["ExitCode"] in (None, 137) else 0.0
+            gone = await why_stopped(docker, container_name(job["env_id"]), settle)
+        if gone:
+            raise TaskenvError(ErrorType.BAD_GATEWAY, f"{CONTAINER_GONE}: {gone}")
+        exit_code = int(info["ExitCode"] or 0)
     return {"exit_code": exit_code, "output": output.text()}
 
 

@@ -18,7 +18,7 @@ from shared.models import EnvironmentState
 from shared.settings import Settings
 from shared.tasks import TaskSpec
 from worker import containers
-from worker.docker import bad_gateway, docker_errors
+from worker.docker import CONTAINER_GONE, bad_gateway, docker_errors
 from worker.execute import run_command
 from worker.metrics import DOCKER_SECONDS, JOB_SECONDS, QUEUE_WAIT_SECONDS
 
@@ -52,6 +52,7 @@ def job(fn: JobFunction) -> Callable[..., Coroutine[Any, Any, JobResult]]:
             result = jobs.failed(job_id, TaskenvError(ErrorType.APP, "Internal error in the worker"))
         ctx["reply"] = (reply_to, result)
         _account(fn.__name__, job_id, payload, result, time.perf_counter() - started)
+        ctx["idempotency"] = payload.get("idempotency") if isinstance(payload, dict) else None
         return result
 
     return run
@@ -86,8 +87,31 @@ def _settings(ctx: Ctx) -> Settings:
 
 @job
 async def execute(ctx: Ctx, payload: ExecJob) -> dict[str, Any]:
-    with DOCKER_SECONDS.labels("exec").time():
-        return await run_command(_docker(ctx), payload)
+    docker = _docker(ctx)
+    try:
+        with DOCKER_SECONDS.labels("exec").time():
+            return await run_command(docker, payload)
+    except TaskenvError as exc:
+        if exc.type != ErrorType.BAD_GATEWAY:
+            raise
+        # The engine refused: if the container is gone, so is the environment.
+        try:
+            why = await containers.why_stopped(docker, store.container_name(payload["env_id"]))
+        except (aiodocker.DockerError, OSError):
+            raise exc from None  # the engine itself is unreachable: nothing to conclude
+        if why is None:
+            raise
+        await fail_gone(_records(ctx), payload["env_id"], why)
+        raise TaskenvError(ErrorType.BAD_GATEWAY, f"{CONTAINER_GONE}: {why}") from None
+
+
+async def fail_gone(redis: Redis, env_id: str, why: str) -> bool:
+    """A ready environment whose container vanished or stopped can run nothing again: failed,
+    with the reason (the API answers its executes 502 `container_gone`)."""
+    return await store.set_if_state(
+        redis, env_id, EnvironmentState.READY, state=EnvironmentState.FAILED,
+        error=f"{CONTAINER_GONE}: {why}", container_gone="1",
+    )  # fmt: skip
 
 
 @job
@@ -193,15 +217,36 @@ async def reap(ctx: Ctx) -> dict[str, int]:
             await redis.zrem(keys.expiry_index(host), env_id)
         await _remove_quietly(docker, store.container_name(env_id))
         expired += 1
-    orphans = 0
+    # The host's live environments are read before its containers are listed: one whose
+    # provision ends in between is then listed with its container, never taken for vanished.
+    live = await store.states(redis, list(await redis.zrange(keys.expiry_index(host), 0, -1)))
     managed = await containers.managed_on_host(docker, host)
+    orphans = 0
     gone = (None, EnvironmentState.TORN_DOWN, EnvironmentState.FAILED)
     for env_id, state in (await store.states(redis, list(managed))).items():
         if state in gone:
-            orphans += await _remove_quietly(docker, managed[env_id])
-    if expired or orphans:
-        log.info("reaped %d expired environments and %d orphaned containers", expired, orphans)
-    return {"expired": expired, "orphans": orphans}
+            orphans += await _remove_quietly(docker, managed[env_id].name)
+    vanished = 0
+    for env_id, state in live.items():
+        found = managed.get(env_id)
+        if state == EnvironmentState.READY and (found is None or not found.running):
+            why = await _why_stopped(docker, found.name if found else store.container_name(env_id))
+            if why is not None:
+                vanished += await fail_gone(redis, env_id, why)
+    if expired or orphans or vanished:
+        log.info(
+            "reaped %d expired environments and %d orphaned containers; %d environments failed"
+            " because their container vanished",
+            expired, orphans, vanished,
+        )  # fmt: skip
+    return {"expired": expired, "orphans": orphans, "vanished": vanished}
+
+
+async def _why_stopped(docker: aiodocker.Docker, name: str) -> str | None:
+    try:
+        return await containers.why_stopped(docker, name)
+    except (aiodocker.DockerError, OSError):
+        return None
 
 
 async def _remove_quietly(docker: aiodocker.Docker, name: str) -> bool:

@@ -19,8 +19,10 @@ from arq import cron
 from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
+from redis.exceptions import RedisError
 
 from shared import jobs, keys
+from shared.idempotency import STORE_AND_PUBLISH
 from shared.jobs import JOB_TIMEOUT_SEC
 from shared.redis import arq_client, records_client
 from shared.settings import Settings
@@ -56,13 +58,24 @@ class WakeableWorker(Worker):
         if self.on_startup:
             await self.on_startup(self.ctx)
         loop = asyncio.get_running_loop()
+        backoff = 0.1
         while not self._stopping:
-            await self._poll_iteration()
-            next_pass = loop.time() + self.idle_wait_sec
-            while not self._stopping and (left := next_pass - loop.time()) > 0:
-                job_id = await self._next_woken(left)
-                if job_id is not None:
-                    await self._run_woken(job_id.decode())
+            try:
+                await self._poll_iteration()
+                next_pass = loop.time() + self.idle_wait_sec
+                while not self._stopping and (left := next_pass - loop.time()) > 0:
+                    job_id = await self._next_woken(left)
+                    if job_id is not None:
+                        await self._run_woken(job_id.decode())
+                backoff = 0.1
+            except (RedisError, OSError) as exc:
+                # Redis restarting or unreachable: keep the process, and the commands it runs,
+                # alive; its connections come back by themselves.
+                log.warning(
+                    "queue %s: Redis unavailable (%s); retrying in %.1f s", self.queue_name, exc, backoff
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
 
     def pause(self, paused: bool) -> None:
         """Take no new jobs while paused (the provision worker of a draining or full host),
@@ -119,10 +132,16 @@ class WakeableWorker(Worker):
                 self.sem.release()
                 return
             self.job_counter += 1
-            score = await self._claim(
-                keys=[in_progress_key_prefix + job_id, self.queue_name],
-                args=[job_id, timestamp_ms(), int(self.in_progress_timeout_s * 1000)],
-            )
+            try:
+                score = await self._claim(
+                    keys=[in_progress_key_prefix + job_id, self.queue_name],
+                    args=[job_id, timestamp_ms(), int(self.in_progress_timeout_s * 1000)],
+                )
+            except BaseException:
+                # Redis failed mid-claim: give the slot back (`main` tries the pass again).
+                self.job_counter -= 1
+                self.sem.release()
+                raise
             if not score:
                 # Claimed by its enqueuer for a woken worker, started by another worker,
                 # finished, or deferred: not ours to run.
@@ -146,9 +165,20 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 async def _publish_result(ctx: dict[str, Any]) -> None:
+    """Send a job's answer to the API process waiting for it; for an execute with an
+    Idempotency-Key, also keep it for retries and send it to those waiting, in the same round
+    trip. A failure here must not keep arq from recording the job's end: a waiter that missed
+    the message reads arq's stored result at its deadline."""
     reply_to, result = ctx.get("reply", (None, None))
-    if reply_to:
-        await ctx["redis"].publish(reply_to, jobs.serialize(result))
+    record = ctx.get("idempotency")
+    try:
+        if record:
+            store_and_publish = ctx["redis"].register_script(STORE_AND_PUBLISH)
+            await store_and_publish(keys=[record], args=[reply_to or "", jobs.serialize(result)])
+        elif reply_to:
+            await ctx["redis"].publish(reply_to, jobs.serialize(result))
+    except RedisError as exc:
+        log.warning("could not send the answer of job %s: %s", ctx.get("job_id"), exc)
 
 
 def create_workers(settings: Settings) -> tuple[WakeableWorker, WakeableWorker]:
