@@ -9,6 +9,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.clients import parse_minimums
+from shared.keys import WAKE_LIST_MAX
 
 DEFAULT_TASKS_DIR = Path(__file__).parent / "tasks"
 
@@ -70,9 +71,10 @@ class Settings(BaseSettings):
     # Requests per second one org may make, all API processes and routes together (execute
     # included), and the burst it may spend at once: a token bucket in Redis. 0: no limit.
     org_rate_per_sec: float = Field(1000.0, ge=0)
-    org_rate_burst: int = Field(2000, ge=1)
-    # Jobs one queue may hold (waiting and running); past it, new work is refused.
-    max_queue_depth: int = Field(5000, ge=1)
+    org_rate_burst: int = Field(5000, ge=1)
+    # Jobs one queue may hold (waiting and running); past it, new work is refused. At most the
+    # wake list's cap (keys.WAKE_LIST_MAX), so every admitted job is announced to the workers.
+    max_queue_depth: int = Field(10_000, ge=1, le=WAKE_LIST_MAX)
     # Retry-After (s) of a 429 for an environment at its command limit or a full queue.
     busy_retry_after_sec: int = Field(1, ge=1)
     # How long an execute's Idempotency-Key is remembered, with the first answer (never less
