@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from starlette.requests import Request
 
 from shared import keys
-from shared.errors import ErrorType, TaskenvError, authentication_failed
+from shared.errors import TaskenvError, authentication_failed, rate_limited
 
 
 def client_address(request: Request) -> str:
@@ -62,8 +62,5 @@ class AuthLockout:
 
 def _too_many(left_sec: float) -> TaskenvError:
     retry_after = max(1, math.ceil(left_sec))
-    return TaskenvError(
-        ErrorType.RATE_LIMIT,
-        f"Too many failed authentications from this address; retry in {retry_after} s",
-        headers={"Retry-After": str(retry_after)},
-    )
+    detail = f"Too many failed authentications from this address; retry in {retry_after} s"
+    return rate_limited(detail, left_sec)
