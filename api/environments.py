@@ -133,8 +133,9 @@ async def delete_environment(request: Request) -> Response:
         await store.tear_down(state.records, record, retention_sec=state.settings.record_retention_sec)
         # A provision may have claimed a host since the read: ask again where the container is.
         record = await _record_in(state, scope, record["id"])
-    if not record.get("host"):
-        # No host took the provision: no container exists, and none will (it is torn down).
+    if not record.get("host") or record.get("lost_host"):
+        # No host took the provision (no container exists, and none will: it is torn down), or
+        # its host is lost (if it comes back, its reaper removes the container).
         return Response(status_code=204)
     # Remove the container now, so that 204 normally means it is gone (this also retries a failed
     # earlier removal). If the host's worker does not answer in time, the record is torn down

@@ -119,6 +119,10 @@ async def provision(ctx: Ctx, payload: EnvJob) -> dict[str, Any]:
     """Taken from the shared provision queue by a worker of any host with room: that host
     claims the environment, then creates its container."""
     redis, settings, env_id = _records(ctx), _settings(ctx), payload["env_id"]
+    if "membership" in ctx and ctx["membership"].draining:
+        # Taken in the moment the drain began: another host provisions it.
+        await _hand_back(ctx, payload)
+        return {"state": EnvironmentState.PROVISIONING, "handed_back": True}
     outcome, count = await store.claim_provision(
         redis, env_id, settings.host_id, settings.host_max_environments
     )
