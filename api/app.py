@@ -22,6 +22,7 @@ from api.health import healthz, readyz, sweep_forever
 from api.lockout import AuthLockout
 from api.metrics import ERRORS, metrics
 from api.results import ResultListener
+from api.routing import allowed_methods
 from api.state import AppState
 from api.targets import TargetCache
 from shared.errors import ErrorType, TaskenvError, for_status
@@ -46,7 +47,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     detail = {404: "Not found", 405: f"Method {request.method} not allowed"}.get(exc.status_code, exc.detail)
     error = for_status(exc.status_code, detail)
-    error.headers.update(exc.headers or {})  # 405's Allow
+    if exc.status_code == 405:
+        # Routing may have entered a Mount: match again from the application's root.
+        scope = {**request.scope, "root_path": request.scope.get("app_root_path", "")}
+        error.headers["Allow"] = ", ".join(sorted(allowed_methods(request.app.routes, scope)))
     return error_response(error)
 
 

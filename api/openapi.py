@@ -7,7 +7,7 @@ from the wire. Every route must have an entry (a unit test checks), or be marked
 `include_in_schema=False`.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib.resources import files
@@ -23,6 +23,8 @@ from starlette.staticfiles import StaticFiles
 from api.environments import ListQuery
 from shared.clients import VERSION
 from shared.errors import STATUS, ErrorEnvelope, ExecTimeoutEnvelope
+from shared.idempotency import HEADER as IDEMPOTENCY_HEADER
+from shared.idempotency import MAX_KEY_CHARS as IDEMPOTENCY_KEY_MAX_CHARS
 from shared.models import (
     Environment,
     EnvironmentPage,
@@ -51,7 +53,9 @@ class Auth(StrEnum):
 @dataclass(frozen=True)
 class Doc:
     """What one route takes and answers. `ok` is the success status and its body: a model, a
-    list of a model, a media type for non-JSON bodies, or None for no body."""
+    list of a model, a media type for non-JSON bodies, or None for no body. `errors` lists the
+    route's own error statuses; those that follow from its credential, body or query are added
+    by `statuses`."""
 
     summary: str
     tag: str
@@ -60,11 +64,25 @@ class Doc:
     errors: tuple[int, ...] = ()
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
+    headers: tuple[dict[str, Any], ...] = ()  # request header parameters (not credentials)
     description: str = ""
 
+    def statuses(self, path_params: Iterable[str]) -> list[int]:
+        found = {*self.errors, *_EVERY_ROUTE_ERRORS}
+        if self.auth is not Auth.NONE:
+            # Missing or unknown; too many unknown ones or the org's rate; Redis is down.
+            found |= {401, 429, 503}
+        if self.auth is Auth.EXECUTE_TOKEN or "org" in path_params:
+            found.add(403)  # a real credential for another org, workspace or environment
+        if self.body is not None:
+            found |= {400, 413, 422}
+        if self.query is not None:
+            found.add(422)
+        return sorted(found)
 
-_API_KEY_ERRORS = (401, 403)
-_BODY_ERRORS = (400, 413, 422)
+
+# Every route may answer these: a client older than the operator's minimum, or a bug.
+_EVERY_ROUTE_ERRORS = (426, 500)
 
 DOCS: dict[str, Doc] = {
     "health": Doc("Liveness of the API process", "service", Auth.NONE, (200, Health)),
@@ -76,26 +94,22 @@ DOCS: dict[str, Doc] = {
         "identity",
         Auth.API_KEY,
         (200, User),
-        (401,),
         description="An API key belongs to one org and workspace; the user is named after them.",
     ),
-    "get_organization": Doc(
-        "The caller's organization", "identity", Auth.API_KEY, (200, Organization), (401, 403)
-    ),
+    "get_organization": Doc("The caller's organization", "identity", Auth.API_KEY, (200, Organization)),
     "list_workspaces": Doc(
         "The workspaces of the caller's organization visible to its key",
         "identity",
         Auth.API_KEY,
         (200, (Workspace,)),
-        (401, 403),
     ),
-    "get_workspace": Doc("The caller's workspace", "identity", Auth.API_KEY, (200, Workspace), (401, 403)),
+    "get_workspace": Doc("The caller's workspace", "identity", Auth.API_KEY, (200, Workspace)),
     "create_environment": Doc(
         "Provision a task environment",
         "environments",
         Auth.API_KEY,
         (201, ProvisionedEnvironment),
-        (*_BODY_ERRORS, *_API_KEY_ERRORS, 404),
+        (404,),
         body=ProvisionRequest,
         description="Answers at once in state `provisioning` with the one-time `execute_token`; "
         "poll `/status` until `ready`. 404: unknown task.",
@@ -105,25 +119,22 @@ DOCS: dict[str, Doc] = {
         "environments",
         Auth.API_KEY,
         (200, EnvironmentPage),
-        (*_API_KEY_ERRORS, 422),
         query=ListQuery,
     ),
-    "get_environment": Doc(
-        "One environment", "environments", Auth.API_KEY, (200, Environment), (*_API_KEY_ERRORS, 404)
-    ),
+    "get_environment": Doc("One environment", "environments", Auth.API_KEY, (200, Environment), (404,)),
     "get_status": Doc(
         "An environment's state (poll this until `ready`)",
         "environments",
         Auth.API_KEY,
         (200, EnvironmentStatus),
-        (*_API_KEY_ERRORS, 404),
+        (404,),
     ),
     "delete_environment": Doc(
         "Tear down an environment (idempotent)",
         "environments",
         Auth.API_KEY,
         (204, None),
-        (*_API_KEY_ERRORS, 404, 502),
+        (404, 502),
         description="204 once the container is removed. 502: the Docker engine refused.",
     ),
     "get_logs": Doc(
@@ -131,24 +142,32 @@ DOCS: dict[str, Doc] = {
         "environments",
         Auth.API_KEY,
         (200, LogsResponse),
-        (*_API_KEY_ERRORS, 404, 409, 502, 504),
-        description="409: the environment is not `ready`.",
+        (404, 409, 502, 504),
+        description="409: the environment is not `ready`. 504: its host's worker did not answer.",
     ),
     "execute": Doc(
         "Run a shell command in the environment",
         "environments",
         Auth.EXECUTE_TOKEN,
         (200, ExecuteResponse),
-        (*_BODY_ERRORS, 401, 403, 404, 409, 429, 502, 504),
+        (404, 409, 502, 504),
         body=ExecuteRequest,
+        headers=(
+            {
+                "name": IDEMPOTENCY_HEADER,
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX_CHARS},
+                "description": "A retry with the same key in the same environment gets the first "
+                "request's answer instead of running the command again (422 with another body).",
+            },
+        ),
         description="`sh` evaluates `command` as the task's user; stderr is merged into stdout in "
-        "order. 409: the environment is not `ready`. 429: too many commands already run in it "
-        "(see `Retry-After`). 504: `timeout_sec` passed; the body carries the partial `output`.",
+        "order. 409: the environment is not `ready`. 429: also when too many commands already "
+        "run in it (see `Retry-After`). 504: `timeout_sec` passed; the body carries the partial "
+        "`output`.",
     ),
 }
-
-# Every route may answer these: a client older than the operator's minimum, or a bug.
-_EVERY_ROUTE_ERRORS = (426, 500)
 
 _ERROR_TEXT = {
     400: "Malformed JSON, a body that is not an object, or a content type other than JSON",
@@ -159,8 +178,10 @@ _ERROR_TEXT = {
     413: "Request body over 1 MiB",
     422: "The body or query fails validation; `errors` lists every field with its `loc`",
     426: "Client older than the operator's minimum (TASKENV_MIN_CLIENT_VERSIONS); `detail` names it",
-    429: "Too many requests; retry after `Retry-After` seconds",
+    429: "Too many requests (the org's rate, failed authentications from this address, a busy "
+    "environment, a full queue); retry after `Retry-After` seconds",
     500: "Internal error",
+    503: "The service's store (Redis) is unavailable; retry after `Retry-After` seconds",
     502: "The Docker engine failed (container gone, daemon refusing)",
     504: "The deadline passed",
 }
@@ -243,7 +264,7 @@ def _error_response(status: int, envelope: type[ErrorEnvelope], schemas: _Schema
         "description": _ERROR_TEXT.get(status, "Error"),
         "content": {"application/json": {"schema": schema}},
     }
-    if status == 429:
+    if status in (429, 503):
         response["headers"] = {"Retry-After": {"schema": {"type": "integer", "minimum": 0}}}
     return response
 
@@ -267,6 +288,7 @@ def _operation(route: Route, doc: Doc, schemas: _Schemas) -> dict[str, Any]:
     ]
     if doc.query is not None:
         parameters += schemas.query_parameters(doc.query)
+    parameters += doc.headers
     operation: dict[str, Any] = {
         "operationId": route.name,
         "summary": doc.summary,
@@ -282,7 +304,7 @@ def _operation(route: Route, doc: Doc, schemas: _Schemas) -> dict[str, Any]:
             "content": {"application/json": {"schema": schemas.of(doc.body, "validation")}},
         }
     responses = {str(doc.ok[0]): _ok_response(doc.ok[1], schemas)}
-    for status in sorted({*doc.errors, *_EVERY_ROUTE_ERRORS}):
+    for status in doc.statuses(route.param_convertors):
         envelope = ExecTimeoutEnvelope if (route.name, status) == ("execute", 504) else ErrorEnvelope
         responses[str(status)] = _error_response(status, envelope, schemas)
     operation["responses"] = responses

@@ -70,7 +70,11 @@ def test_every_error_answer_is_the_envelope_with_its_own_code(document):
                 assert {"426", "500"} <= set(operation["responses"])
 
 
-def test_the_documented_statuses_of_the_environment_routes(document):
+def _operations(document):
+    return [op for item in document["paths"].values() for op in item.values()]
+
+
+def test_the_documented_statuses_of_the_routes(document):
     envs = "/api/v1/org/{org}/ws/{workspace}/environments"
     statuses = {
         (method, path.removeprefix(envs)): sorted(int(s) for s in op["responses"])
@@ -79,19 +83,34 @@ def test_the_documented_statuses_of_the_environment_routes(document):
         for method, op in item.items()
     }
     assert statuses == {
-        ("post", ""): [201, 400, 401, 403, 404, 413, 422, 426, 500],
-        ("get", ""): [200, 401, 403, 422, 426, 500],
-        ("get", "/{env_id}"): [200, 401, 403, 404, 426, 500],
-        ("delete", "/{env_id}"): [204, 401, 403, 404, 426, 500, 502],
-        ("get", "/{env_id}/status"): [200, 401, 403, 404, 426, 500],
-        ("get", "/{env_id}/logs"): [200, 401, 403, 404, 409, 426, 500, 502, 504],
-        ("post", "/{env_id}/execute"): [200, 400, 401, 403, 404, 409, 413, 422, 426, 429, 500, 502, 504],
+        ("post", ""): [201, 400, 401, 403, 404, 413, 422, 426, 429, 500, 503],
+        ("get", ""): [200, 401, 403, 422, 426, 429, 500, 503],
+        ("get", "/{env_id}"): [200, 401, 403, 404, 426, 429, 500, 503],
+        ("delete", "/{env_id}"): [204, 401, 403, 404, 426, 429, 500, 502, 503],
+        ("get", "/{env_id}/status"): [200, 401, 403, 404, 426, 429, 500, 503],
+        ("get", "/{env_id}/logs"): [200, 401, 403, 404, 409, 426, 429, 500, 502, 503, 504],
+        ("post", "/{env_id}/execute"): [200, 400, 401, 403, 404, 409, 413, 422, 426, 429, 500, 502, 503, 504],
     }
+    identity = {op["operationId"]: sorted(int(s) for s in op["responses"]) for op in _operations(document)}
+    assert identity["get_user"] == [200, 401, 426, 429, 500, 503]
+    assert identity["get_organization"] == [200, 401, 403, 426, 429, 500, 503]
+    assert identity["health"] == identity["metrics"] == [200, 426, 500]
     execute = document["paths"][envs + "/{env_id}/execute"]["post"]
     assert execute["responses"]["504"]["content"]["application/json"]["schema"]["allOf"][0] == {
         "$ref": "#/components/schemas/ExecTimeoutEnvelope"
     }
     assert "Retry-After" in execute["responses"]["429"]["headers"]
+    assert "Retry-After" in execute["responses"]["503"]["headers"]
+    idempotency = [p for p in execute["parameters"] if p["in"] == "header"]
+    assert idempotency == [
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            "description": idempotency[0]["description"],
+        }
+    ]
     listing = document["paths"][envs]["get"]
     assert [(p["name"], p["in"]) for p in listing["parameters"]] == [
         ("org", "path"),
