@@ -123,7 +123,7 @@ DOCS: dict[str, Doc] = {
     ),
     "get_environment": Doc("One environment", "environments", Auth.API_KEY, (200, Environment), (404,)),
     "get_status": Doc(
-        "An environment's state (poll this until `ready`)",
+        "An environment's state (poll it until ready)",
         "environments",
         Auth.API_KEY,
         (200, EnvironmentStatus),
