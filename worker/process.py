@@ -35,6 +35,7 @@ async def serve(settings: Settings) -> None:
     mains = {asyncio.create_task(w.main()) for w in (own, provisions)}
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({*mains, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
     for worker in (provisions, own):
         worker.stop_taking()
     for main in mains:
