@@ -148,8 +148,10 @@ async def delete_environment(request: Request) -> Response:
             wait_sec=state.settings.teardown_wait_sec,
         )
     except TaskenvError as exc:
-        # No answer in time, or the host's queue is full: the reaper removes the container.
-        if exc.type not in (ErrorType.TIMEOUT, ErrorType.RATE_LIMIT):
+        # No answer in time, the host's queue is full, or the host or its worker was lost
+        # meanwhile: the record is torn down, and the host's reaper removes the container.
+        lost = exc.detail.startswith(("host_lost:", "worker_lost:"))
+        if exc.type not in (ErrorType.TIMEOUT, ErrorType.RATE_LIMIT) and not lost:
             raise
         log.warning(
             "teardown of %s not confirmed by host %s; left to its reaper", record["id"], record["host"]

@@ -96,15 +96,19 @@ async def test_a_lost_host_fails_fast_while_the_others_serve(cluster_factory, co
     placed = dict(zip(env_ids, await asyncio.gather(*(api.ready(e) for e in env_ids)), strict=True))
     on_a = [e for e, h in placed.items() if h == cluster.host_id("a")]
     on_b = [e for e, h in placed.items() if h == cluster.host_id("b")]
-    waiting = [asyncio.create_task(api.run(e, "sleep 60", timeout_sec=120)) for e in on_b]
+    waiting = [asyncio.create_task(api.run(on_b[0], "sleep 60", timeout_sec=120)) for _ in range(2)]
     await asyncio.sleep(1.5)
 
     lost_at = time.monotonic()
     cluster.kill("b")
+    # A DELETE whose teardown waits on the host as it is lost: answered 204 by the loss too.
+    deleting = asyncio.create_task(api.http.delete(api.url(on_b[1])))
     answers = await asyncio.wait_for(asyncio.gather(*waiting), dead_after + 20)
     answered = timed(lost_at)
-    failed_states = await asyncio.gather(*(wait_for_state(api.http, api.url(e), "failed") for e in on_b))
+    failed_states = [await wait_for_state(api.http, api.url(on_b[0]), "failed")]
     failed = timed(lost_at)
+    assert (await deleting).status_code == 204
+    deleted = timed(lost_at)
     for response in answers:
         assert response.status_code == 502, response.text
         assert response.json()["type"] == "bad_gateway_error"
@@ -118,7 +122,7 @@ async def test_a_lost_host_fails_fast_while_the_others_serve(cluster_factory, co
     refused_in = timed(started)
     # Deleting them does not wait for the lost host's teardown.
     started = time.monotonic()
-    assert (await api.http.delete(api.url(on_b[1]))).status_code == 204
+    assert (await api.http.delete(api.url(on_b[0]))).status_code == 204
     assert timed(started) < 2
     # The other host keeps serving, and takes the new provisions.
     for env_id in on_a:
@@ -130,6 +134,7 @@ async def test_a_lost_host_fails_fast_while_the_others_serve(cluster_factory, co
         f" {answered} s, environments failed within {failed} s, a new execute refused in {refused_in} s"
     )
     assert answered < dead_after + 3  # not the commands' 120 s deadline
+    assert deleted < dead_after + 3
 
 
 async def test_a_worker_killed_mid_execute_answers_502_and_never_reruns(cluster_factory, connect):
