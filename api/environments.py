@@ -256,10 +256,13 @@ async def _refusal(state: AppState, env_id: str, reason: str, slots: int) -> Tas
             state.settings.busy_retry_after_sec,
         )
     if reason == "mismatch":
-        # As the IETF draft on the header says: the key was used with another request body.
-        message = "was used with another command or timeout in this environment; use a new key"
-        reused = {"loc": ["header", IDEMPOTENCY_HEADER], "msg": message, "type": "idempotency_key_reused"}
-        return TaskenvError(ErrorType.VALIDATION, f"{IDEMPOTENCY_HEADER} {message}", errors=[reused])
+        # A valid request that conflicts with what the service holds (the key's first request),
+        # as a wrong state does: 409, not 422 (the IETF draft's choice), for the body is valid.
+        return TaskenvError(
+            ErrorType.CONFLICT,
+            f"{IDEMPOTENCY_HEADER} was used with another command or timeout in this environment;"
+            " use a new key",
+        )
     record = await store.get(state.records, env_id)
     if record is None:
         state.targets.forget(env_id)

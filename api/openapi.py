@@ -159,13 +159,14 @@ DOCS: dict[str, Doc] = {
                 "required": False,
                 "schema": {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX_CHARS},
                 "description": "A retry with the same key in the same environment gets the first "
-                "request's answer instead of running the command again (422 with another body).",
+                "request's answer instead of running the command again (409 with another body).",
             },
         ),
         description="`sh` evaluates `command` as the task's user; stderr is merged into stdout in "
-        "order. 409: the environment is not `ready`. 429: also when too many commands already "
-        "run in it (see `Retry-After`). 504: `timeout_sec` passed; the body carries the partial "
-        "`output`.",
+        "order. 409: the environment is not `ready`, or the Idempotency-Key was used with "
+        "another body. 429: also when too many commands already run in it (see `Retry-After`). "
+        "502 `container_gone: …`: its container was removed or stopped outside taskenv. 504: "
+        "`timeout_sec` passed; the body carries the partial `output`.",
     ),
 }
 

@@ -82,14 +82,14 @@ async def test_a_first_answer_that_is_an_error_is_replayed_too(client, env):
     assert await lines(client, env, "/tmp/late") == 1
 
 
-async def test_a_key_reused_with_another_body_is_422_and_keys_are_per_environment(client, service, env):
+async def test_a_key_reused_with_another_body_is_409_and_keys_are_per_environment(client, service, env):
     key = uuid.uuid4().hex
     assert (await run(client, env, "echo one", key)).status_code == 200
     other = await run(client, env, "echo two", key)
-    assert other.status_code == 422 and other.json()["type"] == "validation_error"
-    assert other.json()["errors"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert other.status_code == 409 and other.json()["type"] == "conflict_error"
+    assert "Idempotency-Key was used with another command" in other.json()["detail"]
     longer = await run(client, env, "echo one", key, timeout_sec=11)
-    assert longer.status_code == 422
+    assert longer.status_code == 409
     # The same key in another environment is another key.
     second = await provision(client, service)
     assert (await run(client, second, "echo one", key)).json()["output"] == "one\n"
