@@ -95,6 +95,7 @@ def _cli(cluster: Cluster, *args: str, host: str | None = None) -> subprocess.Co
 
 async def test_operator_commands_list_hosts_and_environments_and_drain(two_hosts):
     cluster, api, env_of = two_hosts
+    await asyncio.sleep(1.2)  # the hosts' counts are those of their last heartbeat
     listed = json.loads((await asyncio.to_thread(_cli, cluster, "hosts", "--json")).stdout)
     by_host = {h["host"]: h for h in listed}
     for name in "ab":
