@@ -148,8 +148,9 @@ def _aim(case: Any, data: st.DataObject, target: Target) -> dict[str, str]:
                 body["timeout_sec"] = EXEC_TIMEOUT_CAP_SEC  # not the 30 s default
             key = case.headers.get(IDEMPOTENCY_HEADER)
             if key is not None and positive:
-                # Generated keys repeat ("0"): one key with two bodies is a client's error (422,
-                # as the IETF draft says). Tie each key to its body; a repeat is still a retry.
+                # Generated keys repeat ("0"): one key with two bodies is a conflict (409), which
+                # would hide the command's own answer. Tie each key to its body: a repeat is still
+                # a retry, and gets the first answer.
                 tied = json.dumps([key, case.body], sort_keys=True, default=str).encode()
                 case.headers[IDEMPOTENCY_HEADER] = hashlib.sha256(tied).hexdigest()
         elif pick == "other":
