@@ -10,10 +10,20 @@ sweep inside the container (`kill -KILL -1` as the sandbox user).
 
 import os
 import signal
+import time
 from contextlib import suppress
 from pathlib import Path
 
 PROC = Path("/proc")
+
+
+def _alive(pid: int) -> bool:
+    """Still running: present and not yet a zombie (a zombie holds no resources, runs nothing)."""
+    try:
+        raw = (PROC / str(pid) / "stat").read_bytes()
+    except OSError:
+        return False
+    return raw[raw.rindex(b")") + 2 :][:1] != b"Z"
 
 
 def _stat(pid: int) -> tuple[int, int, int] | None:
@@ -62,8 +72,10 @@ def _signal_all(pids: set[int], signum: int) -> None:
             os.kill(pid, signum)
 
 
-def kill_tree(leader: int, container_id: str, *, max_rounds: int = 20) -> int:
-    """SIGSTOP everything in the tree until nothing new appears, then SIGKILL it all.
+def kill_tree(leader: int, container_id: str, *, max_rounds: int = 20, settle_sec: float = 2.0) -> int:
+    """SIGSTOP everything in the tree until nothing new appears, then SIGKILL it all, and wait
+    (up to `settle_sec`) until the kernel has ended them: SIGKILL is delivered asynchronously,
+    and on a loaded host a killed process can linger for a moment after the caller's 504.
     Only processes of that container are touched, even if the leader's number was reused.
     Returns how many processes were killed."""
     stopped: set[int] = set()
@@ -74,4 +86,7 @@ def kill_tree(leader: int, container_id: str, *, max_rounds: int = 20) -> int:
         _signal_all(fresh, signal.SIGSTOP)
         stopped |= fresh
     _signal_all(stopped, signal.SIGKILL)
+    settled_by = time.monotonic() + settle_sec
+    while any(_alive(pid) for pid in stopped) and time.monotonic() < settled_by:
+        time.sleep(0.005)
     return len(stopped)
