@@ -228,8 +228,11 @@ async def execute(request: Request) -> Response:
         )
     except NotAdmitted as refused:
         raise await _refusal(state, env_id, refused.reason, slots) from None
-    finally:
+    except TaskenvError:
+        # The worker frees the slot with its answer; with no answer (timeout, lost worker) the
+        # slot would last until the command's deadline: free it now.
         state.after_response(store.release_exec(state.records, env_id, job_id))
+        raise
     EXECUTE_SECONDS.observe(time.perf_counter() - started)
     return json_response(ExecuteResponse.model_validate(value))
 

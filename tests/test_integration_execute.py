@@ -185,3 +185,21 @@ async def test_too_many_commands_in_one_environment_get_429(client, env):
     assert refused.headers["Retry-After"] == "1"
     # Slots come back when commands end.
     assert (await run(client, env, "echo again")).json()["output"] == "again\n"
+
+
+async def test_a_command_frees_its_slot_with_its_answer(client, env, service):
+    import redis.asyncio as aioredis
+
+    from shared import keys
+
+    redis = aioredis.Redis.from_url(service.redis_url)
+    try:
+        # More commands in a row than the environment has slots: each frees its own.
+        for _ in range(10):
+            response = await run(client, env, "true", timeout_sec=30)
+            assert response.status_code == 200, response.text
+        # The worker frees the slot in the same round trip as the answer: none is held, well
+        # before any slot's own expiry at its command's deadline.
+        assert await redis.zcard(keys.inflight(env.id)) == 0
+    finally:
+        await redis.aclose()

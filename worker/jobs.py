@@ -30,7 +30,7 @@ JobFunction = Callable[[Ctx, Any], Awaitable[dict[str, Any]]]
 
 def job(fn: JobFunction) -> Callable[..., Coroutine[Any, Any, JobResult]]:
     """Wrap a job body: errors become results, and the result is kept for `on_job_end`,
-    which pushes it to the waiting API process."""
+    which pushes it to the waiting API process, then logs the job."""
 
     @functools.wraps(fn)
     async def run(ctx: Ctx, payload: Any, reply_to: str | None = None, request_id: str = "") -> JobResult:
@@ -51,7 +51,10 @@ def job(fn: JobFunction) -> Callable[..., Coroutine[Any, Any, JobResult]]:
             log.exception("job %s (%s) failed", job_id, fn.__name__)
             result = jobs.failed(job_id, TaskenvError(ErrorType.APP, "Internal error in the worker"))
         ctx["reply"] = (reply_to, result)
-        _account(fn.__name__, job_id, payload, result, time.perf_counter() - started)
+        # Logged and counted by `on_job_end` once the answer is on its way, not before it.
+        ctx["account"] = functools.partial(
+            _account, fn.__name__, job_id, payload, result, time.perf_counter() - started
+        )
         ctx["idempotency"] = payload.get("idempotency") if isinstance(payload, dict) else None
         return result
 
@@ -87,6 +90,8 @@ def _settings(ctx: Ctx) -> Settings:
 
 @job
 async def execute(ctx: Ctx, payload: ExecJob) -> dict[str, Any]:
+    # The command's slot in its environment is freed with the answer, in the same round trip.
+    ctx["slot"] = keys.inflight(payload["env_id"])
     docker = _docker(ctx)
     try:
         with DOCKER_SECONDS.labels("exec").time():

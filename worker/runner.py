@@ -165,20 +165,29 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 async def _publish_result(ctx: dict[str, Any]) -> None:
-    """Send a job's answer to the API process waiting for it; for an execute with an
-    Idempotency-Key, also keep it for retries and send it to those waiting, in the same round
-    trip. A failure here must not keep arq from recording the job's end: a waiter that missed
-    the message reads arq's stored result at its deadline."""
+    """Send a job's answer to the API process waiting for it and, for an execute, free its
+    command slot; for an execute with an Idempotency-Key, also keep the answer for retries and
+    send it to those waiting: all in one round trip. A failure here must not keep arq from
+    recording the job's end: a waiter that missed the message reads arq's stored result at its
+    deadline, and a slot not freed here ends at the command's deadline. The job's log line and
+    metric come after the answer has left."""
     reply_to, result = ctx.get("reply", (None, None))
-    record = ctx.get("idempotency")
+    record, slot = ctx.get("idempotency"), ctx.get("slot")
+    redis = ctx["redis"]
     try:
-        if record:
-            store_and_publish = ctx["redis"].register_script(STORE_AND_PUBLISH)
-            await store_and_publish(keys=[record], args=[reply_to or "", jobs.serialize(result)])
-        elif reply_to:
-            await ctx["redis"].publish(reply_to, jobs.serialize(result))
+        async with redis.pipeline(transaction=False) as pipe:
+            if record:
+                answer = redis.register_script(STORE_AND_PUBLISH)
+                await answer(keys=[record], args=[reply_to or "", jobs.serialize(result)], client=pipe)
+            elif reply_to:
+                pipe.publish(reply_to, jobs.serialize(result))
+            if slot:
+                pipe.zrem(slot, ctx["job_id"])
+            await pipe.execute()
     except RedisError as exc:
         log.warning("could not send the answer of job %s: %s", ctx.get("job_id"), exc)
+    if account := ctx.get("account"):
+        account()
 
 
 def create_workers(settings: Settings) -> tuple[WakeableWorker, WakeableWorker]:
