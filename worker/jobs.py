@@ -53,7 +53,7 @@ def job(fn: JobFunction) -> Callable[..., Coroutine[Any, Any, JobResult]]:
         ctx["reply"] = (reply_to, result)
         # Logged and counted by `on_job_end` once the answer is on its way, not before it.
         ctx["account"] = functools.partial(
-            _account, fn.__name__, job_id, payload, result, time.perf_counter() - started
+            _account, fn.__name__, job_id, payload, result, time.perf_counter() - started, request_id
         )
         ctx["idempotency"] = payload.get("idempotency") if isinstance(payload, dict) else None
         return result
@@ -65,8 +65,11 @@ def _docker(ctx: Ctx) -> aiodocker.Docker:
     return ctx["docker"]  # type: ignore[no-any-return]
 
 
-def _account(function: str, job_id: str, payload: Any, result: JobResult, elapsed: float) -> None:
-    """One metric sample and one log line per job (never the command: it is the user's)."""
+def _account(
+    function: str, job_id: str, payload: Any, result: JobResult, elapsed: float, request_id: str
+) -> None:
+    """One metric sample and one log line per job (never the command: it is the user's). It
+    runs in arq's task, not the job's: the request id is passed, not read from the context."""
     outcome = "ok" if "value" in result else str(result.get("error", {}).get("type", "error"))
     JOB_SECONDS.labels(function, outcome).observe(elapsed)
     env_id = payload.get("env_id", "") if isinstance(payload, dict) else ""
@@ -76,7 +79,13 @@ def _account(function: str, job_id: str, payload: Any, result: JobResult, elapse
         env_id,
         outcome,
         elapsed * 1000,
-        extra={"job_id": job_id, "env_id": env_id, "function": function, "outcome": outcome},
+        extra={
+            "job_id": job_id,
+            "env_id": env_id,
+            "function": function,
+            "outcome": outcome,
+            **({"request_id": request_id} if request_id else {}),
+        },
     )
 
 
