@@ -19,9 +19,11 @@ from typing import Any
 import httpx
 import pytest
 import redis
+import redis.asyncio as aioredis
 
+from shared import keys
 from shared.settings import DEFAULT_TASKS_DIR
-from tests.conftest import _docker_ready, _free_port, _remove_containers, _wait
+from tests.conftest import _docker_ready, _free_port, _remove_containers, _wait, wait_for_state
 
 PYTHON = [sys.executable, "-m", "cli"]
 # Fast membership for tests: a host is lost after 3 s without a heartbeat.
@@ -167,3 +169,54 @@ def cluster_factory(
 
 def timed(since: float) -> float:
     return round(time.monotonic() - since, 2)
+
+
+# A client of one cluster's API, with the execute tokens of the environments it made.
+class Api:
+    def __init__(self, cluster: Cluster, http: httpx.AsyncClient) -> None:
+        self.cluster, self.http = cluster, http
+        self.redis = aioredis.Redis.from_url(cluster.redis_url, decode_responses=True)
+        self.tokens: dict[str, str] = {}
+
+    async def create(self) -> str:
+        response = await self.http.post(self.cluster.envs_url(), json={"task_ref": "default"})
+        assert response.status_code == 201, response.text
+        created = response.json()
+        self.tokens[created["id"]] = created["execute_token"]
+        return str(created["id"])
+
+    async def ready(self, env_id: str, timeout: float = 30) -> str:
+        """Wait for ready; the host it landed on."""
+        status = await wait_for_state(self.http, self.url(env_id), "ready", "failed", timeout=timeout)
+        assert status["state"] == "ready", status
+        return str(await self.redis.hget(keys.environment(env_id), "host"))
+
+    def url(self, env_id: str) -> str:
+        return f"{self.cluster.envs_url()}/{env_id}"
+
+    async def run(self, env_id: str, command: str, timeout_sec: int = 10, **headers: str) -> httpx.Response:
+        return await self.http.post(
+            f"{self.url(env_id)}/execute",
+            json={"command": command, "timeout_sec": timeout_sec},
+            headers={"X-Environment-Token": f"Bearer {self.tokens[env_id]}", **headers},
+        )
+
+    async def state(self, env_id: str) -> dict:
+        return (await self.http.get(f"{self.url(env_id)}/status")).json()
+
+
+@pytest.fixture
+async def cluster_api():
+    """Opens API clients for a test's clusters, and closes them after it."""
+    opened: list[Api] = []
+
+    async def make(cluster: Cluster) -> Api:
+        http = httpx.AsyncClient(headers={"X-API-Key": cluster.key}, timeout=httpx.Timeout(60, connect=5))
+        api = Api(cluster, http)
+        opened.append(api)
+        return api
+
+    yield make
+    for api in opened:
+        await api.http.aclose()
+        await api.redis.aclose()

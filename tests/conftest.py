@@ -193,4 +193,4 @@ async def env(client: httpx.AsyncClient, service: Service) -> AsyncIterator[Env]
 
 
 # Several "hosts" (worker processes with their own host ids) for one test: tests/cluster.py.
-from tests.cluster import cluster_factory  # noqa: E402, F401
+from tests.cluster import cluster_api, cluster_factory  # noqa: E402, F401

@@ -7,69 +7,18 @@ import signal
 import time
 from collections import Counter
 
-import httpx
 import pytest
-import redis.asyncio as aioredis
 
 from shared import keys
-from tests.cluster import Cluster, timed
+from tests.cluster import timed
 from tests.conftest import wait_for_state
 
 pytestmark = pytest.mark.integration
 
 
-class Api:
-    def __init__(self, cluster: Cluster, http: httpx.AsyncClient) -> None:
-        self.cluster, self.http = cluster, http
-        self.redis = aioredis.Redis.from_url(cluster.redis_url, decode_responses=True)
-        self.tokens: dict[str, str] = {}
-
-    async def create(self) -> str:
-        response = await self.http.post(self.cluster.envs_url(), json={"task_ref": "default"})
-        assert response.status_code == 201, response.text
-        created = response.json()
-        self.tokens[created["id"]] = created["execute_token"]
-        return str(created["id"])
-
-    async def ready(self, env_id: str, timeout: float = 30) -> str:
-        """Wait for ready; the host it landed on."""
-        status = await wait_for_state(self.http, self.url(env_id), "ready", "failed", timeout=timeout)
-        assert status["state"] == "ready", status
-        return str(await self.redis.hget(keys.environment(env_id), "host"))
-
-    def url(self, env_id: str) -> str:
-        return f"{self.cluster.envs_url()}/{env_id}"
-
-    async def run(self, env_id: str, command: str, timeout_sec: int = 10, **headers: str) -> httpx.Response:
-        return await self.http.post(
-            f"{self.url(env_id)}/execute",
-            json={"command": command, "timeout_sec": timeout_sec},
-            headers={"X-Environment-Token": f"Bearer {self.tokens[env_id]}", **headers},
-        )
-
-    async def state(self, env_id: str) -> dict:
-        return (await self.http.get(f"{self.url(env_id)}/status")).json()
-
-
-@pytest.fixture
-async def connect():
-    opened: list[Api] = []
-
-    async def make(cluster: Cluster) -> Api:
-        http = httpx.AsyncClient(headers={"X-API-Key": cluster.key}, timeout=httpx.Timeout(60, connect=5))
-        api = Api(cluster, http)
-        opened.append(api)
-        return api
-
-    yield make
-    for api in opened:
-        await api.http.aclose()
-        await api.redis.aclose()
-
-
-async def test_provisions_spread_over_hosts_up_to_each_cap(cluster_factory, connect):
+async def test_provisions_spread_over_hosts_up_to_each_cap(cluster_factory, cluster_api):
     cluster = await cluster_factory(hosts=("a", "b", "c"), TASKENV_HOST_MAX_ENVIRONMENTS="2")
-    api = await connect(cluster)
+    api = await cluster_api(cluster)
     env_ids = [await api.create() for _ in range(6)]
     placed = await asyncio.gather(*(api.ready(env_id) for env_id in env_ids))
     assert Counter(placed) == {cluster.host_id(n): 2 for n in "abc"}
@@ -84,14 +33,16 @@ async def test_provisions_spread_over_hosts_up_to_each_cap(cluster_factory, conn
 
 
 @pytest.mark.parametrize(("dead_after", "heartbeat"), [(3, 0.5), (10, 1.0)], ids=["fast", "defaults"])
-async def test_a_lost_host_fails_fast_while_the_others_serve(cluster_factory, connect, dead_after, heartbeat):
+async def test_a_lost_host_fails_fast_while_the_others_serve(
+    cluster_factory, cluster_api, dead_after, heartbeat
+):
     cluster = await cluster_factory(
         hosts=("a", "b"),
         TASKENV_HOST_MAX_ENVIRONMENTS="2",
         TASKENV_HOST_DEAD_AFTER_SEC=str(dead_after),
         TASKENV_HEARTBEAT_SEC=str(heartbeat),
     )
-    api = await connect(cluster)
+    api = await cluster_api(cluster)
     env_ids = [await api.create() for _ in range(4)]
     placed = dict(zip(env_ids, await asyncio.gather(*(api.ready(e) for e in env_ids)), strict=True))
     on_a = [e for e, h in placed.items() if h == cluster.host_id("a")]
@@ -137,9 +88,9 @@ async def test_a_lost_host_fails_fast_while_the_others_serve(cluster_factory, co
     assert deleted < dead_after + 3
 
 
-async def test_a_worker_killed_mid_execute_answers_502_and_never_reruns(cluster_factory, connect):
+async def test_a_worker_killed_mid_execute_answers_502_and_never_reruns(cluster_factory, cluster_api):
     cluster = await cluster_factory(hosts=("a",))
-    api = await connect(cluster)
+    api = await cluster_api(cluster)
     env_id = await api.create()
     await api.ready(env_id)
     command = "echo run >> /tmp/runs; sleep 6; echo done"
@@ -163,9 +114,9 @@ async def test_a_worker_killed_mid_execute_answers_502_and_never_reruns(cluster_
     assert again.status_code == 200 and again.json()["output"] == "run\n"
 
 
-async def test_a_cleanly_stopped_host_keeps_its_environments(cluster_factory, connect):
+async def test_a_cleanly_stopped_host_keeps_its_environments(cluster_factory, cluster_api):
     cluster = await cluster_factory(hosts=("a",))
-    api = await connect(cluster)
+    api = await cluster_api(cluster)
     env_id = await api.create()
     await api.ready(env_id)
     cluster.signal("a", signal.SIGTERM)
@@ -179,9 +130,9 @@ async def test_a_cleanly_stopped_host_keeps_its_environments(cluster_factory, co
     assert (await api.run(env_id, "echo back")).json()["output"] == "back\n"
 
 
-async def test_draining_stops_provisions_and_lets_running_commands_finish(cluster_factory, connect):
+async def test_draining_stops_provisions_and_lets_running_commands_finish(cluster_factory, cluster_api):
     cluster = await cluster_factory(hosts=("a",))
-    api = await connect(cluster)
+    api = await cluster_api(cluster)
     on_a = await api.create()
     assert await api.ready(on_a) == cluster.host_id("a")
     cluster.start_worker("b")
@@ -198,9 +149,9 @@ async def test_draining_stops_provisions_and_lets_running_commands_finish(cluste
     assert (await api.run(on_a, "echo still")).json()["output"] == "still\n"
 
 
-async def test_readiness_follows_the_live_hosts(cluster_factory, connect):
+async def test_readiness_follows_the_live_hosts(cluster_factory, cluster_api):
     cluster = await cluster_factory(hosts=("a",))
-    api = await connect(cluster)
+    api = await cluster_api(cluster)
     assert (await api.http.get(f"{cluster.base_url}/readyz")).json() == {
         "status": "ready",
         "redis": "ok",

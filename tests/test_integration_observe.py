@@ -8,21 +8,19 @@ import json
 import subprocess
 import uuid
 
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cluster import PYTHON, Cluster
-from tests.test_integration_hosts import Api
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def two_hosts(cluster_factory, connect):
+async def two_hosts(cluster_factory, cluster_api):
     """Hosts a and b with one environment each (a cap of one places them)."""
     cluster = await cluster_factory(hosts=("a", "b"), TASKENV_HOST_MAX_ENVIRONMENTS="1")
-    api = await connect(cluster)
+    api = await cluster_api(cluster)
     env_ids = [await api.create() for _ in range(2)]
     placed = dict(zip(await asyncio.gather(*(api.ready(e) for e in env_ids)), env_ids, strict=True))
     return cluster, api, {name: placed[cluster.host_id(name)] for name in "ab"}
@@ -118,19 +116,3 @@ async def test_operator_commands_list_hosts_and_environments_and_drain(two_hosts
     assert undrained.returncode == 0
     draining = {h["host"]: h["draining"] for h in json.loads(_cli(cluster, "hosts", "--json").stdout)}
     assert draining[cluster.host_id("a")] is False
-
-
-@pytest.fixture
-async def connect():
-    opened: list[Api] = []
-
-    async def make(cluster: Cluster) -> Api:
-        http = httpx.AsyncClient(headers={"X-API-Key": cluster.key}, timeout=httpx.Timeout(60, connect=5))
-        api = Api(cluster, http)
-        opened.append(api)
-        return api
-
-    yield make
-    for api in opened:
-        await api.http.aclose()
-        await api.redis.aclose()
