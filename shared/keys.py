@@ -63,7 +63,7 @@ def wake(queue: str) -> str:
     return f"{PREFIX}wake:{queue}"
 
 
-# The queue every host's workers take provisions from (pull-based: a host with room takes one).
+# The queue every host's workers take provisions from (a host with room takes one; none is assigned).
 PROVISION_QUEUE = "provision"
 
 

@@ -15,7 +15,7 @@ from tests.conftest import _free_port, _wait
 def test_sentinel_settings_build_a_sentinel_pool_without_connecting():
     settings = Settings(
         redis_url="redis://:secret@unused:6379/3",
-        redis_sentinels="10.0.0.1:26379, sentinel-b:26380",
+        redis_sentinels="127.0.0.2:26379, sentinel-b:26380",
         redis_sentinel_master="taskenv",
         redis_max_connections=17,
     )
@@ -24,7 +24,7 @@ def test_sentinel_settings_build_a_sentinel_pool_without_connecting():
     assert pool.service_name == "taskenv" and pool.max_connections == 17
     hosts = [(c.connection_pool.connection_kwargs["host"], c.connection_pool.connection_kwargs["port"])
              for c in pool.sentinel_manager.sentinels]  # fmt: skip
-    assert hosts == [("10.0.0.1", 26379), ("sentinel-b", 26380)]
+    assert hosts == [("127.0.0.2", 26379), ("sentinel-b", 26380)]
     assert pool.connection_kwargs["password"] == "secret" and pool.connection_kwargs["db"] == 3
     assert isinstance(arq_client(settings).connection_pool, SentinelConnectionPool)
     # Without sentinels, the URL is used as it is.

@@ -44,7 +44,7 @@ def redis() -> fakeredis.FakeAsyncRedis:
 
 async def test_failures_past_the_limit_block_the_address_with_retry_after(redis):
     lockout = AuthLockout(redis, limit=3, window_sec=30)
-    attacker, bystander = request_from("10.0.0.1"), request_from("10.0.0.2")
+    attacker, bystander = request_from("127.0.1.1"), request_from("127.0.1.2")
     answers = [await lockout.failed(attacker) for _ in range(4)]
     assert [e.status for e in answers] == [401, 401, 401, 429]
     assert 1 <= int(answers[-1].headers["Retry-After"]) <= 30
@@ -53,12 +53,12 @@ async def test_failures_past_the_limit_block_the_address_with_retry_after(redis)
     assert blocked.value.status == 429
     lockout.check(bystander)  # others are not blocked
     assert (await lockout.failed(bystander)).status == 401
-    assert 0 < await redis.ttl(keys.auth_failures("10.0.0.1")) <= 30
+    assert 0 < await redis.ttl(keys.auth_failures("127.0.1.1")) <= 30
 
 
 async def test_the_count_is_shared_between_api_processes(redis):
     first, second = AuthLockout(redis, limit=2, window_sec=30), AuthLockout(redis, limit=2, window_sec=30)
-    client = request_from("10.0.0.3")
+    client = request_from("127.0.1.3")
     assert (await first.failed(client)).status == 401
     assert (await first.failed(client)).status == 401
     second.check(client)  # `second` has not seen the block yet...
@@ -71,7 +71,7 @@ async def test_the_block_ends_with_the_window(redis, monkeypatch):
     import api.lockout
 
     lockout = AuthLockout(redis, limit=1, window_sec=5)
-    client = request_from("10.0.0.4")
+    client = request_from("127.0.1.4")
     await lockout.failed(client)
     assert (await lockout.failed(client)).status == 429
     now = api.lockout.time.monotonic()
