@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 
 from shared import keys
 from shared.settings import DEFAULT_TASKS_DIR
-from tests.conftest import _docker_ready, _free_port, _remove_containers, _wait, wait_for_state
+from tests.conftest import _docker_ready, _free_port, _remove_containers, _wait, start_redis, wait_for_state
 
 PYTHON = [sys.executable, "-m", "cli"]
 # Fast membership for tests: a host is lost after 3 s without a heartbeat.
@@ -104,19 +104,13 @@ def cluster_factory(
     started: list[tuple[Cluster, subprocess.Popen[bytes]]] = []
 
     def start(hosts: tuple[str, ...] = ("a", "b"), workers_per_host: int = 1, **settings: str) -> Cluster:
-        if shutil.which("redis-server") is None:
-            pytest.fail("integration tests need redis-server")
         _docker_ready()
         home = tmp_path_factory.mktemp("cluster")
         tasks = home / "tasks"
         tasks.mkdir()
         shutil.copy(DEFAULT_TASKS_DIR / "default.toml", tasks / "default.toml")
+        redis_proc = start_redis(home, "--save", "")
         sock = home / "redis.sock"
-        redis_proc = subprocess.Popen(
-            ["redis-server", "--port", "0", "--unixsocket", str(sock), "--dir", str(home), "--save", ""],
-            stdout=subprocess.DEVNULL,
-        )
-        _wait(redis.Redis(unix_socket_path=str(sock)).ping, "redis-server", redis_proc)
         port = _free_port()
         env = {
             **os.environ,

@@ -11,6 +11,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -85,10 +87,22 @@ def _remove_containers(queue: str) -> None:
         subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
 
 
-@pytest.fixture(scope="session")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def start_redis(home: Path, *options: str, log: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
+    """A private redis-server on `home`/redis.sock (no TCP port), returned once it answers."""
     if shutil.which("redis-server") is None:
         pytest.fail("integration tests need redis-server (apt-get install redis-server)")
+    sock = home / "redis.sock"
+    proc = subprocess.Popen(
+        ["redis-server", "--port", "0", "--unixsocket", str(sock), "--dir", str(home), *options],
+        stdout=log or subprocess.DEVNULL,
+        stderr=log,
+    )
+    _wait(redis.Redis(unix_socket_path=str(sock)).ping, "redis-server", proc)
+    return proc
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     _docker_ready()
     home = tmp_path_factory.mktemp("taskenv")
     tasks = home / "tasks"
@@ -96,13 +110,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     shutil.copy(DEFAULT_TASKS_DIR / "default.toml", tasks / "default.toml")
     (tasks / "broken.toml").write_text(BROKEN_TASK)
     (tasks / "rooted.toml").write_text(ROOT_TASK)
+    redis_proc = start_redis(home, "--save", "")
     sock = home / "redis.sock"
-    redis_proc = subprocess.Popen(
-        ["redis-server", "--port", "0", "--unixsocket", str(sock), "--dir", str(home), "--save", ""],
-        stdout=subprocess.DEVNULL,
-    )
-    client = redis.Redis(unix_socket_path=str(sock), decode_responses=True)
-    _wait(client.ping, "redis-server", redis_proc)
 
     queue = f"test-{uuid.uuid4().hex[:8]}"
     port = _free_port()

@@ -15,7 +15,7 @@ import httpx
 import redis
 
 from shared.settings import DEFAULT_TASKS_DIR
-from tests.conftest import _free_port, _wait
+from tests.conftest import _free_port, _wait, start_redis
 
 PYTHON = [sys.executable, "-m", "cli"]
 
@@ -50,15 +50,9 @@ class Stack:
         return redis.Redis(unix_socket_path=str(self.sock), decode_responses=True)
 
     def start_redis(self) -> None:
-        self.redis = subprocess.Popen(
-            [
-                "redis-server", "--port", "0", "--unixsocket", str(self.sock), "--dir", str(self.home),
-                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-            ],
-            stdout=self._log,
-            stderr=self._log,
-        )  # fmt: skip
-        _wait(self.client().ping, "redis-server", self.redis)
+        self.redis = start_redis(
+            self.home, "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", log=self._log
+        )
 
     def start_worker(self) -> None:
         self.worker = self._spawn("worker")
