@@ -204,10 +204,6 @@ _SECURITY: dict[Auth, list[dict[str, list[str]]]] = {
 }
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
 def _walk(routes: list[BaseRoute], prefix: str = "") -> Iterator[Route]:
     """Every endpoint route with its full path (Starlette's `{param}` syntax is OpenAPI's)."""
     for route in routes:

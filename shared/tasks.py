@@ -5,7 +5,6 @@ one or more `[[task]]` tables. Without a version the highest one wins.
 """
 
 import tomllib
-from functools import lru_cache
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -84,8 +83,3 @@ def load_registry(path: Path) -> TaskRegistry:
         except (OSError, tomllib.TOMLDecodeError, ValidationError) as exc:
             raise ValueError(f"invalid task definition file {file}: {exc}") from exc
     return TaskRegistry(tasks)
-
-
-@lru_cache(maxsize=4)
-def cached_registry(path: Path) -> TaskRegistry:
-    return load_registry(path)
