@@ -10,7 +10,7 @@ from shared import keys, store
 from shared.models import EnvironmentState
 from shared.settings import Settings
 from shared.tasks import TaskSpec
-from worker import jobs
+from worker import reaper
 
 
 class FakeContainer:
@@ -80,7 +80,7 @@ async def _create(
 async def test_a_provision_no_worker_ran_fails_with_a_reason(ctx):
     await _create(ctx, "stalled", provision_timeout=-1, claim=False)
     await _create(ctx, "fresh", claim=False)
-    await jobs.reap(ctx)
+    await reaper.reap(ctx)
     stalled = await store.get(ctx["records"], "stalled")
     assert stalled is not None and stalled["state"] == EnvironmentState.FAILED
     assert "not provisioned in time" in stalled["error"]
@@ -96,14 +96,14 @@ async def test_a_provision_that_ran_is_not_failed_later(ctx):
     )
     await store.provision_ran(ctx["records"], "done")
     ctx["docker"].running = ["done"]
-    await jobs.reap(ctx)
+    await reaper.reap(ctx)
     done = await store.get(ctx["records"], "done")
     assert done is not None and done["state"] == EnvironmentState.READY
 
 
 async def test_expired_environments_are_torn_down_and_their_containers_removed(ctx):
     await _create(ctx, "old", lifetime=-1)
-    counts = await jobs.reap(ctx)
+    counts = await reaper.reap(ctx)
     old = await store.get(ctx["records"], "old")
     assert old is not None and old["state"] == EnvironmentState.TORN_DOWN and "expired" in old["error"]
     assert ctx["docker"].removed == ["taskenv-old"] and counts["expired"] == 1
@@ -118,7 +118,7 @@ async def test_containers_without_a_live_record_are_removed(ctx):
     await _create(ctx, "dead")
     await store.tear_down(ctx["records"], await store.get(ctx["records"], "dead"), retention_sec=60)
     ctx["docker"].running = ["live", "dead", "unknown"]
-    counts = await jobs.reap(ctx)
+    counts = await reaper.reap(ctx)
     assert sorted(ctx["docker"].removed) == ["taskenv-dead", "taskenv-unknown"] and counts["orphans"] == 2
 
 
@@ -130,7 +130,7 @@ async def test_ready_environments_whose_container_vanished_are_failed(ctx):
         )
     await _create(ctx, "starting")  # still provisioning: it has no container yet
     ctx["docker"].running, ctx["docker"].stopped = ["fine"], ["killed"]
-    counts = await jobs.reap(ctx)
+    counts = await reaper.reap(ctx)
     assert counts["vanished"] == 2
     states = {
         e: (await store.get(ctx["records"], e)) or {} for e in ("removed", "killed", "fine", "starting")
@@ -141,5 +141,5 @@ async def test_ready_environments_whose_container_vanished_are_failed(ctx):
     assert states["fine"]["state"] == EnvironmentState.READY
     assert states["starting"]["state"] == EnvironmentState.PROVISIONING
     # Failed, the stopped container is an orphan: the next pass removes it.
-    await jobs.reap(ctx)
+    await reaper.reap(ctx)
     assert ctx["docker"].removed == ["taskenv-killed"]

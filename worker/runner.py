@@ -26,7 +26,7 @@ from shared.idempotency import STORE_AND_PUBLISH
 from shared.jobs import JOB_TIMEOUT_SEC
 from shared.redis import arq_client, records_client
 from shared.settings import Settings
-from worker import docker
+from worker import docker, reaper
 from worker import jobs as job_functions
 
 log = logging.getLogger("taskenv.worker")
@@ -156,7 +156,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     ctx["records"] = records_client(settings)
     ctx["docker"] = docker.connect()
-    await job_functions.reap(ctx)
+    await reaper.reap(ctx)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -208,7 +208,7 @@ def create_workers(settings: Settings) -> tuple[WakeableWorker, WakeableWorker]:
             func(job_functions.logs, name=jobs.LOGS, max_tries=1, timeout=JOB_TIMEOUT_SEC),
         ],
         settings.worker_max_jobs,
-        cron_jobs=[cron(job_functions.reap, second=reap_seconds, run_at_startup=False, max_tries=1)],
+        cron_jobs=[cron(reaper.reap, second=reap_seconds, run_at_startup=False, max_tries=1)],
     )
     provisions = _worker(
         settings,
