@@ -9,9 +9,9 @@ from starlette.requests import Request
 from api.ratelimit import OrgRate, lookup_api_key
 from api.state import app_state
 from api.targets import ExecTarget
-from shared import keys
+from shared import apikeys, keys
 from shared.errors import ErrorType, TaskenvError, authentication_failed, environment_not_found
-from shared.secrets import hash_secret, matches, new_api_key
+from shared.secrets import hash_secret, matches
 
 
 @dataclass(frozen=True)
@@ -64,12 +64,7 @@ async def require_workspace(redis: Redis, request: Request) -> Workspace:
 
 async def create_api_key(redis: Redis, org: str, workspace: str) -> str:
     """Make a key, store only its hash, and return the key itself once."""
-    key = new_api_key()
-    await redis.hset(  # type: ignore[misc]
-        keys.api_key(hash_secret(key)),
-        mapping={"org": org, "workspace": workspace, "created_at": repr(time.time())},
-    )
-    return key
+    return await apikeys.create(redis, org, workspace)
 
 
 async def require_execute_token(redis: Redis, request: Request, target: ExecTarget | None) -> None:

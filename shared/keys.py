@@ -8,6 +8,15 @@ def api_key(key_hash: str) -> str:
     return f"{PREFIX}apikey:{key_hash}"
 
 
+def api_key_index(org: str) -> str:
+    """Sorted set of one org's API key hashes, scored by creation time (`taskenv keys ls`)."""
+    return f"{PREFIX}apikeys:{org}"
+
+
+# Set of the orgs that have an API key index: `taskenv keys ls` reads these, never a SCAN.
+API_KEY_ORGS = f"{PREFIX}apikeys"
+
+
 def environment(env_id: str) -> str:
     """Hash of one environment's record."""
     return f"{PREFIX}env:{env_id}"
