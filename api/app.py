@@ -6,11 +6,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
@@ -22,7 +23,7 @@ from api.health import healthz, readyz, sweep_forever
 from api.lockout import AuthLockout
 from api.metrics import ERRORS, metrics
 from api.results import ResultListener
-from api.routing import allowed_methods
+from api.routing import TrailingSlash, allowed_methods, without_slash_redirects
 from api.state import AppState
 from api.targets import TargetCache
 from shared.errors import ErrorType, TaskenvError, for_status
@@ -61,6 +62,45 @@ async def _redis_unavailable(request: Request, exc: Exception) -> Response:
     error = TaskenvError(ErrorType.UNAVAILABLE, "The service's store (Redis) is unavailable; retry shortly")
     error.headers["Retry-After"] = "1"
     return error_response(error)
+
+
+# Redis answering but refusing writes: out of memory (`maxmemory` reached with `noeviction`), a
+# read-only replica, or failing to persist (`stop-writes-on-bgsave-error`). redis-py raises the
+# first two as their own classes, from plain commands and Lua scripts alike; the last is a bare
+# ResponseError whose message keeps Redis's prefix.
+_REFUSING_WRITES = (OutOfMemoryError, ReadOnlyError)
+_REFUSING_WRITES_PREFIXES = ("OOM ", "READONLY ", "MISCONF ")
+REFUSING_WRITES_RETRY_AFTER_SEC = 5
+
+
+def refuses_writes(exc: BaseException) -> bool:
+    return isinstance(exc, _REFUSING_WRITES) or (
+        isinstance(exc, ResponseError) and str(exc).startswith(_REFUSING_WRITES_PREFIXES)
+    )
+
+
+async def _redis_error(request: Request, exc: Exception) -> Response:
+    """Any other error reply from Redis is a bug: 500, answered like an unexpected error but
+    without closing the client's connection."""
+    if not refuses_writes(exc):
+        return await _unexpected_error(request, exc)
+    # Nothing was written (each script either completes or fails before its first write), so
+    # the request may be retried once the operator has made room or restored the primary.
+    log.warning("Redis refuses writes on %s %s: %s", request.method, request.url.path, exc)
+    error = TaskenvError(
+        ErrorType.UNAVAILABLE,
+        "The service's store (Redis) refuses writes (out of memory, read-only or failing to"
+        " persist); retry later",
+    )
+    error.headers["Retry-After"] = str(REFUSING_WRITES_RETRY_AFTER_SEC)
+    return error_response(error)
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client disconnected, or its body did not arrive in time (api/http.py answered 408
+    and closed): nobody reads this answer."""
+    log.info("client gone during %s %s", request.method, request.url.path)
+    return Response(status_code=400)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
@@ -137,10 +177,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await records.aclose()
             await arq.aclose()
 
-    return Starlette(
-        routes=_routes(),
+    routes = _routes()
+    # Starlette answers a path with an extra (or a missing) trailing slash with a redirect to the
+    # URL rebuilt from the client's own Host header: never here (TrailingSlash serves it instead).
+    without_slash_redirects(routes)
+    app = Starlette(
+        routes=routes,
         lifespan=lifespan,
         middleware=[
+            Middleware(TrailingSlash),
             *observe.middleware(),
             *(
                 [Middleware(MinimumClientVersion, minimums=settings.min_client_versions)]
@@ -153,6 +198,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             HTTPException: _http_error,
             RedisConnectionError: _redis_unavailable,
             RedisTimeoutError: _redis_unavailable,
+            ResponseError: _redis_error,
+            ClientDisconnect: _client_gone,
             Exception: _unexpected_error,
         },
     )
+    app.router.redirect_slashes = False
+    return app

@@ -3,7 +3,7 @@
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -12,10 +12,11 @@ from arq.jobs import serialize_job
 
 from api.ratelimit import RATE_BUCKET, OrgRate, org_over_rate
 from api.results import ResultListener
-from shared import jobs, keys
+from shared import jobs, keys, quotas
 from shared.errors import ErrorType, TaskenvError, rate_limited
 from shared.jobs import JOB_TIMEOUT_SEC, JobResult
 from shared.logs import REQUEST_ID
+from shared.quotas import FULL, Limits, Quota
 
 # What arq's `enqueue_job` does (the job key expires with the job, so a job that waited past its
 # deadline never starts), plus handing the id to the queue's workers: the job is claimed here
@@ -45,13 +46,17 @@ _ENQUEUE = _ENQUEUE_FUNCTION + "return {enqueue()}"
 # An execute, in the same round trip: counted against its org's rate; with an Idempotency-Key
 # already used in this environment, the first command's answer (or where to wait for it) instead
 # of a second run (shared/idempotency.py); else enqueued only if the environment is ready and
-# has a free command slot. The slot carries the command's deadline, so a crashed API process
-# cannot leak it.
-# KEYS (after enqueue's): environment, in-flight set, org's bucket, idempotency record.
+# has a free command slot and its org and workspace are within their quotas of running commands
+# (shared/quotas.py). The command's slots carry its deadline, so a crashed API process cannot
+# leak them; they are only ever extended, never shortened, by a later command.
+# KEYS (after enqueue's): environment, in-flight set, org's bucket, idempotency record, org's
+# running commands, workspace's running commands.
 # ARGV (after enqueue's): now, slot expiry, slots per environment, org rate, org burst, body
-# fingerprint ('' without a key), key TTL ms, this API process's reply channel.
+# fingerprint ('' without a key), key TTL ms, this API process's reply channel, org's and
+# workspace's limits of running commands (0: none).
 _ADMIT_AND_ENQUEUE = (
     RATE_BUCKET
+    + FULL
     + _ENQUEUE_FUNCTION
     + """
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return {'queued'} end
@@ -71,11 +76,15 @@ if not state then return {'missing'} end
 if state ~= 'ready' then return {state} end
 redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now)
 if redis.call('ZCARD', KEYS[7]) >= tonumber(ARGV[10]) then return {'busy'} end
+if full(KEYS[10], now, tonumber(ARGV[16]), '') then return {'org_commands'} end
+if full(KEYS[11], now, tonumber(ARGV[17]), '') then return {'workspace_commands'} end
 local queued = enqueue()
 if queued ~= 'queued' then return {queued} end
 local slot_ms = math.ceil((tonumber(ARGV[9]) - now) * 1000)
-redis.call('ZADD', KEYS[7], ARGV[9], ARGV[4])
-redis.call('PEXPIRE', KEYS[7], slot_ms + 60000)
+for _, slot in ipairs({KEYS[7], KEYS[10], KEYS[11]}) do
+  redis.call('ZADD', slot, ARGV[9], ARGV[4])
+  if redis.call('PTTL', slot) < slot_ms + 60000 then redis.call('PEXPIRE', slot, slot_ms + 60000) end
+end
 if ARGV[13] ~= '' then
   redis.call('HSET', KEYS[9], 'fingerprint', ARGV[13], 'job', ARGV[4], 'until', ARGV[9])
   redis.call('PEXPIRE', KEYS[9], math.max(tonumber(ARGV[14]), slot_ms))
@@ -97,7 +106,8 @@ class Idempotency:
 @dataclass(frozen=True)
 class Admission:
     """Enqueue an execute only if its org is within its rate, `env_id` is ready and runs fewer
-    than `slots` commands; with an idempotency key already used, answer as the first time."""
+    than `slots` commands, and its org and workspace run fewer than their `limits`; with an
+    idempotency key already used, answer as the first time."""
 
     env_id: str
     slots: int
@@ -105,6 +115,12 @@ class Admission:
     org: str
     rate: OrgRate
     idempotency: Idempotency | None = None
+    workspace: str = ""
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def command_slots(self) -> list[str]:
+        return quotas.command_slots(self.env_id, self.org, self.workspace)
 
 
 @dataclass(frozen=True)
@@ -185,17 +201,21 @@ class Dispatcher:
             outcome = await self._enqueue(keys=script_keys, args=args)
         else:
             idempotency = admission.idempotency
+            in_env, in_org, in_workspace = admission.command_slots
             script_keys += [
                 keys.environment(admission.env_id),
-                keys.inflight(admission.env_id),
+                in_env,
                 keys.org_rate(admission.org),
                 idempotency.record if idempotency else keys.idempotency(admission.env_id, ""),
+                in_org,
+                in_workspace,
             ]
             args += [
                 now, admission.slot_until, admission.slots, *admission.rate.args(),
                 idempotency.fingerprint if idempotency else "",
                 idempotency.ttl_sec * 1000 if idempotency else 0,
                 self.listener.channel,
+                admission.limits.org_commands, admission.limits.workspace_commands,
             ]  # fmt: skip
             outcome = await self._admit_and_enqueue(keys=script_keys, args=args)
         kind = _text(outcome[0])
@@ -210,6 +230,10 @@ class Dispatcher:
             )
         if kind == "rate" and admission is not None:
             raise org_over_rate(admission.org, int(outcome[1]))
+        if kind in (Quota.ORG_COMMANDS, Quota.WORKSPACE_COMMANDS) and admission is not None:
+            quota = Quota(kind)
+            limit = admission.limits.of_quota(quota)
+            raise quotas.exceeded(quota, limit, admission.org, admission.workspace, self.retry_after_sec)
         raise NotAdmitted(kind)
 
     async def call(

@@ -14,13 +14,14 @@ from api.dispatch import Admission, Idempotency, NotAdmitted
 from api.metrics import EXECUTE_SECONDS
 from api.ratelimit import OrgRate
 from api.state import AppState, app_state
-from shared import jobs, keys, store
+from shared import jobs, keys, quotas, store
 from shared.errors import ErrorType, TaskenvError, environment_not_found, rate_limited
 from shared.idempotency import HEADER as IDEMPOTENCY_HEADER
 from shared.idempotency import MAX_KEY_CHARS as IDEMPOTENCY_KEY_MAX_CHARS
 from shared.idempotency import fingerprint
 from shared.jobs import ExecJob
 from shared.models import (
+    LATEST,
     EnvironmentState,
     ExecuteRequest,
     ExecuteResponse,
@@ -28,6 +29,7 @@ from shared.models import (
     ProvisionedEnvironment,
     ProvisionRequest,
 )
+from shared.quotas import Limits
 from shared.secrets import hash_secret, new_execute_token
 
 log = logging.getLogger("taskenv.api")
@@ -67,22 +69,30 @@ async def create_environment(request: Request) -> Response:
     owner, _, task_ref = body.task_ref.rpartition("/")
     if owner and owner != scope.org:
         raise TaskenvError(ErrorType.NOT_FOUND, f"Task {body.task_ref!r} not found in this organization")
-    spec = state.registry.resolve(task_ref)
+    name, _, version = task_ref.partition("@")
+    spec = state.registry.resolve(name if version.lower() == LATEST else task_ref)
     wanted = body.timeout_sec or spec.lifetime_sec or state.settings.default_lifetime_sec
     lifetime = min(wanted, state.settings.max_lifetime_sec)
     env_id = str(uuid.uuid4())
     token = new_execute_token()
-    record = await store.create(
-        state.records,
-        env_id=env_id,
-        org=scope.org,
-        workspace=scope.workspace,
-        task_ref=body.task_ref,
-        spec=spec,
-        token_hash=hash_secret(token),
-        lifetime_sec=lifetime,
-        provision_timeout_sec=state.settings.control_timeout_sec,
-    )
+    limits = Limits.of(state.settings)
+    try:
+        record = await store.create(
+            state.records,
+            env_id=env_id,
+            org=scope.org,
+            workspace=scope.workspace,
+            task_ref=body.task_ref,
+            spec=spec,
+            token_hash=hash_secret(token),
+            lifetime_sec=lifetime,
+            provision_timeout_sec=state.settings.control_timeout_sec,
+            limits=limits,
+        )
+    except store.OverQuota as over:
+        limit = limits.of_quota(over.quota)
+        retry_after = state.settings.busy_retry_after_sec
+        raise quotas.exceeded(over.quota, limit, scope.org, scope.workspace, retry_after) from None
     try:
         await state.dispatcher.submit(
             jobs.PROVISION,
@@ -197,6 +207,7 @@ async def execute(request: Request) -> Response:
     deadline_at = time.time() + body.timeout_sec
     wait_sec = body.timeout_sec + state.settings.result_grace_sec
     job_id = uuid.uuid4().hex
+    slots = quotas.command_slots(env_id, target.org, target.workspace)
     payload = ExecJob(
         env_id=env_id,
         command=body.command,
@@ -205,17 +216,20 @@ async def execute(request: Request) -> Response:
         user=target.user,
         workdir=target.workdir,
         output_limit=state.settings.output_limit_bytes,
+        slots=slots,
     )
     if once is not None:
         payload["idempotency"] = once.record
-    slots = state.settings.max_execs_per_env
+    per_env = state.settings.max_execs_per_env
     admission = Admission(
         env_id,
-        slots,
+        per_env,
         slot_until=time.time() + wait_sec,
         org=target.org,
         rate=OrgRate.of(state.settings),
         idempotency=once,
+        workspace=target.workspace,
+        limits=Limits.of(state.settings),
     )
     try:
         value = await state.dispatcher.call(
@@ -227,11 +241,11 @@ async def execute(request: Request) -> Response:
             admission=admission,
         )
     except NotAdmitted as refused:
-        raise await _refusal(state, env_id, refused.reason, slots) from None
+        raise await _refusal(state, env_id, refused.reason, per_env) from None
     except TaskenvError:
-        # The worker frees the slot with its answer; with no answer (timeout, lost worker) the
-        # slot would last until the command's deadline: free it now.
-        state.after_response(store.release_exec(state.records, env_id, job_id))
+        # The worker frees the slots with its answer; with no answer (timeout, lost worker) they
+        # would last until the command's deadline: free them now.
+        state.after_response(quotas.release_command(state.records, slots, job_id))
         raise
     EXECUTE_SECONDS.observe(time.perf_counter() - started)
     return json_response(ExecuteResponse.model_validate(value))

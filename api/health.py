@@ -9,10 +9,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from api.state import app_state
-from shared import hosts
+from shared import hosts, keys
 from shared.settings import Settings
 
 log = logging.getLogger("taskenv.api")
+
+READY_PROBE_TTL_MS = 10_000
 
 
 async def healthz(request: Request) -> Response:
@@ -21,11 +23,13 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready to serve: Redis answers and at least one host has a live worker."""
+    """Ready to serve: Redis takes writes and at least one host has a live worker. A ping is not
+    enough: a Redis out of memory, read-only or failing to persist still answers it, while
+    every request needing a write fails. The probe writes one small key, expiring at once."""
     state = app_state(request)
     try:
         async with asyncio.timeout(2):
-            await state.records.ping()
+            await state.records.set(keys.READY_PROBE, "1", px=READY_PROBE_TTL_MS)
             live = await hosts.live_hosts(state.records, dead_after_sec=state.settings.host_dead_after_sec)
     except Exception as exc:
         return JSONResponse({"status": "unavailable", "redis": f"{type(exc).__name__}: {exc}"}, 503)

@@ -1,23 +1,125 @@
-"""uvicorn's HTTP protocol, answering requests it cannot even parse with taskenv's envelope.
+"""uvicorn's HTTP protocol, with taskenv's envelope for what it answers itself, and read timeouts.
 
 A header value with control characters (a token with a stray `\\x01`), a broken request line and
 the like are refused by the HTTP parser before the application sees them; uvicorn answers those
 with a plain-text 400. Here the same 400 carries the canonical envelope, like every other error.
+
+uvicorn bounds only idle keep-alive connections. A connection that opens and sends nothing, or
+sends its request head or body a byte at a time, would otherwise hold a socket (and for a body,
+a request task) for ever. Here:
+
+- the request head must arrive whole within `header_timeout_sec` of the connection's opening or
+  of the first byte of a later request on it; else 408 (in the envelope) and the connection is
+  closed. Idle time between requests stays uvicorn's keep-alive timeout.
+- the body must arrive whole within `body_timeout_sec` of the request's start; else 408 (in the
+  envelope) if nothing was answered yet, and the connection is closed. The application, waiting
+  for the rest of the body, is told the client is gone.
 """
 
+import asyncio
 import json
+from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from shared.errors import ErrorType, TaskenvError
+from shared.settings import Settings
+
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout"}
 
 
 class EnvelopeHttpToolsProtocol(HttpToolsProtocol):
+    header_timeout_sec: float = Settings.model_fields["header_timeout_sec"].default
+    body_timeout_sec: float = Settings.model_fields["body_timeout_sec"].default
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        # Between two requests (or before the first): the next bytes start a request head.
+        self._awaiting_head = True
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for timer in (self._head_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._body_timer = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        # After an idle keep-alive wait, the first byte of the next request starts its clock
+        # (uvicorn has just cancelled its keep-alive timer).
+        if self._awaiting_head and self._head_timer is None:
+            self._arm_head_timer()
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self._awaiting_head = False
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._awaiting_head = True
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        super().on_message_complete()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        # The body's clock starts with its request: a pipelined request waits, unread, for the
+        # one before it to be answered, and must not be timed out meanwhile.
+        if cycle.more_body and self._body_timer is None:
+            self._body_timer = self.loop.call_later(self.body_timeout_sec, self._body_timed_out, cycle)
+        super()._start_asgi_task(cycle, app)
+
+    def _arm_head_timer(self) -> None:
+        self._head_timer = self.loop.call_later(self.header_timeout_sec, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # The previous request is still being answered: the next head may wait for it.
+            self._arm_head_timer()
+            return
+        detail = f"No complete request head within {self.header_timeout_sec:g} s"
+        self._send_envelope(408, TaskenvError(ErrorType.REQUEST_TIMEOUT, detail))
+
+    def _body_timed_out(self, cycle: RequestResponseCycle) -> None:
+        self._body_timer = None
+        if self.transport.is_closing() or not cycle.more_body:
+            return
+        if cycle.response_started and not cycle.response_complete:
+            # Answered without waiting for the body, and the answer is still being written.
+            self._body_timer = self.loop.call_later(self.body_timeout_sec, self._body_timed_out, cycle)
+            return
+        answered = cycle.response_started
+        # The application, if still reading the body, gets `http.disconnect`; whatever it sends
+        # from now on is dropped.
+        cycle.disconnected = True
+        cycle.keep_alive = False
+        cycle.message_event.set()
+        if answered:
+            self.transport.close()
+            return
+        detail = f"The request body did not arrive whole within {self.body_timeout_sec:g} s"
+        self._send_envelope(408, TaskenvError(ErrorType.REQUEST_TIMEOUT, detail))
+
     def send_400_response(self, msg: str) -> None:
         detail = "Malformed HTTP request: the request line or a header is not valid HTTP"
-        error = TaskenvError(ErrorType.INVALID_REQUEST, detail)
+        self._send_envelope(400, TaskenvError(ErrorType.INVALID_REQUEST, detail))
+
+    def _send_envelope(self, status: int, error: TaskenvError) -> None:
+        """Answer `error` in the envelope straight on the transport, and close the connection."""
         body = json.dumps(error.envelope()).encode()
-        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status])]
         head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
         head += [
             b"content-type: application/json\r\n",
@@ -26,3 +128,12 @@ class EnvelopeHttpToolsProtocol(HttpToolsProtocol):
         ]
         self.transport.write(b"".join(head) + body)
         self.transport.close()
+
+
+def envelope_protocol(settings: Settings) -> type[EnvelopeHttpToolsProtocol]:
+    """The protocol class for `uvicorn.run(http=...)`, with the operator's read timeouts."""
+    return type(
+        "ConfiguredEnvelopeHttpToolsProtocol",
+        (EnvelopeHttpToolsProtocol,),
+        {"header_timeout_sec": settings.header_timeout_sec, "body_timeout_sec": settings.body_timeout_sec},
+    )

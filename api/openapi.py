@@ -75,7 +75,8 @@ class Doc:
         if self.auth is Auth.EXECUTE_TOKEN or "org" in path_params:
             found.add(403)  # a real credential for another org, workspace or environment
         if self.body is not None:
-            found |= {400, 413, 422}
+            # 408: the body did not arrive whole within TASKENV_BODY_TIMEOUT_SEC (api/http.py).
+            found |= {400, 408, 413, 422}
         if self.query is not None:
             found.add(422)
         return sorted(found)
@@ -175,14 +176,16 @@ _ERROR_TEXT = {
     401: "Missing or unknown credential",
     403: "A valid credential for another organization, workspace or environment",
     404: "No such environment in this workspace, or unknown task",
+    408: "The request body did not arrive whole in time (TASKENV_BODY_TIMEOUT_SEC); the connection is closed",
     409: "The environment is in the wrong state for this",
     413: "Request body over 1 MiB",
     422: "The body or query fails validation; `errors` lists every field with its `loc`",
     426: "Client older than the operator's minimum (TASKENV_MIN_CLIENT_VERSIONS); `detail` names it",
     429: "Too many requests (the org's rate, failed authentications from this address, a busy "
-    "environment, a full queue); retry after `Retry-After` seconds",
+    "environment, a full queue, the org's or workspace's quota of live environments or running "
+    "commands, named in `detail`); retry after `Retry-After` seconds",
     500: "Internal error",
-    503: "The service's store (Redis) is unavailable; retry after `Retry-After` seconds",
+    503: "The service's store (Redis) is unavailable or refuses writes; retry after `Retry-After` seconds",
     502: "The Docker engine failed (container gone, daemon refusing)",
     504: "The deadline passed",
 }

@@ -41,7 +41,7 @@ def api(
 ) -> None:
     """Run the HTTP API (one process; start more behind a balancer to scale)."""
     from api.app import create_app
-    from api.http import EnvelopeHttpToolsProtocol
+    from api.http import envelope_protocol
 
     settings = instance.settings()
     _logging(log_level, service="api")
@@ -51,7 +51,7 @@ def api(
         host=host or settings.api_host,
         port=port or settings.api_port,
         loop="uvloop",
-        http=EnvelopeHttpToolsProtocol,
+        http=envelope_protocol(settings),
         log_level=log_level,
         log_config=None,  # uvicorn's own lines go through ours (JSON)
         access_log=False,

@@ -22,6 +22,8 @@ class ErrorType(StrEnum):
     VALIDATION = "validation_error"
     INVALID_REQUEST = "invalid_request_error"
     PAYLOAD_TOO_LARGE = "payload_too_large_error"
+    # The request (its head or its body) did not arrive whole in time (api/http.py).
+    REQUEST_TIMEOUT = "request_timeout_error"
     UPGRADE_REQUIRED = "upgrade_required_error"
     RATE_LIMIT = "rate_limit_error"
     APP = "app_error"
@@ -40,6 +42,7 @@ STATUS: dict[ErrorType, int] = {
     ErrorType.VALIDATION: 422,
     ErrorType.INVALID_REQUEST: 400,
     ErrorType.PAYLOAD_TOO_LARGE: 413,
+    ErrorType.REQUEST_TIMEOUT: 408,
     ErrorType.UPGRADE_REQUIRED: 426,
     ErrorType.RATE_LIMIT: 429,
     ErrorType.APP: 500,

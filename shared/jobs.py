@@ -32,6 +32,8 @@ class ExecJob(TypedDict):
     output_limit: int
     # With an Idempotency-Key: the record that keeps the answer for retries (shared/idempotency.py).
     idempotency: NotRequired[str]
+    # Every slot the command holds (shared/quotas.py): freed with its answer.
+    slots: NotRequired[list[str]]
 
 
 class EnvJob(TypedDict):

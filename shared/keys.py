@@ -57,6 +57,30 @@ def idempotency(env_id: str, key_hash: str) -> str:
     return f"{PREFIX}idem:{env_id}:{key_hash}"
 
 
+def org_environments(org: str) -> str:
+    """Sorted set of an org's live environment ids, scored by expiry (shared/quotas.py)."""
+    return f"{PREFIX}quota:org-envs:{org}"
+
+
+def workspace_environments(org: str, workspace: str) -> str:
+    """Sorted set of a workspace's live environment ids, scored by expiry (shared/quotas.py)."""
+    return f"{PREFIX}quota:ws-envs:{org}:{workspace}"
+
+
+def org_commands(org: str) -> str:
+    """Sorted set of an org's running exec job ids, scored by their deadline (shared/quotas.py)."""
+    return f"{PREFIX}quota:org-cmds:{org}"
+
+
+def workspace_commands(org: str, workspace: str) -> str:
+    """Sorted set of a workspace's running exec job ids, scored by their deadline."""
+    return f"{PREFIX}quota:ws-cmds:{org}:{workspace}"
+
+
+# String written (with a short expiry) by `/readyz` to prove that Redis still takes writes.
+READY_PROBE = f"{PREFIX}readyz"
+
+
 def inflight(env_id: str) -> str:
     """Sorted set of an environment's running exec job ids, scored by their deadline."""
     return f"{PREFIX}inflight:{env_id}"

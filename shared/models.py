@@ -2,12 +2,24 @@
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 EXEC_TIMEOUT_MAX_SEC = 600
-COMMAND_MAX_CHARS = 256 * 1024
+# The command is one argument of the worker's `sh -c` (worker/execute.py), and the kernel takes
+# at most MAX_ARG_STRLEN bytes per argument (32 pages of 4 KiB, its terminating NUL included):
+# counted in UTF-8 bytes, not characters. Longer commands could only fail inside the sandbox,
+# looking like the command's own failure.
+COMMAND_MAX_BYTES = 128 * 1024 - 1
+# `[org/]name[@version]`, each part non-empty. Dreadnode's SDK writes kebab-case names and
+# MAJOR.MINOR.PATCH or `latest`; taskenv's task files also allow capitals, dots and underscores
+# and versions such as "1" (shared/tasks.py), so a part is what those files allow.
+_REF_PART = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+TASK_REF_PATTERN = rf"^(?:{_REF_PART}/)?{_REF_PART}(?:@{_REF_PART})?$"
+# `name@latest` (any case, as the SDK reads it) is the name's highest version.
+LATEST = "latest"
+_SECONDS_MAX_DIGITS = 10
 # Larger bodies are refused before they are read whole.
 REQUEST_BODY_MAX_BYTES = 1024 * 1024
 
@@ -20,42 +32,62 @@ class EnvironmentState(StrEnum):
     TORN_DOWN = "torn_down"
 
 
+def _whole_seconds(value: Any) -> Any:
+    """A JSON integer (30, or 30.0: JSON Schema's integers), or a string of ASCII digits ("30",
+    as Dreadnode's API takes it). Python's own int parsing would also take "5_0", " 5 ", "+5"
+    and non-ASCII digits; pydantic's would take booleans. Other types go on to pydantic's refusal."""
+    if isinstance(value, bool):
+        raise ValueError("must be a whole number of seconds, not a boolean")
+    if isinstance(value, str):
+        if not (value.isascii() and value.isdigit() and len(value) <= _SECONDS_MAX_DIGITS):
+            raise ValueError(
+                f"must be a whole number of seconds: an integer, or a string of 1 to"
+                f" {_SECONDS_MAX_DIGITS} digits 0-9"
+            )
+        return int(value)
+    return value
+
+
+Seconds = Annotated[int, BeforeValidator(_whole_seconds)]
+
+
 class ProvisionRequest(BaseModel):
     # Unknown fields are ignored, as Dreadnode's API does, so newer SDKs keep working.
     model_config = ConfigDict(extra="ignore")
 
-    task_ref: str = Field(min_length=1, max_length=200)
+    task_ref: str = Field(min_length=1, max_length=200, pattern=TASK_REF_PATTERN)
     inputs: dict[str, Any] | None = None
     secret_ids: list[str] | None = None
     project_id: str | None = None
-    timeout_sec: int | None = Field(None, ge=1)
+    timeout_sec: Seconds | None = Field(None, ge=1)
     model_overrides: dict[str, Any] | None = None
 
 
 class ExecuteRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
+    # No `max_length` (characters): the limit is in bytes, checked below, and its error says so.
     command: str = Field(
-        min_length=1, max_length=COMMAND_MAX_CHARS, json_schema_extra={"pattern": "^[^\\u0000]*$"}
+        min_length=1,
+        description=f"At most {COMMAND_MAX_BYTES} bytes in UTF-8",
+        json_schema_extra={"pattern": "^[^\\u0000]*$", "maxLength": COMMAND_MAX_BYTES},
     )
-    # Lax as Dreadnode's API is: "30" and 30.0 are 30; 30.5, null and booleans are refused.
-    timeout_sec: int = Field(30, ge=1, le=EXEC_TIMEOUT_MAX_SEC)
+    timeout_sec: Seconds = Field(30, ge=1, le=EXEC_TIMEOUT_MAX_SEC)
 
     @field_validator("command")
     @classmethod
     def _passable_to_exec(cls, command: str) -> str:
-        """A process's arguments are C strings: a NUL cannot be passed. Refused here with a
-        reason, instead of failing in the engine."""
+        """What the kernel can pass as one process argument, refused here with a reason instead
+        of failing inside the sandbox: a C string (no NUL) of at most MAX_ARG_STRLEN bytes."""
         if "\0" in command:
             raise ValueError("must not contain NUL characters: a shell command cannot carry them")
+        size = len(command.encode("utf-8", "surrogatepass"))
+        if size > COMMAND_MAX_BYTES:
+            raise ValueError(
+                f"must be at most {COMMAND_MAX_BYTES} bytes in UTF-8 (the kernel's limit on one"
+                f" process argument), not {size}"
+            )
         return command
-
-    @field_validator("timeout_sec", mode="before")
-    @classmethod
-    def _not_a_boolean(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("must be a number of seconds, not a boolean")
-        return value
 
 
 class ExecuteResponse(BaseModel):

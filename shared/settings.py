@@ -75,6 +75,19 @@ class Settings(BaseSettings):
     # Jobs one queue may hold (waiting and running); past it, new work is refused. At most the
     # wake list's cap (keys.WAKE_LIST_MAX), so every admitted job is announced to the workers.
     max_queue_depth: int = Field(10_000, ge=1, le=WAKE_LIST_MAX)
+    # Quotas (0: unlimited), counted atomically by every API process: live environments
+    # (provisioning or ready) and commands running at once, per org and per workspace. The
+    # defaults keep one org well below a host's TASKENV_HOST_MAX_ENVIRONMENTS, so one greedy org
+    # cannot fill a host and refuse every other org's provisions.
+    org_max_environments: int = Field(200, ge=0)
+    workspace_max_environments: int = Field(200, ge=0)
+    org_max_running_commands: int = Field(500, ge=0)
+    workspace_max_running_commands: int = Field(500, ge=0)
+    # A connection that sends no complete request head within this many seconds is answered 408
+    # and closed; a request body not received whole within its own bound, 408 too. (Idle
+    # keep-alive connections are closed after uvicorn's own 5 s.)
+    header_timeout_sec: float = Field(10.0, gt=0)
+    body_timeout_sec: float = Field(30.0, gt=0)
     # Retry-After (s) of a 429 for an environment at its command limit or a full queue.
     busy_retry_after_sec: int = Field(1, ge=1)
     # How long an execute's Idempotency-Key is remembered, with the first answer (never less

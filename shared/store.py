@@ -12,8 +12,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import keys, quotas
 from shared.models import Environment, EnvironmentPage, EnvironmentState, EnvironmentStatus
+from shared.quotas import NO_LIMITS, Limits, Quota
 from shared.tasks import TaskSpec
 
 Record = dict[str, str]
@@ -54,6 +55,44 @@ return {'claimed', live + 1}
 _ENV_PREFIX = keys.environment("")
 
 
+# A new environment's record and indexes, only if its org and workspace are within their
+# quotas of live environments (shared/quotas.py), which it then joins, scored by its expiry.
+# An existing record can only be this very call's, retried after a lost reply (ids are fresh
+# uuids): it is not counted twice.
+# KEYS: environment, workspace index, execute token, provisioning index, org's quota set,
+# workspace's quota set. ARGV: env id, now, expires at, provision deadline, token TTL s, org
+# limit, workspace limit, environment key prefix, then the record's fields and values.
+_CREATE = (
+    quotas.FULL
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'created' end
+local now = tonumber(ARGV[2])
+if full(KEYS[5], now, tonumber(ARGV[6]), ARGV[8]) then return 'org_environments' end
+if full(KEYS[6], now, tonumber(ARGV[7]), ARGV[8]) then return 'workspace_environments' end
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[5])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+local expires = tonumber(ARGV[3])
+for i = 5, 6 do
+  redis.call('ZADD', KEYS[i], expires, ARGV[1])
+  if redis.call('TTL', KEYS[i]) < expires - now then
+    redis.call('EXPIREAT', KEYS[i], math.ceil(expires) + 1)
+  end
+end
+return 'created'
+"""
+)
+
+
+class OverQuota(Exception):
+    """`create` refused: the org or the workspace holds its limit of live environments."""
+
+    def __init__(self, quota: Quota) -> None:
+        super().__init__(quota)
+        self.quota = quota
+
+
 async def create(
     redis: Redis,
     *,
@@ -65,7 +104,10 @@ async def create(
     token_hash: str,
     lifetime_sec: int,
     provision_timeout_sec: float,
+    limits: Limits = NO_LIMITS,
 ) -> Record:
+    """The environment's record, made with its indexes in one script; `OverQuota` (and nothing
+    written) when its org or workspace already holds its limit of live environments."""
     now = time.time()
     record: Record = {
         "id": env_id,
@@ -82,22 +124,42 @@ async def create(
         "host": "",
         "spec": spec.model_dump_json(),
     }
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.environment(env_id), mapping=record)
-        pipe.zadd(keys.workspace_index(org, workspace), {env_id: now})
-        pipe.set(keys.execute_token(token_hash), env_id, ex=lifetime_sec + 3600)
-        pipe.zadd(keys.PROVISIONING, {env_id: now + provision_timeout_sec})
-        await pipe.execute()
+    fields = [item for pair in record.items() for item in pair]
+    outcome = await redis.register_script(_CREATE)(
+        keys=[
+            keys.environment(env_id),
+            keys.workspace_index(org, workspace),
+            keys.execute_token(token_hash),
+            keys.PROVISIONING,
+            *quotas.environment_sets(org, workspace),
+        ],
+        args=[
+            env_id,
+            repr(now),
+            record["expires_at"],
+            repr(now + provision_timeout_sec),
+            lifetime_sec + 3600,
+            limits.org_environments,
+            limits.workspace_environments,
+            _ENV_PREFIX,
+            *fields,
+        ],
+    )
+    if outcome != "created":
+        raise OverQuota(Quota(outcome))
     return record
 
 
 async def discard(redis: Redis, record: Record) -> None:
     """Undo `create` for an environment whose provision was refused (its caller got 429 and
-    never learnt its id)."""
+    never learnt its id): no record, no index entry, no quota taken."""
+    env_id, org, workspace = record["id"], record["org"], record["workspace"]
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.delete(keys.environment(record["id"]), keys.execute_token(record["token_hash"]))
-        pipe.zrem(keys.workspace_index(record["org"], record["workspace"]), record["id"])
-        pipe.zrem(keys.PROVISIONING, record["id"])
+        pipe.delete(keys.environment(env_id), keys.execute_token(record["token_hash"]))
+        pipe.zrem(keys.workspace_index(org, workspace), env_id)
+        pipe.zrem(keys.PROVISIONING, env_id)
+        for quota_set in quotas.environment_sets(org, workspace):
+            pipe.zrem(quota_set, env_id)
         await pipe.execute()
 
 

@@ -99,8 +99,9 @@ def _settings(ctx: Ctx) -> Settings:
 
 @job
 async def execute(ctx: Ctx, payload: ExecJob) -> dict[str, Any]:
-    # The command's slot in its environment is freed with the answer, in the same round trip.
-    ctx["slot"] = keys.inflight(payload["env_id"])
+    # The command's slots (its environment's, org's, workspace's) are freed with the answer, in
+    # the same round trip. A job enqueued without its list (an older API) holds just the first.
+    ctx["slots"] = payload.get("slots") or [keys.inflight(payload["env_id"])]
     docker = _docker(ctx)
     try:
         with DOCKER_SECONDS.labels("exec").time():

@@ -172,7 +172,7 @@ async def _publish_result(ctx: dict[str, Any]) -> None:
     deadline, and a slot not freed here ends at the command's deadline. The job's log line and
     metric come after the answer has left."""
     reply_to, result = ctx.get("reply", (None, None))
-    record, slot = ctx.get("idempotency"), ctx.get("slot")
+    record, slots = ctx.get("idempotency"), ctx.get("slots") or ()
     redis = ctx["redis"]
     try:
         async with redis.pipeline(transaction=False) as pipe:
@@ -181,7 +181,7 @@ async def _publish_result(ctx: dict[str, Any]) -> None:
                 await answer(keys=[record], args=[reply_to or "", jobs.serialize(result)], client=pipe)
             elif reply_to:
                 pipe.publish(reply_to, jobs.serialize(result))
-            if slot:
+            for slot in slots:
                 pipe.zrem(slot, ctx["job_id"])
             await pipe.execute()
     except RedisError as exc:
