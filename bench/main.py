@@ -6,8 +6,10 @@ short or failed run, or something not cleaned up; 2 a refused configuration; 130
 """
 
 import asyncio
+import importlib.util
 import os
 import resource
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,9 +17,8 @@ import uvloop
 from rich.console import Console
 
 from bench.config import BenchConfig
-from bench.plot import plot
 from bench.progress import RichTracker, rich_progress
-from bench.report import build, render, write_json
+from bench.report import build, render, to_json, write_json
 from bench.results import Results
 from bench.run import describe, run_with_clients
 from bench.safety import NotLocalError, require_local_docker, require_loopback_url
@@ -36,9 +37,16 @@ def raise_fd_limit() -> int:
     return soft
 
 
-def run(config: BenchConfig, *, json_path: Path | None, plot_path: Path | None) -> int:
+PLOT_HINT = "a plot needs matplotlib: pip install 'taskenv[bench]'"
+
+
+def run(config: BenchConfig, *, as_json: bool, json_path: Path | None, plot_path: Path | None) -> int:
     limit = raise_fd_limit()
-    console = Console()
+    # With --json, stdout carries only the figures; everything else goes to stderr.
+    console = Console(stderr=as_json)
+    if plot_path is not None and importlib.util.find_spec("matplotlib") is None:
+        console.print(f"[red]{PLOT_HINT}[/red]")
+        return 2
     try:
         base_url = require_loopback_url(config.base_url)
         require_local_docker(os.environ.get("DOCKER_HOST"))
@@ -74,10 +82,14 @@ def run(config: BenchConfig, *, json_path: Path | None, plot_path: Path | None) 
 
     figures = build(config, results)
     render(figures, console)
+    if as_json:
+        print(to_json(figures), file=sys.stdout, flush=True)
     if json_path is not None:
         write_json(figures, json_path)
         console.print(f"figures written to {json_path}")
     if plot_path is not None:
+        from bench.plot import plot  # matplotlib is the `bench` extra: imported only when asked
+
         if plot(results, plot_path):
             console.print(f"latency plot written to {plot_path}")
         else:

@@ -1,26 +1,18 @@
-"""The operator's view of a deployment, read from Redis: hosts, environments, drains."""
+"""The operator's view of a deployment's hosts, read from Redis: their list, their drains."""
 
 import asyncio
 import json
 import time
 from dataclasses import asdict
-from typing import Any
 
 import typer
 
+from cli.failures import Refused
+from cli.table import table
 from shared import hosts, keys
 from shared.jobs import JOB_TIMEOUT_SEC
 from shared.redis import records_client
 from shared.settings import Settings
-
-_ENV_FIELDS = ("id", "org", "workspace", "state", "host", "task_ref", "created_at", "expires_at", "error")
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]
-    )
 
 
 async def list_hosts(settings: Settings, as_json: bool) -> str:
@@ -50,62 +42,16 @@ async def list_hosts(settings: Settings, as_json: bool) -> str:
         for h in found
     ]
     header = ["HOST", "STATE", "WORKERS", "READY/PROVISIONING", "CAP", "RUNNING/CAPACITY", "LAST HEARTBEAT"]
-    return _table(rows, header) if rows else "no host has ever sent a heartbeat"
+    return table(rows, header) if rows else "no host has ever sent a heartbeat"
 
 
-async def environments(redis: Any) -> list[dict[str, str]]:
-    """Every environment record, across hosts, orgs and workspaces (a SCAN: an operator's tool)."""
-    ids = [
-        key.removeprefix(keys.environment(""))
-        async for key in redis.scan_iter(keys.environment("*"), count=1000)
-    ]
-    async with redis.pipeline(transaction=False) as pipe:
-        for env_id in ids:
-            pipe.hmget(keys.environment(env_id), list(_ENV_FIELDS))
-        rows = await pipe.execute()
-    found = [dict(zip(_ENV_FIELDS, row, strict=True)) for row in rows if row[0] is not None]
-    return sorted(found, key=lambda r: float(r["created_at"] or 0))
-
-
-async def list_environments(
-    settings: Settings, *, host: str | None, state: str | None, org: str | None, as_json: bool
-) -> str:
+async def set_draining(settings: Settings, host: str, *, drain: bool) -> int:
+    """Drain a host (no new provisions; its environments still served) and wait until no job
+    runs on it; or end the drain. Only a host that has heartbeated: a typo must not look done."""
     redis = records_client(settings)
     try:
-        found = await environments(redis)
-    finally:
-        await redis.aclose()
-    found = [
-        r
-        for r in found
-        if (host is None or r["host"] == host)
-        and (state is None or r["state"] == state)
-        and (org is None or r["org"] == org)
-    ]
-    if as_json:
-        return json.dumps(found, indent=2)
-    now = time.time()
-    rows = [
-        [
-            r["id"],
-            r["state"],
-            r["host"] or "-",
-            f"{r['org']}/{r['workspace']}",
-            r["task_ref"] or "",
-            f"{(now - float(r['created_at'] or now)) / 60:.0f} min",
-            (r["error"] or "")[:60],
-        ]
-        for r in found
-    ]
-    return _table(rows, ["ID", "STATE", "HOST", "ORG/WORKSPACE", "TASK", "AGE", "ERROR"]) if rows else "none"
-
-
-async def set_draining(settings: Settings, *, drain: bool) -> int:
-    """Drain this host (no new provisions; its environments still served) and wait until no job
-    runs on it; or end the drain."""
-    host = settings.host_id
-    redis = records_client(settings)
-    try:
+        if not await redis.sismember(keys.KNOWN_HOSTS, host):  # type: ignore[misc]
+            raise Refused(f"no host {host!r} has ever sent a heartbeat here (see `taskenv hosts`)")
         await hosts.set_draining(redis, host, drain)
         if not drain:
             typer.echo(f"host {host} takes provisions again")

@@ -1,14 +1,15 @@
 """`taskenv`: one console script for operators."""
 
-import asyncio
-import logging
+import os
 import resource
 from pathlib import Path
+from typing import Annotated
 
 import typer
 import uvicorn
 
-from cli import instance
+from cli import failures, instance
+from shared.models import EnvironmentState
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 keys_app = typer.Typer(no_args_is_help=True, help="API keys, one per org and workspace.")
@@ -19,10 +20,39 @@ env_app = typer.Typer(no_args_is_help=True, help="Environments, across hosts.")
 app.add_typer(env_app, name="env")
 
 
+JSON_OPTION = typer.Option(False, "--json", help="JSON (the API's formats) instead of a table")
+HOME_HELP = "The embedded instance's directory (default TASKENV_HOME, ~/.taskenv)"
+
+
+def _version(shown: bool) -> None:
+    if shown:
+        from importlib.metadata import version
+
+        typer.echo(f"taskenv {version('taskenv')}")
+        raise typer.Exit
+
+
+def _use_home(home: Path | None) -> None:
+    if home is not None:
+        os.environ[instance.HOME_VARIABLE] = str(home.expanduser().absolute())
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit"
+    ),
+    home: Annotated[Path | None, typer.Option("--home", help=HOME_HELP)] = None,
+) -> None:
+    """`taskenv`: one console script for operators. Exit codes: 0 done, 1 could not (one line on
+    stderr says why), 2 a usage error."""
+    _use_home(home)
+
+
 def _logging(level: str, **static: str) -> None:
     from shared.logs import configure
 
-    configure(level, instance.settings().log_format, **static)
+    configure(level, failures.settings().log_format, **static)
 
 
 def _raise_open_files_limit() -> None:
@@ -43,7 +73,7 @@ def api(
     from api.app import create_app
     from api.http import envelope_protocol
 
-    settings = instance.settings()
+    settings = failures.settings()
     _logging(log_level, service="api")
     _raise_open_files_limit()
     uvicorn.run(
@@ -63,18 +93,30 @@ def api(
 def worker(
     log_level: str = "info",
     drain: bool = typer.Option(
-        False, "--drain", help="Do not start a worker: drain this host (no new provisions), wait for its jobs"
+        False, "--drain", help="Do not start a worker: drain a host (no new provisions), wait for its jobs"
     ),
-    undrain: bool = typer.Option(False, "--undrain", help="Do not start a worker: end this host's drain"),
+    undrain: bool = typer.Option(False, "--undrain", help="Do not start a worker: end a host's drain"),
+    host: str = typer.Option(None, "--host", help="The host to drain or undrain (default TASKENV_HOST_ID)"),
+    check: bool = typer.Option(
+        False, "--check", help="Do not start a worker: exit 0 if one of this machine heartbeats, else 1"
+    ),
 ) -> None:
     """Run one worker process of this host (TASKENV_HOST_ID): it needs the Docker engine."""
     import uvloop
 
-    settings = instance.settings()
+    settings = failures.settings()
+    if drain and undrain:
+        raise typer.BadParameter("--drain or --undrain, not both")
     if drain or undrain:
         from cli.cluster import set_draining
 
-        raise typer.Exit(asyncio.run(set_draining(settings, drain=drain)))
+        drained = set_draining(settings, host or settings.host_id, drain=drain)
+        raise typer.Exit(failures.run(drained, settings))
+    if check:
+        from cli.health import check_worker
+
+        typer.echo(failures.run(check_worker(settings), settings))
+        return
     from worker.process import serve
 
     _logging(log_level, service="worker", host=settings.host_id)
@@ -85,15 +127,17 @@ def worker(
 @app.command()
 def up(
     workers: int = typer.Option(1, min=1, help="Worker processes"),
-    org: str = typer.Option("local", help="Org of the API key printed at start"),
+    port: int = typer.Option(None, min=1, max=65535, help="API port (default TASKENV_API_PORT, 8000)"),
+    home: Annotated[Path | None, typer.Option("--home", help=HOME_HELP)] = None,
+    org: str = typer.Option("local", help="Org of the API key made at a home's first start"),
     workspace: str = typer.Option("main", help="Workspace of that key"),
 ) -> None:
-    """Run everything with the embedded default: a private Redis, the workers, the API."""
+    """Run everything with the embedded default: a private Redis, the workers, the API. Their logs
+    go to HOME/taskenv.log; a worker or the API that dies is restarted."""
     from cli.up import run
 
-    _logging("info")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    raise typer.Exit(run(workers=workers, org=org, workspace=workspace))
+    _use_home(home)
+    raise typer.Exit(run(workers=workers, port=port, org=org, workspace=workspace))
 
 
 @app.command()
@@ -132,7 +176,8 @@ def bench(
     hold_ramp: float = typer.Option(2.0, min=0, help="Seconds over which the held execs' connections open"),
     api_pid: int = typer.Option(None, help="PID of the API process, to sample its RSS during the hold"),
     max_seconds: float = typer.Option(600.0, help="Stop, clean up and report after this long"),
-    json_path: str = typer.Option(None, "--json", help="Write the figures to this JSON file"),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON instead of tables"),
+    out_path: str = typer.Option(None, "--out", help="Also write the figures to this JSON file"),
     plot_path: str = typer.Option(None, "--plot", help="Draw the latency distributions to this PNG"),
 ) -> None:
     """Load a running taskenv and, as the baseline, the same Docker engine directly; compare."""
@@ -170,54 +215,125 @@ def bench(
     raise typer.Exit(
         run(
             config,
-            json_path=Path(json_path) if json_path else None,
+            as_json=as_json,
+            json_path=Path(out_path) if out_path else None,
             plot_path=Path(plot_path) if plot_path else None,
         )
     )
 
 
 @app.command("hosts")
-def hosts_list(as_json: bool = typer.Option(False, "--json", help="JSON instead of a table")) -> None:
+def hosts_list(as_json: bool = JSON_OPTION) -> None:
     """List the hosts: state (up, silent, lost, stopped; draining), workers, environments, load."""
     from cli.cluster import list_hosts
 
-    typer.echo(asyncio.run(list_hosts(instance.settings(), as_json)))
+    settings = failures.settings()
+    typer.echo(failures.run(list_hosts(settings, as_json), settings))
 
 
 @env_app.command("ls")
 def env_ls(
     host: str = typer.Option(None, help="Only this host's"),
-    state: str = typer.Option(None, help="Only in this state"),
+    state: Annotated[EnvironmentState | None, typer.Option(help="Only in this state")] = None,
     org: str = typer.Option(None, help="Only this org's"),
-    as_json: bool = typer.Option(False, "--json", help="JSON instead of a table"),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """List environments across hosts, orgs and workspaces."""
-    from cli.cluster import list_environments
+    from cli.environments import list_environments
 
-    settings = instance.settings()
-    typer.echo(asyncio.run(list_environments(settings, host=host, state=state, org=org, as_json=as_json)))
+    settings = failures.settings()
+    listed = list_environments(settings, host=host, state=state, org=org, as_json=as_json)
+    typer.echo(failures.run(listed, settings))
+
+
+@env_app.command("get")
+def env_get(env_id: str, as_json: bool = JSON_OPTION) -> None:
+    """One environment: state, host, org and workspace, times, container."""
+    from cli.environments import get_environment
+
+    settings = failures.settings()
+    typer.echo(failures.run(get_environment(settings, env_id, as_json=as_json), settings))
+
+
+@env_app.command("rm")
+def env_rm(env_ids: Annotated[list[str], typer.Argument(metavar="ENV_ID...")]) -> None:
+    """Tear environments down and remove their containers, as the API's DELETE does."""
+    from cli.environments import remove
+
+    settings = failures.settings()
+    for env_id in env_ids:
+        typer.echo(failures.run(remove(settings, env_id), settings))
+
+
+@env_app.command("exec", context_settings={"allow_interspersed_args": False})
+def env_exec(
+    env_id: str,
+    command: Annotated[list[str], typer.Argument(metavar="COMMAND...", help="Run by sh -c, as the API does")],
+    timeout_sec: int = typer.Option(30, "--timeout", min=1, help="Seconds before the command is killed"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Run a command in an environment (on its host's worker, as the API's execute does) and exit
+    with its exit code."""
+    from cli.environments import execute
+
+    settings = failures.settings()
+    answer = failures.run(execute(settings, env_id, " ".join(command), timeout_sec), settings)
+    if as_json:
+        typer.echo(answer.model_dump_json(indent=2))
+        return
+    typer.echo(answer.output, nl=False)
+    raise typer.Exit(answer.exit_code)
+
+
+@env_app.command("logs")
+def env_logs(env_id: str, as_json: bool = JSON_OPTION) -> None:
+    """The container's log tail, in any state, failed included, while its container exists."""
+    from cli.environments import logs
+    from shared.models import LogsResponse
+
+    settings = failures.settings()
+    text = failures.run(logs(settings, env_id), settings)
+    typer.echo(LogsResponse(logs=text).model_dump_json(indent=2) if as_json else text, nl=as_json)
 
 
 @keys_app.command("create")
 def keys_create(
     org: str = typer.Option(..., help="Organization the key is for"),
     workspace: str = typer.Option(..., help="Workspace the key is for"),
+    as_json: bool = typer.Option(False, "--json", help="JSON: the key, its id, org and workspace"),
 ) -> None:
     """Create an API key and print it once: only its hash is stored."""
-    from redis.exceptions import ConnectionError as RedisConnectionError
+    import json
 
-    from cli.operations import create_key
+    from cli.keys import create
+    from shared.apikeys import key_id
+    from shared.secrets import hash_secret
 
-    settings = instance.settings()
-    try:
-        typer.echo(create_key(settings, org, workspace))
-    except RedisConnectionError as exc:
-        typer.echo(
-            f"cannot reach Redis at {settings.redis_url} ({exc}):"
-            " start `taskenv up`, or set TASKENV_REDIS_URL",
-            err=True,
-        )
-        raise typer.Exit(1) from None
+    settings = failures.settings()
+    key = failures.run(create(settings, org, workspace), settings)
+    if as_json:
+        shown = {"key": key, "id": key_id(hash_secret(key)), "org": org, "workspace": workspace}
+        typer.echo(json.dumps(shown, indent=2))
+    else:
+        typer.echo(key)
+
+
+@keys_app.command("ls")
+def keys_ls(org: str = typer.Option(None, help="Only this org's"), as_json: bool = JSON_OPTION) -> None:
+    """List API keys: id (the start of its hash), org, workspace, created; never the key."""
+    from cli.keys import list_keys
+
+    settings = failures.settings()
+    typer.echo(failures.run(list_keys(settings, org, as_json=as_json), settings))
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str = typer.Argument(..., help="The key's id, or its first 6+ characters")) -> None:
+    """Revoke an API key: every API process refuses it from its next request on."""
+    from cli.keys import revoke
+
+    settings = failures.settings()
+    typer.echo(failures.run(revoke(settings, key_id), settings))
 
 
 @image_app.command("build")
@@ -226,5 +342,5 @@ def image_build() -> None:
     from cli.operations import build_image
     from shared.tasks import DEFAULT_IMAGE
 
-    build_image(only_if_missing=False)
+    failures.run(build_image(only_if_missing=False))
     typer.echo(f"built {DEFAULT_IMAGE}")

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from bench import api_side
 from bench.config import BenchConfig
-from bench.ledger import complete
+from bench.ledger import CLEANUP_PASSES, complete
 from bench.load import run_phase
 from bench.progress import NullTracker, Tracker
 from bench.results import Results
@@ -43,7 +43,9 @@ class FakeApi:
         self.release_posts = asyncio.Event()
         self.exec_delay = 0.0
         self.exec_status = 200
-        self.fail_first_delete = False
+        # DELETEs of the first environment made that answer 500 before one succeeds.
+        self.failing_deletes = 0
+        self.delete_attempts = 0
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -79,8 +81,10 @@ class FakeApi:
                 return web.json_response({"detail": "no"}, status=self.exec_status)
             return web.json_response({"exit_code": 0, "output": ""})
         if method == "DELETE":
-            if self.fail_first_delete and env_id == self.created[0]:
-                return web.json_response({"detail": "boom"}, status=500)
+            if env_id == self.created[0]:
+                self.delete_attempts += 1
+                if self.delete_attempts <= self.failing_deletes:
+                    return web.json_response({"detail": "boom"}, status=500)
             self.deleted.append(env_id)
             return web.Response(status=204)
         return web.Response(status=404)
@@ -318,11 +322,22 @@ async def test_the_deadline_stops_the_run_and_cleans_up(api):
     assert_all_taken_down(api, engine, results)
 
 
-async def test_a_failed_delete_is_reported_and_its_container_removed_directly(api):
+async def test_a_failed_delete_is_tried_again_and_its_container_removed_directly(api):
     engine, results = FakeEngine(), Results()
-    api.fail_first_delete = True
+    api.failing_deletes = 1
     await bench(api, engine, results, config(api, execs=2, provisions=0))
     broken = api.created[0]
+    assert api.delete_attempts == 2 and f"taskenv-{broken}" in engine.removed
+    assert results.cleanup is not None and results.cleanup.failures == []
+    assert_all_taken_down(api, engine, results)
+
+
+async def test_a_delete_that_keeps_failing_is_reported_after_every_pass(api):
+    engine, results = FakeEngine(), Results()
+    api.failing_deletes = CLEANUP_PASSES
+    await bench(api, engine, results, config(api, execs=2, provisions=0))
+    broken = api.created[0]
+    assert api.delete_attempts == CLEANUP_PASSES
     assert api.deleted == api.created[1:] and f"taskenv-{broken}" in engine.removed
     assert results.cleanup is not None and len(results.cleanup.failures) == 1
     assert broken in results.cleanup.failures[0] and "removed directly" in results.cleanup.failures[0]
