@@ -7,10 +7,13 @@ stops at the report: no waiting for the pipe to close (a background child such a
 `sleep 100 &` may never close it), nothing polls, no extra shell is forked and no inspect call
 is needed. Only when the report is missing (the command `exec`s, replaces the trap or fd 9, or
 is killed) does the worker ask the engine for the exit code. A command can forge a report on
-purpose; it only misleads its own caller.
+purpose; it only misleads its own caller, and only with a status it could have exited with
+(worker/marker.py). Should reading the stream fail for any reason, the command's processes
+are killed, as at the deadline, before the error is answered.
 """
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -27,6 +30,8 @@ from worker.kill import kill_tree
 from worker.marker import ExitReport, new_nonce
 from worker.metrics import DOCKER_SECONDS
 from worker.output import CappedOutput
+
+log = logging.getLogger("taskenv.worker")
 
 # $1 is the command, $2 the report's nonce; both are cleared from the positional parameters
 # before the eval. The trap writes only while fd 9 is still the output pipe: a command that
@@ -77,6 +82,15 @@ async def run_command(docker: aiodocker.Docker, job: ExecJob) -> dict[str, Any]:
                 f"Command did not finish within {job['timeout_sec']} s; its processes were killed",
                 extra={"output": output.text()},
             ) from None
+        except asyncio.CancelledError:
+            # The job itself is cancelled (arq's own timeout, shutdown): nobody will read on.
+            await asyncio.shield(_kill_after_failure(docker, exe, job))
+            raise
+        except Exception as exc:
+            # The stream broke, or handling what came out of it failed: the command must not
+            # run on with nobody reading it.
+            await _kill_after_failure(docker, exe, job)
+            raise _failure(exc) from exc
     finally:
         await stream.close()
     if exit_code is None:
@@ -88,7 +102,10 @@ async def run_command(docker: aiodocker.Docker, job: ExecJob) -> dict[str, Any]:
             settle = CONTAINER_END_SETTLE_SEC if info["ExitCode"] in (None, 137) else 0.0
             gone = await why_stopped(docker, container_name(job["env_id"]), settle)
         if gone:
-            raise TaskenvError(ErrorType.BAD_GATEWAY, f"{CONTAINER_GONE}: {gone}")
+            # The output so far goes with it: a DELETE's 409 hands it to the caller.
+            raise TaskenvError(
+                ErrorType.BAD_GATEWAY, f"{CONTAINER_GONE}: {gone}", extra={"output": output.text()}
+            )
         exit_code = int(info["ExitCode"] or 0)
     return {"exit_code": exit_code, "output": output.text()}
 
@@ -103,6 +120,27 @@ async def _read_until_exit(stream: Stream, output: CappedOutput, report: ExitRep
             return report.status
     output.add(report.rest())
     return None
+
+
+def _failure(exc: Exception) -> TaskenvError:
+    """The error a command answers when reading it failed: the engine's 502 as it is, anything
+    else (a fault of ours) a 500 that says the command was killed."""
+    if isinstance(exc, TaskenvError):
+        return exc
+    log.error("reading a command's output failed; its processes were killed", exc_info=exc)
+    return TaskenvError(
+        ErrorType.APP, "Internal error while reading the command's output; its processes were killed"
+    )
+
+
+async def _kill_after_failure(docker: aiodocker.Docker, exe: Exec, job: ExecJob) -> None:
+    """Kill the command's tree, as at its deadline; a failure to do so is logged, and the
+    failure that led here is what the caller hears."""
+    try:
+        with DOCKER_SECONDS.labels("kill").time():
+            await _kill(docker, exe, job)
+    except Exception as exc:
+        log.warning("could not kill a failed command's processes: %s: %s", type(exc).__name__, exc)
 
 
 async def _kill(docker: aiodocker.Docker, exe: Exec, job: ExecJob) -> None:

@@ -29,8 +29,8 @@ JobFunction = Callable[[Ctx, Any], Awaitable[dict[str, Any]]]
 
 
 def job(fn: JobFunction) -> Callable[..., Coroutine[Any, Any, JobResult]]:
-    """Wrap a job body: errors become results, and the result is kept for `on_job_end`,
-    which pushes it to the waiting API process, then logs the job."""
+    """Wrap a job body: errors become results, and the result, encoded, is kept for
+    `on_job_end`, which pushes it to the waiting API process, then logs the job."""
 
     @functools.wraps(fn)
     async def run(ctx: Ctx, payload: Any, reply_to: str | None = None, request_id: str = "") -> JobResult:
@@ -50,7 +50,8 @@ def job(fn: JobFunction) -> Callable[..., Coroutine[Any, Any, JobResult]]:
         except Exception:
             log.exception("job %s (%s) failed", job_id, fn.__name__)
             result = jobs.failed(job_id, TaskenvError(ErrorType.APP, "Internal error in the worker"))
-        ctx["reply"] = (reply_to, result)
+        result, encoded = _encoded(job_id, result)
+        ctx["reply"] = (reply_to, encoded)
         # Logged and counted by `on_job_end` once the answer is on its way, not before it.
         ctx["account"] = functools.partial(
             _account, fn.__name__, job_id, payload, result, time.perf_counter() - started, request_id
@@ -59,6 +60,19 @@ def job(fn: JobFunction) -> Callable[..., Coroutine[Any, Any, JobResult]]:
         return result
 
     return run
+
+
+def _encoded(job_id: str, result: JobResult) -> tuple[JobResult, bytes]:
+    """The result and its wire form, encoded once here, inside the job: an answer msgpack cannot
+    carry (none should: outputs are decoded and capped, statuses 0-255) becomes an internal
+    error, never an exception in arq's end hook, which would end the worker process."""
+    try:
+        return result, jobs.serialize(result)
+    except Exception:
+        log.exception("job %s: its answer could not be encoded", job_id)
+        error = TaskenvError(ErrorType.APP, "Internal error in the worker: its answer could not be encoded")
+        failed = jobs.failed(job_id, error)
+        return failed, jobs.serialize(failed)
 
 
 def _docker(ctx: Ctx) -> aiodocker.Docker:

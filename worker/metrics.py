@@ -2,7 +2,7 @@
 process serves them at /metrics with `host` and `worker` labels: one scrape target for the
 whole deployment, however many hosts, and no port to open on the Docker hosts."""
 
-from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics, generate_latest
 
 disable_created_metrics()  # type: ignore[no-untyped-call]
 REGISTRY = CollectorRegistry()
@@ -28,6 +28,27 @@ DOCKER_SECONDS = Histogram(
     " kill (a command's tree at its deadline), remove",
     ["call"],
     buckets=(*_FAST, 120, 300, 600),
+    registry=REGISTRY,
+)
+
+# Written by the heartbeat's thread (prometheus_client's metrics are thread-safe).
+_BEATS = (0.25, 0.5, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 30)
+HEARTBEAT_INTERVAL_SECONDS = Histogram(
+    "taskenv_heartbeat_interval_seconds",
+    "Time between a worker's consecutive heartbeats (TASKENV_HEARTBEAT_SEC when on time; its"
+    " host is lost past TASKENV_HOST_DEAD_AFTER_SEC)",
+    buckets=_BEATS,
+    registry=REGISTRY,
+)
+HEARTBEAT_WORST_INTERVAL_SECONDS = Gauge(
+    "taskenv_heartbeat_interval_worst_seconds",
+    "The longest time between two consecutive heartbeats since the worker started",
+    registry=REGISTRY,
+)
+EVENT_LOOP_LAG_SECONDS = Histogram(
+    "taskenv_event_loop_lag_seconds",
+    "How late the job loop ran a callback the heartbeat posted to it: how busy commands keep it",
+    buckets=_FAST,
     registry=REGISTRY,
 )
 

@@ -1,5 +1,6 @@
 """One worker process: its two arq workers (own host queue, shared provision queue), its
-membership heartbeat, and the signals an operator sends it."""
+membership heartbeat (in a thread of its own: worker/heartbeat.py), and the signals an
+operator sends it."""
 
 import asyncio
 import logging
@@ -9,10 +10,16 @@ from contextlib import suppress
 from shared.jobs import JOB_TIMEOUT_SEC
 from shared.settings import Settings
 from worker import metrics
+from worker.heartbeat import Heartbeat
 from worker.membership import Membership
 from worker.runner import create_workers, shutdown, startup
 
 log = logging.getLogger("taskenv.worker")
+
+
+def _drain(membership: Membership, heart: Heartbeat) -> None:
+    membership.request_drain()
+    heart.wake()
 
 
 async def serve(settings: Settings) -> None:
@@ -21,17 +28,17 @@ async def serve(settings: Settings) -> None:
     own, provisions = create_workers(settings)
     ctx = own.ctx
     await startup(ctx)
-    membership = Membership(settings, ctx["records"], [own, provisions], provisions, metrics.exposition)
+    membership = Membership(settings, [own, provisions], provisions, metrics.exposition)
     ctx["membership"] = membership
+    heart = Heartbeat(settings, membership)
     # Alive (and paused if draining or full) before the first job is taken.
-    await membership.beat()
+    await heart.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGUSR1, membership.request_drain)
+    loop.add_signal_handler(signal.SIGUSR1, _drain, membership, heart)
     log.info("worker %s on host %s", membership.worker_id, settings.host_id)
-    heart = asyncio.create_task(membership.run(), name="taskenv-heartbeat")
     mains = {asyncio.create_task(w.main()) for w in (own, provisions)}
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({*mains, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -45,11 +52,9 @@ async def serve(settings: Settings) -> None:
     if running:
         log.info("waiting for %d running jobs", len(running))
         await asyncio.wait(running, timeout=JOB_TIMEOUT_SEC)
-    heart.cancel()
-    with suppress(asyncio.CancelledError):
-        await heart
+    await heart.stop()
     try:
-        await membership.leave()
+        await membership.leave(ctx["records"])
     finally:
         for worker in (provisions, own):
             await worker.close()

@@ -50,6 +50,8 @@ class WakeableWorker(Worker):
         self.idle_wait_sec = idle_wait_sec
         self._slot_freed = asyncio.Event()
         self._stopping = False
+        # The jobs running now, for the heartbeat's thread: replaced whole, never changed.
+        self.running: frozenset[str] = frozenset()
         self._claim = self.pool.register_script(_CLAIM)
 
     async def main(self) -> None:
@@ -114,9 +116,22 @@ class WakeableWorker(Worker):
         self._start(job_id, timestamp_ms())
 
     def _start(self, job_id: str, score: int) -> None:
-        task = self.loop.create_task(self.run_job(job_id, score))
-        task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+        task = self.loop.create_task(self._run_job_contained(job_id, score))
+        self.running = self.running | {job_id}
+        task.add_done_callback(lambda _: self._ended(job_id))
         self.tasks[job_id] = task
+
+    def _ended(self, job_id: str) -> None:
+        self.running = self.running - {job_id}
+        self._release_sem_dec_counter_on_complete()
+
+    async def _run_job_contained(self, job_id: str, score: int) -> None:
+        """arq's run_job, whose failures end here: arq re-raises a job task's exception in its
+        main loop, which would end the worker process and every command running in it."""
+        try:
+            await self.run_job(job_id, score)
+        except Exception:
+            log.exception("job %s: arq could not complete it", job_id)
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """arq's start_jobs (for its pass over the queue), with its claim (WATCH, EXISTS, ZSCORE,
@@ -171,23 +186,30 @@ async def _publish_result(ctx: dict[str, Any]) -> None:
     recording the job's end: a waiter that missed the message reads arq's stored result at its
     deadline, and a slot not freed here ends at the command's deadline. The job's log line and
     metric come after the answer has left."""
-    reply_to, result = ctx.get("reply", (None, None))
+    reply_to, encoded = ctx.get("reply", (None, b""))
     record, slots = ctx.get("idempotency"), ctx.get("slots") or ()
     redis = ctx["redis"]
     try:
         async with redis.pipeline(transaction=False) as pipe:
             if record:
                 answer = redis.register_script(STORE_AND_PUBLISH)
-                await answer(keys=[record], args=[reply_to or "", jobs.serialize(result)], client=pipe)
+                await answer(keys=[record], args=[reply_to or "", encoded], client=pipe)
             elif reply_to:
-                pipe.publish(reply_to, jobs.serialize(result))
+                pipe.publish(reply_to, encoded)
             for slot in slots:
                 pipe.zrem(slot, ctx["job_id"])
             await pipe.execute()
     except RedisError as exc:
         log.warning("could not send the answer of job %s: %s", ctx.get("job_id"), exc)
+    except Exception:
+        # Nothing may escape arq's end hook: arq re-raises it in its main loop, which ends the
+        # worker process and every command running in it.
+        log.exception("could not send the answer of job %s", ctx.get("job_id"))
     if account := ctx.get("account"):
-        account()
+        try:
+            account()
+        except Exception:
+            log.exception("could not account for job %s", ctx.get("job_id"))
 
 
 def create_workers(settings: Settings) -> tuple[WakeableWorker, WakeableWorker]:
