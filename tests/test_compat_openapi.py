@@ -54,6 +54,7 @@ DOCUMENTED = {
 # a teardown's 502 needs the Docker engine to refuse a removal (a removed container is not one).
 NOT_PROVOKED = {(op, 500) for op in OPERATIONS} | {("delete_environment", 502)}
 AUTH_FAIL_LIMIT = 5
+BODY_TIMEOUT_SEC = 1
 BIG = "x" * (1024 * 1024 + 1)
 
 
@@ -76,6 +77,7 @@ class Prober:
         where = where or {}
         response = self.http.request(method, path.format(**where), headers=headers, **request)
         assert response.status_code == expected, (operation, response.status_code, response.text[:300])
+        response.request.read()  # a streamed body (_Stalled) is read again for the checks
         case = SCHEMA[path][method].Case(path_parameters=where, headers=headers, query=request.get("params"))
         case.validate_response(response, checks=CHECKS)
         self.seen.add((operation, expected))
@@ -89,6 +91,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "TASKENV_MAX_EXECS_PER_ENV": "1",
         "TASKENV_AUTH_FAIL_LIMIT": str(AUTH_FAIL_LIMIT),
         "TASKENV_CONTROL_TIMEOUT_SEC": "2",
+        "TASKENV_BODY_TIMEOUT_SEC": str(BODY_TIMEOUT_SEC),
     }
     running = Stack(tmp_path_factory.mktemp("conformance"), settings).start()
     try:
@@ -115,6 +118,21 @@ def _remove_container(env_id: str) -> None:
     ).stdout.split()
     if ids:
         subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=True)
+
+
+class _Stalled:
+    """A body that stops after its first bytes for longer than TASKENV_BODY_TIMEOUT_SEC, the first
+    time it is sent (schemathesis reads the request's body again to check the answer)."""
+
+    def __init__(self, first: bytes) -> None:
+        self.first, self.stalled = first, False
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.first
+        if not self.stalled:
+            self.stalled = True
+            time.sleep(BODY_TIMEOUT_SEC + 1)
+        yield b"}"
 
 
 def _valid_request(
@@ -162,6 +180,7 @@ def test_every_documented_response_is_what_the_route_returns(stack: Stack) -> No
     probe("create_environment", 404, ws, mine, json={"task_ref": "no-such-task"})
     probe("create_environment", 413, ws, mine, json={"task_ref": BIG})
     probe("create_environment", 422, ws, mine, json={"task_ref": ""})
+    probe("create_environment", 408, ws, {**mine, **json_body}, content=_Stalled(b'{"task_ref": "default"'))
 
     probe("list_environments", 200, ws, mine, params={"state": ["ready", "torn_down"], "limit": 2, "page": 2})
     probe("list_environments", 401, ws, nobody)
@@ -193,6 +212,7 @@ def test_every_documented_response_is_what_the_route_returns(stack: Stack) -> No
     probe("execute", 409, env(gone), token(token_gone), json={"command": "true"})
     probe("execute", 413, env(a), token(token_a), json={"command": BIG})
     probe("execute", 422, env(a), token(token_a), json={"command": "true", "timeout_sec": 601})
+    probe("execute", 408, env(a), {**token(token_a), **json_body}, content=_Stalled(b'{"command": "true"'))
     late = probe(
         "execute", 504, env(a), token(token_a), json={"command": "echo partial; sleep 5", "timeout_sec": 1}
     )
