@@ -277,6 +277,10 @@ def env_exec(
     from cli.environments import execute
 
     settings = failures.settings()
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise typer.BadParameter("no command given", param_hint="COMMAND")
     answer = failures.run(execute(settings, env_id, " ".join(command), timeout_sec), settings)
     if as_json:
         typer.echo(answer.model_dump_json(indent=2))

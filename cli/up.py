@@ -197,15 +197,16 @@ def _supervise(children: list[Child], stop: dict[str, int]) -> int:
             if code is None:
                 continue
             pid = child.proc.pid if child.proc else "?"
+            ended = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
             now = time.monotonic()
             if not child.may_restart(now):
                 say(
-                    f"{child.name} (pid {pid}) exited with code {code}, its {MAX_RESTARTS}th restart"
+                    f"{child.name} (pid {pid}) {ended} after {MAX_RESTARTS} restarts"
                     f" within {RESTART_WINDOW_SEC:g} s: stopping everything (see {instance.log_file()})"
                 )
                 return 1
             child.restarts.append(now)
-            say(f"{child.name} (pid {pid}) exited with code {code}: restarting it")
+            say(f"{child.name} (pid {pid}) {ended}: restarting it")
             try:
                 child.launch()
             except (StartFailed, OSError) as exc:
@@ -257,6 +258,14 @@ def _run(*, workers: int, port: int | None, org: str, workspace: str) -> int:
     api_child = Child("the API", lambda: _spawn([*python, "api"], env, log), 10)
     children = [redis_child, *worker_children, api_child]
     base = f"http://{settings.api_host}:{settings.api_port}"
+    # From here on a signal asks for an orderly stop (once started, if it comes while starting).
+    stop = {"signal": 0}
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop["signal"] = signum
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     try:
         for child in children:
             child.launch()
@@ -269,13 +278,6 @@ def _run(*, workers: int, port: int | None, org: str, workspace: str) -> int:
         key = _first_key(home, settings, org, workspace)
         keys_made = asyncio.run(count(settings))
         print(_banner(base, home, key, keys_made, org, workspace), flush=True)
-        stop = {"signal": 0}
-
-        def on_signal(signum: int, frame: object) -> None:
-            stop["signal"] = signum
-
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
         return _supervise(children, stop)
     finally:
         for child in (api_child, *worker_children, redis_child):
