@@ -14,6 +14,7 @@ from api.dispatch import Admission, Idempotency, NotAdmitted
 from api.metrics import EXECUTE_SECONDS
 from api.ratelimit import OrgRate
 from api.state import AppState, app_state
+from api.teardown import Teardown, remove_container
 from shared import jobs, keys, quotas, store
 from shared.errors import ErrorType, TaskenvError, environment_not_found, rate_limited
 from shared.idempotency import HEADER as IDEMPOTENCY_HEADER
@@ -147,25 +148,15 @@ async def delete_environment(request: Request) -> Response:
         # No host took the provision (no container exists, and none will: it is torn down), or
         # its host is lost (if it comes back, its reaper removes the container).
         return Response(status_code=204)
-    # Remove the container now, so that 204 normally means it is gone (this also retries a failed
-    # earlier removal). If the host's worker does not answer in time, the record is torn down
-    # already and that worker's reaper removes the container when it is back.
-    try:
-        await state.dispatcher.call(
-            jobs.TEARDOWN,
-            jobs.EnvJob(env_id=record["id"]),
-            queue=keys.host_queue(record["host"]),
-            wait_sec=state.settings.teardown_wait_sec,
-        )
-    except TaskenvError as exc:
-        # No answer in time, the host's queue is full, or the host or its worker was lost
-        # meanwhile: the record is torn down, and the host's reaper removes the container.
-        lost = exc.detail.startswith(("host_lost:", "worker_lost:"))
-        if exc.type not in (ErrorType.TIMEOUT, ErrorType.RATE_LIMIT) and not lost:
-            raise
+    # Remove the container now, so that 204 means it is gone (this also retries a failed earlier
+    # removal). When no worker of the host is alive to do it, the record is torn down already
+    # and the host's reaper removes the container when a worker of it is back.
+    outcome = await remove_container(state, record["id"], record["host"])
+    if outcome != Teardown.REMOVED:
         log.warning(
-            "teardown of %s not confirmed by host %s; left to its reaper", record["id"], record["host"]
-        )
+            "teardown of %s not confirmed by host %s (%s); left to its reaper",
+            record["id"], record["host"], outcome,
+        )  # fmt: skip
     return Response(status_code=204)
 
 

@@ -6,7 +6,8 @@ only latency: every waiter still reads arq's stored result once at its deadline,
 reconnect all waiters check theirs at once.
 
 The same subscription hears of lost hosts and workers (shared/hosts.py): the requests waiting
-on them answer 502 at once instead of at their deadline.
+on them answer 502 at once instead of at their deadline, and those watching a host's losses
+(a DELETE, whose teardown may be re-run) hear of each.
 """
 
 import asyncio
@@ -36,6 +37,8 @@ class ResultListener:
         self._users: Counter[str] = Counter()
         # Queue name → ids of the jobs waited for on it, to answer them all when its host is lost.
         self._by_queue: dict[str, set[str]] = {}
+        # Host → futures of the requests watching it, set to the kind of its next loss.
+        self._watching: dict[str, set[asyncio.Future[hosts.LossKind]]] = {}
         self._subscribed = asyncio.Event()
         self._recovering: set[asyncio.Task[None]] = set()
 
@@ -62,6 +65,19 @@ class ResultListener:
                 on_queue.discard(job_id)
                 if not on_queue and self._by_queue.get(queue) is on_queue:
                     del self._by_queue[queue]
+
+    @contextmanager
+    def losses(self, host: str) -> Iterator["asyncio.Future[hosts.LossKind]"]:
+        """A future set when, within the block, `host` or any of its worker processes is lost."""
+        future: asyncio.Future[hosts.LossKind] = asyncio.get_running_loop().create_future()
+        watching = self._watching.setdefault(host, set())
+        watching.add(future)
+        try:
+            yield future
+        finally:
+            watching.discard(future)
+            if not watching and self._watching.get(host) is watching:
+                del self._watching[host]
 
     async def stored_result(self, job_id: str) -> JobResult | None:
         """arq's stored copy of a result: the fallback when no message arrived."""
@@ -119,7 +135,12 @@ class ResultListener:
         if event is None:
             return
         host = str(event.get("host", ""))
-        if event["kind"] == "host_lost":
+        kind = hosts.LossKind(event["kind"])
+        # Watchers first: a job failed below may wake its caller, who then asks what was lost.
+        for future in self._watching.get(host, ()):
+            if not future.done():
+                future.set_result(kind)
+        if kind == hosts.LossKind.HOST:
             job_ids = set(self._by_queue.get(keys.host_queue(host), ()))
             error = _lost(f"host_lost: {event.get('error') or host}")
         else:

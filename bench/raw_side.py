@@ -70,7 +70,7 @@ def default_spec() -> TaskSpec:
 
 def raw_config(spec: TaskSpec, name: str) -> dict[str, Any]:
     record = {"id": name, "host": "bench", "org": "bench", "workspace": "bench"}
-    config = container_config(record, spec)
+    config = container_config(record, spec, deployment="bench")
     config["Labels"] = {LABEL_BENCH: "true"}
     return config
 
@@ -98,4 +98,4 @@ async def timed_provision(docker: aiodocker.Docker, spec: TaskSpec, ledger: Ledg
 
 async def remove_container(docker: aiodocker.Docker, name: str) -> None:
     """Force-remove; a container that is not there is already removed."""
-    await remove(docker, name)
+    await remove(docker, name, deployment="bench")

@@ -4,7 +4,9 @@ Every worker process runs `beat` once per `TASKENV_HEARTBEAT_SEC`, and every wor
 process runs `sweep` as often. A host is alive while any of its workers beats. `sweep` is one
 atomic script, so however many processes run it, exactly one acts on each loss:
 - a worker process silent for `TASKENV_HOST_DEAD_AFTER_SEC`: its running jobs are announced
-  lost (`worker_lost`) to the API processes, whose waiting requests answer 502 at once;
+  lost (`worker_lost`) to the API processes, whose waiting requests answer 502 at once (a
+  DELETE's teardown is re-run instead: it is idempotent), and leave their queues' counts; the
+  provisions it claimed and did not finish turn `failed` with an error naming it;
 - a host silent as long: its environments turn `failed` with an error naming it, the jobs
   still queued for it are dropped (their callers are answered, so they must never run), and
   `host_lost` is announced so every request waiting on that host answers 502 at once.
@@ -15,6 +17,7 @@ not lost: its environments stay as they are for when a worker of that host comes
 import json
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from redis.asyncio import Redis
@@ -40,6 +43,9 @@ redis.call('HSET', KEYS[4], 'state', 'up', 'beat_at', ARGV[1], 'cap', ARGV[13],
 return {redis.call('HGET', KEYS[4], 'draining') or '', counts.ready + counts.provisioning}
 """
 
+# KEYS: live workers, live hosts, the loss events channel. ARGV: now, dead-after seconds, and
+# key prefixes: environment, host's expiry index, host, worker, host's arq queue, host's wake
+# list; then the provision queue and the provisions-not-run set.
 _SWEEP = """
 local now, dead_after = tonumber(ARGV[1]), tonumber(ARGV[2])
 local lost_workers, lost_hosts = {}, {}
@@ -65,11 +71,31 @@ for _, w in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - dead_after
   redis.call('ZREM', KEYS[1], w)
   local info = redis.call('HMGET', ARGV[6] .. w, 'host', 'jobs')
   redis.call('DEL', ARGV[6] .. w)
-  if info[2] and info[2] ~= '' then
-    local event = {kind = 'worker_lost', host = info[1] or '', worker = w, jobs = info[2]}
-    redis.call('PUBLISH', KEYS[3], cjson.encode(event))
+  local host, jobs = info[1] or '', info[2] or ''
+  -- Its running jobs will never end: out of their queues' counts now, not at arq's timeout.
+  for id in string.gmatch(jobs, '%S+') do
+    redis.call('ZREM', ARGV[7] .. host, id)
+    redis.call('ZREM', ARGV[9], id)
   end
+  -- The provisions it claimed and left unfinished: failed now, not at their deadline.
+  local failed = 0
+  if host ~= '' then
+    local error = 'worker ' .. w .. ' lost while provisioning it: no heartbeat for ' .. ARGV[2] .. ' s'
+    for _, id in ipairs(redis.call('ZRANGE', ARGV[4] .. host, 0, -1)) do
+      local env = redis.call('HMGET', ARGV[3] .. id, 'state', 'provisioner')
+      if env[1] == 'provisioning' and env[2] == w then
+        redis.call('HSET', ARGV[3] .. id, 'state', 'failed', 'error', error)
+        redis.call('ZREM', ARGV[10], id)
+        failed = failed + 1
+      end
+    end
+  end
+  -- Announced even with no job listed: one it took after its last beat is lost too, and a
+  -- waiting DELETE re-runs its teardown on hearing of any loss on its host.
+  local event = {kind = 'worker_lost', host = host, worker = w, jobs = jobs}
+  redis.call('PUBLISH', KEYS[3], cjson.encode(event))
   table.insert(lost_workers, w)
+  table.insert(lost_workers, failed)
 end
 return {lost_workers, lost_hosts}
 """
@@ -111,11 +137,20 @@ class HostView:
     environments: int
 
 
+class LossKind(StrEnum):
+    """What a loss event on `keys.EVENTS` announces."""
+
+    HOST = "host_lost"
+    WORKER = "worker_lost"
+
+
 @dataclass(frozen=True)
 class Loss:
     workers: list[str]
     # Host id → how many of its environments were failed.
     hosts: dict[str, int]
+    # Lost worker id → how many provisions it had claimed and not finished (now failed).
+    provisions: dict[str, int] = field(default_factory=dict)
 
 
 def _text(value: Any) -> str:
@@ -166,12 +201,18 @@ async def sweep(redis: Redis, *, dead_after_sec: float) -> Loss:
         keys.worker(""),
         keys.arq_queue(keys.host_queue("")),
         keys.wake(keys.host_queue("")),
+        keys.arq_queue(keys.PROVISION_QUEUE),
+        keys.PROVISIONING,
     )
-    pairs = [_text(x) for x in hosts]
-    return Loss(
-        workers=[_text(w) for w in workers],
-        hosts={pairs[i]: int(pairs[i + 1]) for i in range(0, len(pairs), 2)},
-    )
+    lost_hosts, lost_workers = _pairs(hosts), _pairs(workers)
+    provisions = {worker: failed for worker, failed in lost_workers.items() if failed}
+    return Loss(workers=list(lost_workers), hosts=lost_hosts, provisions=provisions)
+
+
+def _pairs(flat: list[Any]) -> dict[str, int]:
+    """A script's flat {name, count, name, count...} answer as a dict."""
+    texts = [_text(x) for x in flat]
+    return {texts[i]: int(texts[i + 1]) for i in range(0, len(texts), 2)}
 
 
 async def leave(redis: Redis, worker_id: str, host: str, *, dead_after_sec: float) -> int:
@@ -205,7 +246,7 @@ def parse_event(data: bytes | str) -> dict[str, Any] | None:
         event = json.loads(data)
     except ValueError:
         return None
-    if not isinstance(event, dict) or event.get("kind") not in ("worker_lost", "host_lost"):
+    if not isinstance(event, dict) or event.get("kind") not in tuple(LossKind):
         return None
     return event
 
@@ -290,3 +331,9 @@ async def hosts(redis: Redis, *, dead_after_sec: float) -> list[HostInfo]:
 
 async def live_hosts(redis: Redis, *, dead_after_sec: float) -> int:
     return int(await redis.zcount(keys.HOSTS, time.time() - dead_after_sec, "+inf"))
+
+
+async def host_alive(redis: Redis, host: str, *, dead_after_sec: float) -> bool:
+    """Some worker of `host` heartbeated within `dead_after_sec` (it is neither lost nor stopped)."""
+    beat_at = await redis.zscore(keys.HOSTS, host)
+    return beat_at is not None and beat_at >= time.time() - dead_after_sec

@@ -115,6 +115,10 @@ def reply_channel(instance: str) -> str:
     return f"{PREFIX}reply:{instance}"
 
 
+# String: the id of the deployment this Redis belongs to, set once (SET NX) by the first worker
+# (shared/deployment.py). Every container carries it as a label: a deployment acts only on its own.
+DEPLOYMENT = f"{PREFIX}deployment"
+
 # Membership: who is alive. Workers write these in their heartbeat script (shared/hosts.py).
 # Sorted set of host ids, scored by the last heartbeat of any of the host's workers.
 HOSTS = f"{PREFIX}hosts"

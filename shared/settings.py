@@ -36,6 +36,11 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9._-]+$",
         validation_alias=AliasChoices("TASKENV_HOST_ID", "TASKENV_QUEUE"),
     )
+    # The identity of this deployment (its Redis): every container it makes is labelled with it,
+    # and nothing acts on another deployment's containers on a shared Docker engine. Empty: a
+    # random id, made by the first worker and kept in Redis. Set: Redis must hold this id (or
+    # none yet), else the worker refuses to start.
+    deployment: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9._-]*$")
     # Environments one host holds at most (provisioning or ready): a host at its cap takes no
     # provisions, and other hosts' workers do.
     host_max_environments: int = Field(1000, ge=1)

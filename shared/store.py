@@ -37,7 +37,10 @@ return prev
 # Counting a host's live environments walks its expiry index (at most its cap plus the failed
 # ones not expired yet): exact, and atomic with the claim, so workers of one host sharing a
 # count cannot overshoot the cap together.
-# KEYS: environment, host's expiry index. ARGV: env id, host, cap, environment key prefix.
+# The claiming worker process writes its id too: if it is lost, the sweep (shared/hosts.py)
+# fails the provisions it left unfinished at once.
+# KEYS: environment, host's expiry index. ARGV: env id, host, cap, environment key prefix,
+# worker id.
 _CLAIM_PROVISION = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'provisioning' then return {state or 'missing', 0} end
@@ -48,7 +51,7 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
 end
 if redis.call('HGET', KEYS[1], 'host') ~= '' then return {'taken', live} end
 if live >= tonumber(ARGV[3]) then return {'full', live} end
-redis.call('HSET', KEYS[1], 'host', ARGV[2])
+redis.call('HSET', KEYS[1], 'host', ARGV[2], 'provisioner', ARGV[5])
 redis.call('ZADD', KEYS[2], redis.call('HGET', KEYS[1], 'expires_at'), ARGV[1])
 return {'claimed', live + 1}
 """
@@ -223,10 +226,12 @@ async def provision_ran(redis: Redis, env_id: str) -> None:
     await redis.zrem(keys.PROVISIONING, env_id)
 
 
-async def claim_provision(redis: Redis, env_id: str, host: str, cap: int) -> tuple[str, int]:
-    """Make `host` the environment's host if it is still unclaimed and the host holds fewer than
-    `cap` live environments. Returns ("claimed", count after), ("full", count) or (state, count)
-    when there is nothing to provision any more."""
+async def claim_provision(
+    redis: Redis, env_id: str, host: str, cap: int, *, worker: str = ""
+) -> tuple[str, int]:
+    """Make `host` the environment's host, and `worker` its provisioner, if it is still
+    unclaimed and the host holds fewer than `cap` live environments. Returns ("claimed", count
+    after), ("full", count) or (state, count) when there is nothing to provision any more."""
     outcome, count = await redis.eval(  # type: ignore[misc]
         _CLAIM_PROVISION,
         2,
@@ -236,6 +241,7 @@ async def claim_provision(redis: Redis, env_id: str, host: str, cap: int) -> tup
         host,
         str(cap),
         _ENV_PREFIX,
+        worker,
     )
     return str(outcome), int(count)
 

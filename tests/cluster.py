@@ -72,6 +72,13 @@ class Cluster:
         _wait(live, f"host {name}", timeout=timeout)
         client.close()
 
+    def worker_ids(self, name: str) -> list[str]:
+        """The ids of host `name`'s worker processes that heartbeat (and are not swept yet)."""
+        client = redis.Redis.from_url(self.redis_url, decode_responses=True)
+        found = [w for w in client.zrange(keys.WORKERS, 0, -1) if w.startswith(f"{self.host_id(name)}:")]
+        client.close()
+        return found
+
     def kill(self, name: str) -> None:
         """SIGKILL every worker of a host, as a crash or a power cut would."""
         for proc in self.workers.get(name, []):

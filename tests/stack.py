@@ -13,7 +13,9 @@ from pathlib import Path
 
 import httpx
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
+from shared import keys
 from shared.settings import DEFAULT_TASKS_DIR
 from tests.conftest import _free_port, _wait, start_redis
 
@@ -21,9 +23,11 @@ PYTHON = [sys.executable, "-m", "cli"]
 
 
 class Stack:
-    def __init__(self, home: Path, settings: dict[str, str] | None = None) -> None:
+    def __init__(self, home: Path, settings: dict[str, str] | None = None, host: str | None = None) -> None:
         self.home = home
-        self.host = f"test-{uuid.uuid4().hex[:8]}"
+        # Two stacks may share a host id on the one engine: they are two deployments.
+        self.host = host or f"test-{uuid.uuid4().hex[:8]}"
+        self.deployment = ""
         self.sock = home / "redis.sock"
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -56,6 +60,12 @@ class Stack:
 
     def start_worker(self) -> None:
         self.worker = self._spawn("worker")
+        if not self.deployment:
+            # The id its first worker made (shared/deployment.py): its containers carry it.
+            client = self.client()
+            _wait(lambda: client.get(keys.DEPLOYMENT), "the deployment id", self.worker)
+            self.deployment = str(client.get(keys.DEPLOYMENT))
+            client.close()
 
     def start_api(self) -> None:
         self.api = self._spawn("api")
@@ -94,12 +104,32 @@ class Stack:
         return f"{self.base_url}/api/v1/org/{org}/ws/{workspace}/environments"
 
     def containers(self) -> list[str]:
+        """Ids of this stack's containers: its host's, of its deployment."""
+        labels = [f"taskenv.host={self.host}", f"taskenv.deployment={self.deployment}"]
         found = subprocess.run(
-            ["docker", "ps", "-aq", "--filter", f"label=taskenv.host={self.host}"],
+            ["docker", "ps", "-aq", *(f"--filter=label={label}" for label in labels)],
             capture_output=True,
             text=True,
         )
         return found.stdout.split()
+
+    def worker_metric(self, name: str) -> float:
+        """A sample of the worker processes' own metrics (summed), as their heartbeats carry them."""
+        client = self.client()
+        total = 0.0
+        for worker_id in client.zrange(keys.WORKERS, 0, -1):
+            exposition = client.hget(keys.worker(worker_id), "metrics") or ""
+            for family in text_string_to_metric_families(exposition):
+                total += sum(s.value for s in family.samples if s.name == name)
+        client.close()
+        return total
+
+    def log_lines(self, text: str) -> list[str]:
+        return [
+            line
+            for line in (self.home / "stack.log").read_text(errors="replace").splitlines()
+            if text in line
+        ]
 
     def close(self) -> None:
         for proc in (self.api, self.worker):

@@ -186,7 +186,12 @@ async def test_worker_start_up_reconciles_containers_and_environments(stack, htt
     await asyncio.to_thread(Stack.stop, stack.worker)
     # While no worker runs: a container of this host no environment owns, one removed, one killed.
     orphan = f"taskenv-orphan-{uuid.uuid4().hex[:8]}"
-    labels = ["taskenv.managed=true", f"taskenv.host={stack.host}", f"taskenv.env={uuid.uuid4()}"]
+    labels = [
+        "taskenv.managed=true",
+        f"taskenv.host={stack.host}",
+        f"taskenv.deployment={stack.deployment}",
+        f"taskenv.env={uuid.uuid4()}",
+    ]
     made = docker(
         "run", "-d", "--name", orphan, "--network", "none", *(f"--label={label}" for label in labels),
         "taskenv/default:1", "sleep", "3600",

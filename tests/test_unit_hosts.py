@@ -134,3 +134,67 @@ async def test_the_api_answers_the_requests_waiting_on_a_lost_host_or_worker():
         with pytest.raises(Exception, match="worker_lost"):
             unwrap(run_a.result())
     assert listener.waiting == 0 and listener._by_queue == {}
+
+
+async def test_a_lost_workers_provisions_fail_and_its_jobs_leave_their_queues(redis, clock):
+    """Not a minute later: at the sweep that notices the loss, naming the worker."""
+    for env_id in ("by-w1", "by-w2"):
+        await store.create(
+            redis, env_id=env_id, org="o", workspace="w", task_ref="t", spec=TaskSpec(name="t"),
+            token_hash="h" + env_id, lifetime_sec=3600, provision_timeout_sec=60,
+        )  # fmt: skip
+    assert (await store.claim_provision(redis, "by-w1", "a", cap=5, worker="w1"))[0] == "claimed"
+    assert (await store.claim_provision(redis, "by-w2", "a", cap=5, worker="w2"))[0] == "claimed"
+    host_queue, provisions = keys.arq_queue(keys.host_queue("a")), keys.arq_queue(keys.PROVISION_QUEUE)
+    await redis.zadd(host_queue, {"exec-1": 1, "other": 1})
+    await redis.zadd(provisions, {"prov-1": 1, "prov-2": 1})
+    await _beat(redis, "w1", "a", jobs=["exec-1", "prov-1"])
+    await _beat(redis, "w2", "a", jobs=["prov-2"])
+    clock.now += 6
+    await _beat(redis, "w2", "a")
+    clock.now += 5  # w1 silent for 11 s; its host lives on through w2
+    assert await hosts.sweep(redis, dead_after_sec=10) == hosts.Loss(["w1"], {}, {"w1": 1})
+    failed = await store.get(redis, "by-w1")
+    assert failed is not None and failed["state"] == "failed"
+    assert failed["error"] == "worker w1 lost while provisioning it: no heartbeat for 10 s"
+    kept = await store.get(redis, "by-w2")
+    assert kept is not None and kept["state"] == "provisioning"
+    assert await redis.zrange(keys.PROVISIONING, 0, -1) == ["by-w2"]
+    assert await redis.zrange(host_queue, 0, -1) == ["other"]
+    assert await redis.zrange(provisions, 0, -1) == ["prov-2"]
+
+
+async def test_a_worker_lost_with_no_job_listed_is_announced_too(redis, clock):
+    """A job it took after its last beat is lost with it: a waiting DELETE must hear of it."""
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(keys.EVENTS)
+    await _beat(redis, "w1", "a")
+    await _beat(redis, "w2", "a")
+    clock.now += 6
+    await _beat(redis, "w2", "a")
+    clock.now += 5
+    assert (await hosts.sweep(redis, dead_after_sec=10)).workers == ["w1"]
+    message = None
+    for _ in range(5):
+        message = message or await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+    assert message is not None
+    assert hosts.parse_event(message["data"]) == {
+        "kind": "worker_lost",
+        "host": "a",
+        "worker": "w1",
+        "jobs": "",
+    }
+    assert await hosts.host_alive(redis, "a", dead_after_sec=10)
+    assert not await hosts.host_alive(redis, "b", dead_after_sec=10)
+
+
+async def test_a_request_watching_a_host_hears_each_loss_on_it():
+    from api.results import ResultListener
+
+    listener = ResultListener(None)  # type: ignore[arg-type]
+    with listener.losses("a") as on_a, listener.losses("b") as on_b:
+        listener._loss(json.dumps({"kind": "worker_lost", "host": "a", "worker": "w", "jobs": ""}).encode())
+        assert on_a.done() and on_a.result() == hosts.LossKind.WORKER and not on_b.done()
+        listener._loss(json.dumps({"kind": "host_lost", "host": "b", "error": "…"}).encode())
+        assert on_b.result() == hosts.LossKind.HOST
+    assert listener._watching == {}

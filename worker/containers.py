@@ -14,9 +14,11 @@ LABEL_MANAGED = "taskenv.managed"
 LABEL_ENV = "taskenv.env"
 # The Docker host whose worker made it: a reaper touches only its own host's containers.
 LABEL_HOST = "taskenv.host"
+# The deployment (shared/deployment.py) that made it: nothing touches another deployment's.
+LABEL_DEPLOYMENT = "taskenv.deployment"
 
 
-def container_config(record: Record, spec: TaskSpec) -> dict[str, Any]:
+def container_config(record: Record, spec: TaskSpec, deployment: str) -> dict[str, Any]:
     """Hardened by default: no network, no capabilities, no privilege gain, bounded memory,
     pids and CPU, a read-only root with a size-capped /tmp, and an init process that reaps
     orphaned children."""
@@ -31,6 +33,7 @@ def container_config(record: Record, spec: TaskSpec) -> dict[str, Any]:
             LABEL_MANAGED: "true",
             LABEL_ENV: record["id"],
             LABEL_HOST: record["host"],
+            LABEL_DEPLOYMENT: deployment,
             "taskenv.org": record["org"],
             "taskenv.workspace": record["workspace"],
             "taskenv.task": spec.ref,
@@ -57,18 +60,21 @@ def container_config(record: Record, spec: TaskSpec) -> dict[str, Any]:
     }
 
 
-async def create_and_start(docker: aiodocker.Docker, record: Record, spec: TaskSpec) -> str:
+async def create_and_start(docker: aiodocker.Docker, record: Record, spec: TaskSpec, deployment: str) -> str:
     name = container_name(record["id"])
-    container = await docker.containers.create(container_config(record, spec), name=name)
+    container = await docker.containers.create(container_config(record, spec, deployment), name=name)
     await container.start()
     return str(container.id)
 
 
-async def remove(docker: aiodocker.Docker, name: str) -> bool:
-    """Force-remove; False when there was nothing to remove. When another remover (the reaper,
-    a second DELETE) got there first, wait until the container is really gone."""
+async def remove(docker: aiodocker.Docker, name: str, deployment: str) -> bool:
+    """Force-remove; False when there was nothing to remove, or the container of that name is
+    another deployment's. When another remover (the reaper, a second DELETE) got there first,
+    wait until the container is really gone."""
     container = docker.containers.container(name)
     try:
+        if not _owned_by(await container.show(), deployment):
+            return False
         await container.delete(force=True, v=True)
     except aiodocker.DockerError as exc:
         if exc.status == 404:
@@ -77,6 +83,13 @@ async def remove(docker: aiodocker.Docker, name: str) -> bool:
             raise
         await _wait_gone(container)
     return True
+
+
+def _owned_by(info: dict[str, Any], deployment: str) -> bool:
+    """A container made before deployments were labelled has no label: its name, from a random
+    environment id, is its only owner mark."""
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    return bool(labels.get(LABEL_DEPLOYMENT, deployment) == deployment)
 
 
 REMOVAL_WAIT_SEC = 30.0
@@ -104,9 +117,10 @@ class Managed(NamedTuple):
     running: bool
 
 
-async def managed_on_host(docker: aiodocker.Docker, host: str) -> dict[str, Managed]:
-    """Every taskenv container of this host, by environment id."""
-    filters = json.dumps({"label": [f"{LABEL_MANAGED}=true", f"{LABEL_HOST}={host}"]})
+async def managed_on_host(docker: aiodocker.Docker, host: str, deployment: str) -> dict[str, Managed]:
+    """Every container this deployment made on this host, by environment id."""
+    labels = [f"{LABEL_MANAGED}=true", f"{LABEL_HOST}={host}", f"{LABEL_DEPLOYMENT}={deployment}"]
+    filters = json.dumps({"label": labels})
     found = await docker.containers.list(all=True, filters=filters)
     return {
         c["Labels"][LABEL_ENV]: Managed(c["Names"][0].lstrip("/"), c["State"] == "running") for c in found

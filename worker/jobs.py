@@ -111,6 +111,11 @@ def _settings(ctx: Ctx) -> Settings:
     return ctx["settings"]  # type: ignore[no-any-return]
 
 
+def _deployment(ctx: Ctx) -> str:
+    """The deployment this worker joined at start (`runner.startup`): its containers' label."""
+    return ctx["deployment"]  # type: ignore[no-any-return]
+
+
 @job
 async def execute(ctx: Ctx, payload: ExecJob) -> dict[str, Any]:
     # The command's slots (its environment's, org's, workspace's) are freed with the answer, in
@@ -127,11 +132,28 @@ async def execute(ctx: Ctx, payload: ExecJob) -> dict[str, Any]:
         try:
             why = await containers.why_stopped(docker, store.container_name(payload["env_id"]))
         except (aiodocker.DockerError, OSError):
-            raise exc from None  # the engine itself is unreachable: nothing to conclude
+            # The engine itself is unreachable: nothing to conclude.
+            raise TaskenvError(exc.type, exc.detail) from None
         if why is None:
-            raise
-        await fail_gone(_records(ctx), payload["env_id"], why)
-        raise TaskenvError(ErrorType.BAD_GATEWAY, f"{CONTAINER_GONE}: {why}") from None
+            raise TaskenvError(exc.type, exc.detail) from None
+        raise await _gone_during(_records(ctx), payload["env_id"], why, exc) from None
+
+
+async def _gone_during(redis: Redis, env_id: str, why: str, exc: TaskenvError) -> TaskenvError:
+    """The error of a command whose container went away under it: torn down by taskenv (a
+    DELETE, an expiry: the record says so) or removed or stopped by someone else (the
+    environment fails)."""
+    if await fail_gone(redis, env_id, why):
+        return TaskenvError(ErrorType.BAD_GATEWAY, f"{CONTAINER_GONE}: {why}")
+    record = await store.get(redis, env_id)
+    if record is not None and record["state"] == EnvironmentState.TORN_DOWN:
+        return TaskenvError(
+            ErrorType.CONFLICT,
+            f"Environment {env_id} was torn down while the command ran"
+            + (f" ({record['error']})" if record.get("error") else ""),
+            extra={"output": str(exc.extra.get("output", ""))},
+        )
+    return TaskenvError(ErrorType.BAD_GATEWAY, f"{CONTAINER_GONE}: {why}")
 
 
 async def fail_gone(redis: Redis, env_id: str, why: str) -> bool:
@@ -152,11 +174,16 @@ async def provision(ctx: Ctx, payload: EnvJob) -> dict[str, Any]:
         # Taken in the moment the drain began: another host provisions it.
         await _hand_back(ctx, payload)
         return {"state": EnvironmentState.PROVISIONING, "handed_back": True}
+    membership = ctx.get("membership")
     outcome, count = await store.claim_provision(
-        redis, env_id, settings.host_id, settings.host_max_environments
+        redis,
+        env_id,
+        settings.host_id,
+        settings.host_max_environments,
+        worker=membership.worker_id if membership else "",
     )
-    if "membership" in ctx:
-        ctx["membership"].saw_environments(count)
+    if membership:
+        membership.saw_environments(count)
     if outcome == "full":
         # Another worker of this host filled it meanwhile: hand the provision back to the queue.
         await _hand_back(ctx, payload)
@@ -164,7 +191,7 @@ async def provision(ctx: Ctx, payload: EnvJob) -> dict[str, Any]:
     try:
         if outcome != "claimed":
             return {"state": outcome}
-        return await _provision(redis, _docker(ctx), env_id)
+        return await _provision(redis, _docker(ctx), env_id, _deployment(ctx))
     finally:
         # Ran, whatever came of it: the reaper no longer needs to watch for it. (A worker that
         # dies before this line leaves the entry, and the reaper then fails the environment.)
@@ -182,14 +209,14 @@ async def _hand_back(ctx: Ctx, payload: EnvJob) -> None:
         )
 
 
-async def _provision(redis: Redis, docker: aiodocker.Docker, env_id: str) -> dict[str, Any]:
+async def _provision(redis: Redis, docker: aiodocker.Docker, env_id: str, deployment: str) -> dict[str, Any]:
     record = await store.get(redis, env_id)
     if record is None or record["state"] != EnvironmentState.PROVISIONING:
         return {"state": record["state"] if record else None}
     spec = TaskSpec.model_validate_json(record["spec"])
     try:
         with docker_errors("provision"), DOCKER_SECONDS.labels("create").time():
-            await containers.create_and_start(docker, record, spec)
+            await containers.create_and_start(docker, record, spec, deployment)
     except TaskenvError as exc:
         error = exc.detail
         if "No such image" in error:
@@ -197,19 +224,21 @@ async def _provision(redis: Redis, docker: aiodocker.Docker, env_id: str) -> dic
         await store.set_if_state(
             redis, env_id, EnvironmentState.PROVISIONING, state=EnvironmentState.FAILED, error=error
         )
-        await remove_quietly(docker, store.container_name(env_id))
+        await remove_quietly(docker, store.container_name(env_id), deployment)
         return {"state": EnvironmentState.FAILED}
     if await store.set_if_state(redis, env_id, EnvironmentState.PROVISIONING, state=EnvironmentState.READY):
         return {"state": EnvironmentState.READY}
     # Torn down while we were creating it: the container must not outlive its record.
-    await remove_quietly(docker, store.container_name(env_id))
+    await remove_quietly(docker, store.container_name(env_id), deployment)
     return {"state": EnvironmentState.TORN_DOWN}
 
 
 @job
 async def teardown(ctx: Ctx, payload: EnvJob) -> dict[str, Any]:
     with docker_errors("teardown"), DOCKER_SECONDS.labels("remove").time():
-        removed = await containers.remove(_docker(ctx), store.container_name(payload["env_id"]))
+        removed = await containers.remove(
+            _docker(ctx), store.container_name(payload["env_id"]), _deployment(ctx)
+        )
     return {"removed": removed}
 
 
@@ -222,9 +251,9 @@ async def logs(ctx: Ctx, payload: EnvJob) -> dict[str, Any]:
     return {"logs": text}
 
 
-async def remove_quietly(docker: aiodocker.Docker, name: str) -> bool:
+async def remove_quietly(docker: aiodocker.Docker, name: str, deployment: str) -> bool:
     try:
-        return await containers.remove(docker, name)
+        return await containers.remove(docker, name, deployment)
     except (aiodocker.DockerError, OSError) as exc:
         log.warning("could not remove container %s: %s", name, exc)
         return False

@@ -1,26 +1,103 @@
 """The reaper: a cron job on every host's own queue (and once at worker start) that fails
 environments whose provision never ran, tears down expired ones, and removes containers
-whose record is gone, failed or torn down."""
+whose record is gone, failed or torn down.
+
+It acts only on its own deployment's containers on its own host (their labels say whose they
+are), and it never takes a store that looks wiped for one whose environments all ended: when
+Redis has lost its data (restarted empty, or a wrong URL), every container's record is missing,
+and removing them all would destroy every running environment. See `store_looks_wiped`.
+"""
 
 import logging
 import time
+from enum import StrEnum
 
 import aiodocker
+from prometheus_client import Counter, Gauge
+from redis.asyncio import Redis
 
-from shared import keys, store
+from shared import deployment, keys, store
 from shared.models import EnvironmentState
+from shared.settings import Settings
 from worker import containers
-from worker.jobs import Ctx, _docker, _records, _settings, fail_gone, remove_quietly
+from worker.jobs import Ctx, _deployment, _docker, _records, _settings, fail_gone, remove_quietly
+from worker.metrics import REGISTRY
 
 log = logging.getLogger("taskenv.worker")
+
+# More containers without a record than this, and more than a tenth of the host's records,
+# is no crash's leftovers: the store was wiped.
+UNKNOWN_CONTAINERS_TOLERATED = 5
+_ENDED = (EnvironmentState.TORN_DOWN, EnvironmentState.FAILED)
+
+PASSES = Counter("taskenv_reaper_passes", "Reaper passes run by this worker process", registry=REGISTRY)
+REFUSALS = Counter(
+    "taskenv_reaper_refusals",
+    "Reaper passes that kept containers without a record because the store looked wiped",
+    ["reason"],
+    registry=REGISTRY,
+)
+KEPT = Gauge(
+    "taskenv_reaper_kept_containers",
+    "Containers without a record the last reaper pass kept because the store looked wiped",
+    registry=REGISTRY,
+)
+
+
+class Wiped(StrEnum):
+    """Why the store looks wiped."""
+
+    # The deployment id this worker started with is gone from Redis, or another is there.
+    MARKER_MISSING = "marker_missing"
+    MARKER_CHANGED = "marker_changed"
+    # Far more containers without a record than a crash could leave.
+    TOO_MANY_UNKNOWN = "too_many_unknown"
+
+
+def store_looks_wiped(remembered: str, held: str | None, unknown: int, records: int) -> Wiped | None:
+    """The rule: the deployment id Redis holds is missing or not the one this worker started
+    with, or more of the host's containers have no record than max(5, 10% of the host's
+    records). A crash leaves a few containers without a record; a lost store leaves them all."""
+    if held is None:
+        return Wiped.MARKER_MISSING
+    if held != remembered:
+        return Wiped.MARKER_CHANGED
+    if unknown > max(UNKNOWN_CONTAINERS_TOLERATED, records // 10):
+        return Wiped.TOO_MANY_UNKNOWN
+    return None
+
+
+async def join_deployment(redis: Redis, settings: Settings) -> str:
+    """The deployment this worker belongs to, for its whole life. A TASKENV_DEPLOYMENT that is
+    not the one Redis holds stops the worker with that one line, before it touches anything."""
+    try:
+        joined = await deployment.join(redis, settings.deployment)
+    except deployment.DeploymentMismatch as exc:
+        raise SystemExit(f"taskenv worker: {exc}") from None
+    log.info("deployment %s", joined)
+    return joined
 
 
 async def reap(ctx: Ctx) -> dict[str, int]:
     """Cron: fail environments whose provision job never ran, tear down expired ones, and
     remove containers whose record is gone, failed or torn down (left by a crash or a lost
     teardown job)."""
-    redis, docker, settings = _records(ctx), _docker(ctx), _settings(ctx)
-    now, host = time.time(), settings.host_id
+    PASSES.inc()
+    redis, settings = _records(ctx), _settings(ctx)
+    now = time.time()
+    await _fail_stalled_provisions(redis, settings, now)
+    expired = await _tear_down_expired(ctx, now)
+    orphans, vanished = await _reconcile(ctx)
+    if expired or orphans or vanished:
+        log.info(
+            "reaped %d expired environments and %d orphaned containers; %d environments failed"
+            " because their container vanished",
+            expired, orphans, vanished,
+        )  # fmt: skip
+    return {"expired": expired, "orphans": orphans, "vanished": vanished}
+
+
+async def _fail_stalled_provisions(redis: Redis, settings: Settings, now: float) -> None:
     for env_id in await store.stalled_provisions(redis, now):
         error = "not provisioned in time: no host with room took it, or its worker died"
         if (
@@ -32,26 +109,47 @@ async def reap(ctx: Ctx) -> dict[str, int]:
             # On no host, so no host's reaper will ever expire it: its record goes by itself.
             await redis.expire(keys.environment(env_id), settings.record_retention_sec)
         await store.provision_ran(redis, env_id)
+
+
+async def _tear_down_expired(ctx: Ctx, now: float) -> int:
+    redis, docker, settings = _records(ctx), _docker(ctx), _settings(ctx)
     expired = 0
-    for env_id in await store.expired(redis, host, now):
+    for env_id in await store.expired(redis, settings.host_id, now):
         record = await store.get(redis, env_id)
         if record is not None:
             await store.tear_down(
                 redis, record, error="expired: lifetime reached", retention_sec=settings.record_retention_sec
             )
         else:
-            await redis.zrem(keys.expiry_index(host), env_id)
-        await remove_quietly(docker, store.container_name(env_id))
+            await redis.zrem(keys.expiry_index(settings.host_id), env_id)
+        await remove_quietly(docker, store.container_name(env_id), _deployment(ctx))
         expired += 1
+    return expired
+
+
+async def _reconcile(ctx: Ctx) -> tuple[int, int]:
+    """Remove this deployment's containers on this host whose environment ended (or whose
+    record is gone, unless the store looks wiped), and fail ready environments whose container
+    vanished. Returns (containers removed, environments failed)."""
+    redis, docker, host, mine = _records(ctx), _docker(ctx), _settings(ctx).host_id, _deployment(ctx)
+    held = await deployment.current(redis)
     # The host's live environments are read before its containers are listed: one whose
     # provision ends in between is then listed with its container, never taken for vanished.
-    live = await store.states(redis, list(await redis.zrange(keys.expiry_index(host), 0, -1)))
-    managed = await containers.managed_on_host(docker, host)
+    indexed = list(await redis.zrange(keys.expiry_index(host), 0, -1))
+    live = await store.states(redis, indexed)
+    managed = await containers.managed_on_host(docker, host, mine)
+    known = await store.states(redis, list(managed))
+    unknown = [env_id for env_id, state in known.items() if state is None]
+    wiped = store_looks_wiped(mine, held, len(unknown), len(indexed)) if unknown else None
+    KEPT.set(len(unknown) if wiped else 0)
+    if wiped:
+        _refuse(wiped, host, mine, len(unknown), len(indexed))
+    # Failed and torn-down environments' containers go whatever the store looks like.
+    ended = _ENDED if wiped else (None, *_ENDED)
     orphans = 0
-    gone = (None, EnvironmentState.TORN_DOWN, EnvironmentState.FAILED)
-    for env_id, state in (await store.states(redis, list(managed))).items():
-        if state in gone:
-            orphans += await remove_quietly(docker, managed[env_id].name)
+    for env_id, state in known.items():
+        if state in ended:
+            orphans += await remove_quietly(docker, managed[env_id].name, mine)
     vanished = 0
     for env_id, state in live.items():
         found = managed.get(env_id)
@@ -59,13 +157,18 @@ async def reap(ctx: Ctx) -> dict[str, int]:
             why = await _why_stopped(docker, found.name if found else store.container_name(env_id))
             if why is not None:
                 vanished += await fail_gone(redis, env_id, why)
-    if expired or orphans or vanished:
-        log.info(
-            "reaped %d expired environments and %d orphaned containers; %d environments failed"
-            " because their container vanished",
-            expired, orphans, vanished,
-        )  # fmt: skip
-    return {"expired": expired, "orphans": orphans, "vanished": vanished}
+    return orphans, vanished
+
+
+def _refuse(why: Wiped, host: str, mine: str, unknown: int, records: int) -> None:
+    REFUSALS.labels(why).inc()
+    log.error(
+        "reaper: the store looks wiped (%s): %d containers of deployment %s on host %s have no"
+        " record, and Redis holds %d records of this host; kept them all. Restore Redis, or"
+        " remove them: docker rm -f $(docker ps -aq --filter label=taskenv.deployment=%s"
+        " --filter label=taskenv.host=%s)",
+        why, unknown, mine, host, records, mine, host,
+    )  # fmt: skip
 
 
 async def _why_stopped(docker: aiodocker.Docker, name: str) -> str | None:

@@ -171,6 +171,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     ctx["records"] = records_client(settings)
     ctx["docker"] = docker.connect()
+    ctx["deployment"] = await reaper.join_deployment(ctx["records"], settings)
     await reaper.reap(ctx)
 
 

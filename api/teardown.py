@@ -1,0 +1,79 @@
+"""A DELETE's removal of its environment's container, on the environment's host.
+
+Removing is idempotent, unlike a command: a teardown whose worker may have died (announced
+lost, or silent past the wait) runs once more, on whichever live worker of the host takes it,
+so that 204 means the container is gone. With no worker of the host alive, nothing can remove
+it now: the record is torn down already, and the host's reaper removes the container when a
+worker of that host is back.
+"""
+
+import asyncio
+from contextlib import suppress
+from enum import StrEnum
+from typing import Any
+
+from api.state import AppState
+from shared import hosts, jobs, keys
+from shared.errors import ErrorType, TaskenvError
+
+
+class Teardown(StrEnum):
+    """How a DELETE's removal of its container ended."""
+
+    REMOVED = "removed"
+    # No worker of the host is alive: its reaper removes the container when one is back.
+    NO_WORKER = "no_worker"
+    WORKER_LOST = "worker_lost"
+    NO_ANSWER = "no_answer"
+    QUEUE_FULL = "queue_full"
+
+
+# The first run, and one more if its worker may have died.
+ATTEMPTS = 2
+_RETRIED = (Teardown.WORKER_LOST, Teardown.NO_ANSWER)
+
+
+async def remove_container(state: AppState, env_id: str, host: str) -> Teardown:
+    outcome = Teardown.NO_WORKER
+    for _ in range(ATTEMPTS):
+        if not await hosts.host_alive(state.records, host, dead_after_sec=state.settings.host_dead_after_sec):
+            return Teardown.NO_WORKER
+        outcome = await _once(state, env_id, host)
+        if outcome not in _RETRIED:
+            return outcome
+    return outcome
+
+
+async def _once(state: AppState, env_id: str, host: str) -> Teardown:
+    """One teardown job on the host's queue, answered by its worker or cut short by the loss of
+    any worker of the host (the one running it may be lost without having listed it yet)."""
+    with state.listener.losses(host) as lost:
+        removal = asyncio.ensure_future(
+            state.dispatcher.call(
+                jobs.TEARDOWN,
+                jobs.EnvJob(env_id=env_id),
+                queue=keys.host_queue(host),
+                wait_sec=state.settings.teardown_wait_sec,
+            )
+        )
+        try:
+            either: set[asyncio.Future[Any]] = {removal, lost}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not removal.done():
+                removal.cancel()
+                with suppress(asyncio.CancelledError, TaskenvError):
+                    await removal
+    if removal.done() and not removal.cancelled() and removal.exception() is None:
+        return Teardown.REMOVED
+    if lost.done():
+        return Teardown.NO_WORKER if lost.result() == hosts.LossKind.HOST else Teardown.WORKER_LOST
+    return _outcome(removal.exception())
+
+
+def _outcome(error: BaseException | None) -> Teardown:
+    if isinstance(error, TaskenvError) and error.type == ErrorType.TIMEOUT:
+        return Teardown.NO_ANSWER
+    if isinstance(error, TaskenvError) and error.type == ErrorType.RATE_LIMIT:
+        return Teardown.QUEUE_FULL
+    raise error or RuntimeError("teardown ended without an answer")
