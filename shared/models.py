@@ -48,7 +48,8 @@ def _whole_seconds(value: Any) -> Any:
     return value
 
 
-Seconds = Annotated[int, BeforeValidator(_whole_seconds)]
+# At least 1 (stated inside the type, so a JSON schema of `Seconds | None` keeps its `minimum`).
+Seconds = Annotated[int, Field(ge=1), BeforeValidator(_whole_seconds)]
 
 
 class ProvisionRequest(BaseModel):
@@ -59,7 +60,7 @@ class ProvisionRequest(BaseModel):
     inputs: dict[str, Any] | None = None
     secret_ids: list[str] | None = None
     project_id: str | None = None
-    timeout_sec: Seconds | None = Field(None, ge=1)
+    timeout_sec: Seconds | None = None
     model_overrides: dict[str, Any] | None = None
 
 
@@ -72,7 +73,7 @@ class ExecuteRequest(BaseModel):
         description=f"At most {COMMAND_MAX_BYTES} bytes in UTF-8",
         json_schema_extra={"pattern": "^[^\\u0000]*$", "maxLength": COMMAND_MAX_BYTES},
     )
-    timeout_sec: Seconds = Field(30, ge=1, le=EXEC_TIMEOUT_MAX_SEC)
+    timeout_sec: Seconds = Field(30, le=EXEC_TIMEOUT_MAX_SEC)
 
     @field_validator("command")
     @classmethod

@@ -87,3 +87,13 @@ def test_task_refs_need_every_part_non_empty_and_well_formed(ref):
 )
 def test_task_refs_as_the_sdk_and_task_files_write_them(ref):
     assert ProvisionRequest(task_ref=ref).task_ref == ref
+
+
+def test_the_schema_states_every_bound_the_models_enforce():
+    """A fuzzer generating from the document must not meet a bound it does not state (a `ge`
+    inside a union once reached the schema as an unknown keyword instead of `minimum`)."""
+    provision = ProvisionRequest.model_json_schema()["properties"]
+    assert provision["timeout_sec"]["anyOf"][0] == {"type": "integer", "minimum": 1}
+    assert provision["task_ref"]["pattern"].startswith("^") and provision["task_ref"]["minLength"] == 1
+    execute = ExecuteRequest.model_json_schema()["properties"]["timeout_sec"]
+    assert (execute["minimum"], execute["maximum"], execute["type"]) == (1, 600, "integer")
