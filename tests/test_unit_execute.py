@@ -1,11 +1,16 @@
-"""A command's deadline is absolute: one that passed in the queue is never started."""
+"""A command's deadline is absolute: one that passed in the queue is never started; and no
+answer can fail to encode or escape arq's end hook."""
 
 import time
 
+import fakeredis
 import pytest
 
+from shared import jobs
 from shared.errors import ErrorType, TaskenvError
 from worker.execute import run_command
+from worker.jobs import job
+from worker.runner import _publish_result
 
 
 class NoDocker:
@@ -28,3 +33,52 @@ async def test_a_command_past_its_deadline_is_not_started():
     with pytest.raises(TaskenvError) as caught:
         await run_command(NoDocker(), job)  # type: ignore[arg-type]
     assert caught.value.type == ErrorType.TIMEOUT and caught.value.extra == {"output": ""}
+
+
+# Nothing a job returns may make its answer fail to encode, or escape arq's end hook.
+
+
+async def test_an_answer_msgpack_cannot_carry_becomes_an_internal_error():
+    @job
+    async def forged(ctx: dict, payload: dict) -> dict:
+        return {"exit_code": 2**64, "output": ""}
+
+    ctx: dict = {"job_id": "j1"}
+    result = await forged(ctx, {"env_id": "e"}, "reply-channel")
+    assert result["error"]["type"] == ErrorType.APP
+    reply_to, encoded = ctx["reply"]
+    assert reply_to == "reply-channel" and jobs.deserialize(encoded) == result
+
+
+async def test_the_end_hook_swallows_any_failure_and_still_accounts():
+    class Broken:
+        def pipeline(self, **_: object) -> object:
+            raise ValueError("not a Redis error")
+
+    accounted: list[bool] = []
+    ctx = {
+        "job_id": "j2",
+        "redis": Broken(),
+        "reply": ("chan", b"x"),
+        "account": lambda: accounted.append(True),
+    }
+    await _publish_result(ctx)
+    assert accounted == [True]
+
+    def broken_account() -> None:
+        raise RuntimeError("metrics failed")
+
+    redis = fakeredis.FakeAsyncRedis()
+    pubsub = redis.pubsub()
+    await pubsub.subscribe("chan")
+    await _publish_result(
+        {"job_id": "j3", "redis": redis, "reply": ("chan", b"answer"), "account": broken_account}
+    )
+    message = None
+    for _ in range(100):
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.01)
+        if message:
+            break
+    assert message is not None and message["data"] == b"answer"
+    await pubsub.aclose()
+    await redis.aclose()
