@@ -66,6 +66,9 @@ def unwrap(result: JobResult) -> dict[str, Any]:
 
 
 def serialize(obj: Any) -> bytes:
+    """Raises on what msgpack cannot carry (an int past 64 bits, an unknown type): a job's
+    answer is therefore encoded inside the job (worker/jobs.py), where a failure becomes an
+    error answer, before arq's end hook and result store see it."""
     return cast(bytes, msgpack.packb(obj, use_bin_type=True))
 
 

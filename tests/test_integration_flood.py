@@ -14,22 +14,27 @@ import statistics
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from shared import keys
 from shared.errors import ErrorType, TaskenvError
 from shared.jobs import ExecJob
+from shared.settings import Settings
 from shared.store import container_name
-from tests.conftest import Env, _docker_ready, wait_for_state
+from tests.conftest import Env, _docker_ready, start_redis, wait_for_state
 from tests.stack import Stack
 from tests.test_integration_hostile import memory_kib
-from worker import docker, execute
+from worker import docker, execute, metrics
+from worker.heartbeat import Heartbeat
 from worker.marker import ExitReport
+from worker.membership import Membership
 
 pytestmark = pytest.mark.integration
 
@@ -347,3 +352,46 @@ async def test_a_fault_while_reading_kills_the_command_and_answers_500(
     assert caught.value.type == ErrorType.APP and "processes were killed" in caught.value.detail
     assert time.monotonic() - started < 10
     await assert_ended(attacker, env, "case-fault")
+
+
+class IdleWorker:
+    """A worker running nothing, as the membership sees it."""
+
+    running: frozenset[str] = frozenset()
+
+    def pause(self, paused: bool) -> None:
+        pass
+
+
+async def test_heartbeats_go_on_while_the_job_loop_is_blocked(tmp_path: Path) -> None:
+    """The heartbeat's thread beats against a real Redis while this (the job) loop does not
+    yield at all for 2 s; the job loop's lag is measured once it runs again."""
+    server = start_redis(tmp_path, "--save", "")
+    sock = tmp_path / "redis.sock"
+    host = f"test-{uuid.uuid4().hex[:8]}"
+    settings = Settings(redis_url=f"unix://{sock}", host_id=host, heartbeat_sec=0.1, host_dead_after_sec=1.0)
+    idle = IdleWorker()
+    heart = Heartbeat(settings, Membership(settings, [idle], idle, metrics.exposition))  # type: ignore[list-item, arg-type]
+    records = redis.Redis(unix_socket_path=str(sock), decode_responses=True)
+    try:
+        await heart.start()
+        beats, blocked_until = set(), time.monotonic() + 2
+        while time.monotonic() < blocked_until:
+            beats.add(records.hget(keys.host(host), "beat_at"))
+            time.sleep(0.02)  # blocks the loop on purpose: nothing else of it may run
+        lags_before = _lag_count()
+        await asyncio.sleep(0.3)  # the lag probes posted meanwhile run now
+        assert len(beats) >= 10, beats
+        assert records.hget(keys.host(host), "state") == "up"
+        assert _lag_count() > lags_before
+        print(f"\n{len(beats)} beats while the job loop was blocked for 2 s")
+    finally:
+        await heart.stop()
+        records.close()
+        server.terminate()
+        server.wait()
+
+
+def _lag_count() -> float:
+    found = re.search(r"^taskenv_event_loop_lag_seconds_count (\S+)$", metrics.exposition(), re.M)
+    return float(found[1]) if found else 0.0
