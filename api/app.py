@@ -2,8 +2,9 @@
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
+from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
@@ -108,6 +109,20 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
     return error_response(TaskenvError(ErrorType.APP, "Internal server error"))
 
 
+# Every failure, mapped to its envelope in this one place. A handled exception keeps the
+# client's keep-alive connection; only `Exception` (a bug) goes through Starlette's last-resort
+# handler, which closes it.
+EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+    TaskenvError: _taskenv_error,
+    HTTPException: _http_error,
+    RedisConnectionError: _redis_unavailable,
+    RedisTimeoutError: _redis_unavailable,
+    ResponseError: _redis_error,
+    ClientDisconnect: _client_gone,
+    Exception: _unexpected_error,
+}
+
+
 async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -193,15 +208,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 else []
             ),
         ],
-        exception_handlers={
-            TaskenvError: _taskenv_error,
-            HTTPException: _http_error,
-            RedisConnectionError: _redis_unavailable,
-            RedisTimeoutError: _redis_unavailable,
-            ResponseError: _redis_error,
-            ClientDisconnect: _client_gone,
-            Exception: _unexpected_error,
-        },
+        exception_handlers=EXCEPTION_HANDLERS,
     )
     app.router.redirect_slashes = False
     return app

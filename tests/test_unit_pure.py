@@ -1,9 +1,17 @@
-"""Pure logic: the error envelope, output capping, task resolution, secrets, job results."""
+"""Pure logic: the error envelope (and which Redis errors are 503), output capping, task
+resolution, secrets, job results."""
 
 from pathlib import Path
 
 import pytest
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.testclient import TestClient
 
+from api.app import EXCEPTION_HANDLERS, refuses_writes
 from shared import jobs
 from shared.errors import ErrorType, TaskenvError, for_status
 from shared.secrets import hash_secret, matches, new_api_key, new_execute_token
@@ -97,3 +105,46 @@ def test_secrets_are_random_and_compared_by_hash():
     assert key != new_api_key() and len(key) > 40 and len(token) > 40
     assert matches(token, hash_secret(token))
     assert not matches(token + "x", hash_secret(token))
+
+
+def _app_raising(exc: Exception) -> Starlette:
+    async def endpoint(request: Request) -> Response:
+        raise exc
+
+    return Starlette(routes=[Route("/", endpoint)], exception_handlers=EXCEPTION_HANDLERS)
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
+        ReadOnlyError("You can't write against a read only replica."),
+        ResponseError(
+            "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist"
+        ),
+        ResponseError(
+            "OOM command not allowed when used memory > 'maxmemory'. script: 085b, on @user_script:1."
+        ),
+        ResponseError("READONLY You can't write against a read only replica. script: 085b"),
+    ],
+)
+def test_redis_refusing_writes_is_a_handled_503_with_retry_after(refusal):
+    assert refuses_writes(refusal)
+    # Raised by the server, it would fail here (raise_server_exceptions): handled, the
+    # connection stays open.
+    with TestClient(_app_raising(refusal), raise_server_exceptions=True) as client:
+        response = client.get("/")
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+    assert (
+        response.json()["type"] == "service_unavailable_error"
+        and "refuses writes" in response.json()["detail"]
+    )
+
+
+def test_other_redis_error_replies_are_500_not_503():
+    wrong_type = ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+    assert not refuses_writes(wrong_type) and not refuses_writes(ResponseError("ERR OOM-ish text"))
+    with TestClient(_app_raising(wrong_type), raise_server_exceptions=True) as client:
+        response = client.get("/")
+    assert response.status_code == 500 and response.json()["type"] == "app_error"
+    assert "Retry-After" not in response.headers
