@@ -51,7 +51,8 @@ class Heartbeat:
     def wake(self) -> None:
         """Beat now (from any thread): a drain was asked for."""
         if self._loop is not None and self._wake is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
+            with suppress(RuntimeError):  # the thread has ended: nothing to wake
+                self._loop.call_soon_threadsafe(self._wake.set)
 
     async def stop(self) -> None:
         """Stop beating and wait (bounded) for the thread to end."""
