@@ -120,6 +120,7 @@ class Admission:
 
     @property
     def command_slots(self) -> list[str]:
+        """The slots the command takes when admitted, and its job carries to be freed."""
         return quotas.command_slots(self.env_id, self.org, self.workspace)
 
 
@@ -175,6 +176,9 @@ class Dispatcher:
         now = time.time()
         enqueued_ms = int(now * 1000)
         reply_to = self.listener.channel if reply else None
+        if admission is not None:
+            # The worker frees exactly the slots the script takes (shared/quotas.py).
+            payload = {**payload, "slots": admission.command_slots}
         job = serialize_job(
             function,
             (payload,),

@@ -198,7 +198,6 @@ async def execute(request: Request) -> Response:
     deadline_at = time.time() + body.timeout_sec
     wait_sec = body.timeout_sec + state.settings.result_grace_sec
     job_id = uuid.uuid4().hex
-    slots = quotas.command_slots(env_id, target.org, target.workspace)
     payload = ExecJob(
         env_id=env_id,
         command=body.command,
@@ -207,7 +206,6 @@ async def execute(request: Request) -> Response:
         user=target.user,
         workdir=target.workdir,
         output_limit=state.settings.output_limit_bytes,
-        slots=slots,
     )
     if once is not None:
         payload["idempotency"] = once.record
@@ -236,7 +234,7 @@ async def execute(request: Request) -> Response:
     except TaskenvError:
         # The worker frees the slots with its answer; with no answer (timeout, lost worker) they
         # would last until the command's deadline: free them now.
-        state.after_response(quotas.release_command(state.records, slots, job_id))
+        state.after_response(quotas.release_command(state.records, admission.command_slots, job_id))
         raise
     EXECUTE_SECONDS.observe(time.perf_counter() - started)
     return json_response(ExecuteResponse.model_validate(value))

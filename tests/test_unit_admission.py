@@ -7,7 +7,7 @@ import pytest
 
 from api.dispatch import Admission, Dispatcher, Idempotency, NotAdmitted, Replay
 from api.ratelimit import OrgRate
-from shared import jobs, keys
+from shared import jobs, keys, quotas
 from shared.errors import ErrorType, TaskenvError
 from shared.idempotency import STORE_AND_PUBLISH
 
@@ -207,3 +207,11 @@ async def test_a_refused_request_does_not_use_its_idempotency_key(redis):
     assert await redis.exists(keys.idempotency("e1", "k1")) == 0
     await redis.hset(keys.environment("e1"), "state", "ready")
     assert await _submit(dispatcher, "j2", idempotency=_once()) is None
+
+
+async def test_an_admitted_command_carries_the_slots_it_took_for_its_worker_to_free(redis):
+    await redis.hset(keys.environment("e1"), "state", "ready")
+    await _submit(_dispatcher(redis), "j1")
+    payload = jobs.deserialize(await redis.get("arq:job:j1"))["a"][0]
+    taken = [slot for slot in quotas.command_slots("e1", "acme", "") if await redis.zscore(slot, "j1")]
+    assert payload["slots"] == taken == quotas.command_slots("e1", "acme", "")
