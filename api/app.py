@@ -85,8 +85,9 @@ async def _redis_error(request: Request, exc: Exception) -> Response:
     without closing the client's connection."""
     if not refuses_writes(exc):
         return await _unexpected_error(request, exc)
-    # Nothing was written (each script either completes or fails before its first write), so
-    # the request may be retried once the operator has made room or restored the primary.
+    # Redis refuses a command that adds data before running it, and a script at its first such
+    # command (by then it may only have pruned expired entries): the request may be retried
+    # once the operator has made room or restored the primary.
     log.warning("Redis refuses writes on %s %s: %s", request.method, request.url.path, exc)
     error = TaskenvError(
         ErrorType.UNAVAILABLE,
