@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from shared import keys
 from tests.cluster import timed
 from tests.conftest import Env
-from tests.stack import Stack
+from tests.stack import PYTHON, Stack
 
 pytestmark = pytest.mark.integration
 
@@ -127,6 +127,20 @@ async def test_a_wiped_store_removes_no_container(stacks, tmp_path, how):
     await until(lambda: stack.worker_metric("taskenv_reaper_kept_containers") == 6, "the kept gauge")
     assert await asyncio.to_thread(stack.worker_metric, "taskenv_reaper_refusals_total") >= 1
     print(f"\nstore wiped ({how}): {timed(wiped_at)} s later all 6 containers still run; refusals logged")
+
+
+def test_a_worker_pointed_at_another_deployments_redis_refuses_to_start(stacks, tmp_path):
+    stack = Stack(tmp_path, {"TASKENV_DEPLOYMENT": "prod-b"})
+    stacks.append(stack)
+    stack.start_redis()
+    stack.client().set(keys.DEPLOYMENT, "prod-a")
+    started = subprocess.run([*PYTHON, "worker"], env=stack.env, capture_output=True, text=True, timeout=60)
+    assert started.returncode == 1
+    assert started.stderr.strip() == (
+        "taskenv worker: TASKENV_DEPLOYMENT is 'prod-b' but this Redis belongs to deployment"
+        " 'prod-a': check TASKENV_REDIS_URL, or set TASKENV_DEPLOYMENT to the deployment's id"
+    )
+    assert stack.client().get(keys.DEPLOYMENT) == "prod-a" and stack.containers() == []
 
 
 # Case 7: two deployments on one Docker engine, with the same host id.

@@ -132,13 +132,14 @@ async def _reconcile(ctx: Ctx) -> tuple[int, int]:
     record is gone, unless the store looks wiped), and fail ready environments whose container
     vanished. Returns (containers removed, environments failed)."""
     redis, docker, host, mine = _records(ctx), _docker(ctx), _settings(ctx).host_id, _deployment(ctx)
-    held = await deployment.current(redis)
     # The host's live environments are read before its containers are listed: one whose
     # provision ends in between is then listed with its container, never taken for vanished.
     indexed = list(await redis.zrange(keys.expiry_index(host), 0, -1))
     live = await store.states(redis, indexed)
     managed = await containers.managed_on_host(docker, host, mine)
     known = await store.states(redis, list(managed))
+    # Read after the records: a store wiped before or while they were read has lost it by now.
+    held = await deployment.current(redis)
     unknown = [env_id for env_id, state in known.items() if state is None]
     wiped = store_looks_wiped(mine, held, len(unknown), len(indexed)) if unknown else None
     KEPT.set(len(unknown) if wiped else 0)

@@ -170,8 +170,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     """Open what the job functions of both of a process's workers share, and reconcile."""
     settings: Settings = ctx["settings"]
     ctx["records"] = records_client(settings)
-    ctx["docker"] = docker.connect()
     ctx["deployment"] = await reaper.join_deployment(ctx["records"], settings)
+    ctx["docker"] = docker.connect()
     await reaper.reap(ctx)
 
 
