@@ -1,12 +1,34 @@
 # taskenv's own image for compose.yaml (the API and the workers). Sandboxes use task images.
-FROM python:3.11-slim
-RUN apt-get update && apt-get install -y --no-install-recommends busybox-static && rm -rf /var/lib/apt/lists/*
+# Layers from the least to the most often changed: system packages, Python dependencies (from
+# pyproject.toml only), then the source. `bench` is not shipped: it is a tool for a checkout.
+# With no registry at hand, scripts/offline_image.py makes the base image from this machine's
+# Debian packages and the wheels from .venv, then runs this same file.
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE}
+# Extra pip options: the offline build's `--no-index --no-build-isolation` (its wheels come in .wheels/).
+ARG PIP_OPTIONS=
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# busybox-static: the worker builds the default task image from it (`taskenv image build`).
+RUN if [ ! -x /bin/busybox ]; then \
+      apt-get update && apt-get install -y --no-install-recommends busybox-static \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi \
+    && (getent passwd taskenv >/dev/null || useradd --system --uid 10001 --no-create-home --home-dir /app taskenv)
 WORKDIR /app
+# .wheels/ exists only in offline builds; its wheels land beside pyproject.toml.
+COPY pyproject.toml README.md .wheel[s] /tmp/deps/
+RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/tmp/deps/pyproject.toml", "rb"))["project"]["dependencies"]))' \
+      > /tmp/deps/requirements.txt \
+    && python3 -m pip install $PIP_OPTIONS --find-links /tmp/deps -r /tmp/deps/requirements.txt \
+    && rm -rf /tmp/deps
 COPY pyproject.toml README.md ./
+COPY shared shared
 COPY api api
 COPY worker worker
-COPY shared shared
 COPY cli cli
-COPY bench bench
-RUN pip install --no-cache-dir .
+COPY bench/__init__.py bench/__init__.py
+RUN python3 -m pip install $PIP_OPTIONS --no-deps . && rm -rf build *.egg-info
+# The API and the healthchecks run unprivileged; compose.yaml runs the worker as root, for it
+# holds the Docker socket (root on the host in any case) and kills sandboxes' process groups.
+USER taskenv
 ENTRYPOINT ["taskenv"]

@@ -181,9 +181,12 @@ def bench(
     plot_path: str = typer.Option(None, "--plot", help="Draw the latency distributions to this PNG"),
 ) -> None:
     """Load a running taskenv and, as the baseline, the same Docker engine directly; compare."""
-    from bench.config import BenchConfig
-    from bench.main import run
-    from bench.workloads import WorkloadName, resolve
+    try:
+        from bench.config import BenchConfig
+        from bench.main import run
+        from bench.workloads import WorkloadName, resolve
+    except ModuleNotFoundError as missing:
+        failures.fail(f"taskenv bench is not in this installation ({missing}): run it from a checkout")
 
     try:
         chosen = resolve(WorkloadName(workload), command)
