@@ -217,8 +217,8 @@ async def enqueued_teardown_taken(client: aioredis.Redis, host: str) -> bool:
 async def test_a_worker_killed_during_a_delete_has_its_teardown_rerun_by_another(
     cluster_factory, cluster_api
 ):
-    # A long idle wait keeps the worker in one BLPOP, so the frozen one is sure to take the job;
-    # dead after 6 s leaves the second worker time to start before the first is lost.
+    # A long idle wait keeps each worker in one BLPOP, served first come first served: the first
+    # worker, blocked since its start, takes the teardown once frozen. Dead after 6 s.
     cluster = await cluster_factory(
         hosts=("a",), TASKENV_WORKER_IDLE_WAIT_SEC="30", TASKENV_HOST_DEAD_AFTER_SEC="6"
     )
@@ -227,19 +227,21 @@ async def test_a_worker_killed_during_a_delete_has_its_teardown_rerun_by_another
     await api.ready(env_id)
     await api.ready(bystander)
     (first,) = cluster.workers["a"]
+    # The second worker starts before the DELETE: its start-up reaper cannot be what removes it.
+    second = cluster.start_worker("a")
+    await until(lambda: len(cluster.worker_ids("a")) == 2, "a second worker of the host")
     stop_in_blpop(first)
     stopped_at = time.monotonic()
     deleting = asyncio.create_task(api.http.delete(api.url(env_id)))
     host = cluster.host_id("a")
-    await until(lambda: asyncio.run(_taken(cluster.redis_url, host)), "the frozen worker took the teardown")
-    second = cluster.start_worker("a")
-    await until(lambda: len(cluster.worker_ids("a")) == 2, "a second worker of the host")
+    await until(lambda: asyncio.run(_taken(cluster.redis_url, host)), "the teardown taken")
     first.kill()
     first.wait()
     cluster.workers["a"].remove(first)
     response = await asyncio.wait_for(deleting, 30)
     answered = timed(stopped_at)
     assert response.status_code == 204
+    assert answered > 1, "the live worker took the teardown: the frozen one was not first in line"
     # 204 means removed: the teardown ran again, on the live worker.
     assert docker("inspect", f"taskenv-{env_id}").returncode != 0, "the container is still there"
     assert answered < 6 + 3  # the loss noticed, not twice the 10 s teardown wait
