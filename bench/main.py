@@ -6,7 +6,6 @@ short or failed run, or something not cleaned up; 2 a refused configuration; 130
 """
 
 import asyncio
-import importlib.util
 import os
 import resource
 import sys
@@ -40,12 +39,21 @@ def raise_fd_limit() -> int:
 PLOT_HINT = "a plot needs matplotlib: pip install 'taskenv[bench]'"
 
 
+def plotting_available() -> bool:
+    """matplotlib is the `bench` extra: without it the bench runs, only a plot is refused."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def run(config: BenchConfig, *, as_json: bool, json_path: Path | None, plot_path: Path | None) -> int:
     limit = raise_fd_limit()
     # With --json, stdout carries only the figures; everything else goes to stderr.
     console = Console(stderr=as_json)
-    if plot_path is not None and importlib.util.find_spec("matplotlib") is None:
-        console.print(f"[red]{PLOT_HINT}[/red]")
+    if plot_path is not None and not plotting_available():
+        console.print(PLOT_HINT, style="red", markup=False)
         return 2
     try:
         base_url = require_loopback_url(config.base_url)

@@ -38,7 +38,7 @@ for pid in filter(None, sys.argv[1].split(",")):
 print(round(t / os.sysconf("SC_CLK_TCK"), 2))' "$1"; }
   ours_before=$(cpu "$ours"); engine_before=$(cpu "$engine")
   # shellcheck disable=SC2086
-  TASKENV_KEY=$key "$taskenv" bench --url "http://127.0.0.1:$port" $args --json "$out/bench-$n.json" \
+  TASKENV_KEY=$key "$taskenv" bench --url "http://127.0.0.1:$port" $args --out "$out/bench-$n.json" \
     >"$out/bench-$n.txt" 2>&1 || echo "bench with $n workers failed: see $out/bench-$n.txt" >&2
   echo "cpu_s ours $(cpu "$ours") $ours_before engine $(cpu "$engine") $engine_before" >"$out/cpu-$n.txt"
   kill -INT "$up"
