@@ -38,6 +38,7 @@ RESTART_WINDOW_SEC = 60.0
 POLL_SEC = 0.2
 # Written once the home's first API key was made: later starts make none.
 FIRST_KEY_MARK = "first-key"
+DEFAULT_HOME = (Path.home() / ".taskenv").absolute()
 
 
 class StartFailed(RuntimeError):
@@ -169,9 +170,10 @@ def _banner(base: str, home: Path, key: str | None, keys_made: int, org: str, wo
   export TASKENV_KEY={key}
 """
     else:
-        access = f"""API keys in this home: {keys_made} (taskenv keys ls). A new one, shown once:
+        taskenv = "taskenv" if home == DEFAULT_HOME else f"taskenv --home {home}"
+        access = f"""API keys in this home: {keys_made} ({taskenv} keys ls). A new one, shown once:
 
-  export TASKENV_KEY=$(taskenv keys create --org {org} --workspace {workspace})
+  export TASKENV_KEY=$({taskenv} keys create --org {org} --workspace {workspace})
 """
     return f"""
 taskenv is up: API {base}  (Ctrl-C stops everything)

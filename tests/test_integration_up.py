@@ -100,7 +100,8 @@ def test_up_runs_everything_and_stops_cleanly(tmp_path):
     again = _start(env)
     try:
         banner = _banner(again)
-        assert "export TASKENV_KEY=tk_" not in banner and "API keys in this home: 2" in banner, banner
+        assert "export TASKENV_KEY=tk_" not in banner, banner
+        assert f"API keys in this home: 2 (taskenv --home {tmp_path} keys ls)" in banner, banner
     finally:
         _stop(again)
 
