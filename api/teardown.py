@@ -1,10 +1,11 @@
 """A DELETE's removal of its environment's container, on the environment's host.
 
 Removing is idempotent, unlike a command: a teardown whose worker may have died (announced
-lost, or silent past the wait) runs once more, on whichever live worker of the host takes it,
-so that 204 means the container is gone. With no worker of the host alive, nothing can remove
-it now: the record is torn down already, and the host's reaper removes the container when a
-worker of that host is back.
+lost, or silent past the wait) runs again, on whichever live worker of the host takes it, so
+that 204 means the container is gone. A re-run is a new job: the earlier one, if its worker
+lives after all, finds the container gone or going and answers as well. With no worker of
+the host alive, nothing can remove it now: the record is torn down already, and the host's
+reaper removes the container when a worker of that host is back.
 """
 
 import asyncio
@@ -28,23 +29,27 @@ class Teardown(StrEnum):
     QUEUE_FULL = "queue_full"
 
 
-# The first run, and one more if its worker may have died.
-ATTEMPTS = 2
+# How long a DELETE keeps trying, in teardown waits: the first run, and re-runs while its worker
+# may have died (announced lost, or no answer within the wait) and the host still lives.
+WAITS = 2
 _RETRIED = (Teardown.WORKER_LOST, Teardown.NO_ANSWER)
 
 
 async def remove_container(state: AppState, env_id: str, host: str) -> Teardown:
-    outcome = Teardown.NO_WORKER
-    for _ in range(ATTEMPTS):
-        if not await hosts.host_alive(state.records, host, dead_after_sec=state.settings.host_dead_after_sec):
+    settings = state.settings
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAITS * settings.teardown_wait_sec
+    outcome = Teardown.NO_ANSWER
+    while (left := deadline - loop.time()) > 0:
+        if not await hosts.host_alive(state.records, host, dead_after_sec=settings.host_dead_after_sec):
             return Teardown.NO_WORKER
-        outcome = await _once(state, env_id, host)
+        outcome = await _once(state, env_id, host, min(left, settings.teardown_wait_sec))
         if outcome not in _RETRIED:
             return outcome
     return outcome
 
 
-async def _once(state: AppState, env_id: str, host: str) -> Teardown:
+async def _once(state: AppState, env_id: str, host: str, wait_sec: float) -> Teardown:
     """One teardown job on the host's queue, answered by its worker or cut short by the loss of
     any worker of the host (the one running it may be lost without having listed it yet)."""
     with state.listener.losses(host) as lost:
@@ -53,7 +58,7 @@ async def _once(state: AppState, env_id: str, host: str) -> Teardown:
                 jobs.TEARDOWN,
                 jobs.EnvJob(env_id=env_id),
                 queue=keys.host_queue(host),
-                wait_sec=state.settings.teardown_wait_sec,
+                wait_sec=wait_sec,
             )
         )
         try:

@@ -214,13 +214,18 @@ async def enqueued_teardown_taken(client: aioredis.Redis, host: str) -> bool:
     return bool(queued) and await client.llen(keys.wake(keys.host_queue(host))) == 0
 
 
+@pytest.mark.parametrize(("dead_after", "heartbeat"), [(6, 0.5), (10, 1.0)], ids=["fast", "defaults"])
 async def test_a_worker_killed_during_a_delete_has_its_teardown_rerun_by_another(
-    cluster_factory, cluster_api
+    cluster_factory, cluster_api, dead_after, heartbeat
 ):
     # A long idle wait keeps each worker in one BLPOP, served first come first served: the first
-    # worker, blocked since its start, takes the teardown once frozen. Dead after 6 s.
+    # worker, blocked since its start, takes the teardown once frozen. With the defaults the
+    # teardown's 10 s wait ends about when the loss is noticed: either way it runs again.
     cluster = await cluster_factory(
-        hosts=("a",), TASKENV_WORKER_IDLE_WAIT_SEC="30", TASKENV_HOST_DEAD_AFTER_SEC="6"
+        hosts=("a",),
+        TASKENV_WORKER_IDLE_WAIT_SEC="30",
+        TASKENV_HOST_DEAD_AFTER_SEC=str(dead_after),
+        TASKENV_HEARTBEAT_SEC=str(heartbeat),
     )
     api = await cluster_api(cluster)
     env_id, bystander = await api.create(), await api.create()
@@ -244,10 +249,13 @@ async def test_a_worker_killed_during_a_delete_has_its_teardown_rerun_by_another
     assert answered > 1, "the live worker took the teardown: the frozen one was not first in line"
     # 204 means removed: the teardown ran again, on the live worker.
     assert docker("inspect", f"taskenv-{env_id}").returncode != 0, "the container is still there"
-    assert answered < 6 + 3  # the loss noticed, not twice the 10 s teardown wait
+    assert answered < dead_after + 3  # the loss noticed, not twice the 10 s teardown wait
     assert second.poll() is None
     assert (await api.run(bystander, "echo fine")).json()["output"] == "fine\n"
-    print(f"\nworker killed during a DELETE: 204 with the container removed {answered} s after it froze")
+    print(
+        f"\nworker killed during a DELETE (dead after {dead_after} s): 204 with the container removed"
+        f" {answered} s after it froze"
+    )
 
 
 async def _taken(redis_url: str, host: str) -> bool:
