@@ -16,6 +16,7 @@ import uvloop
 from rich.console import Console
 
 from bench.config import BenchConfig
+from bench.interrupt import first_interrupt_stops
 from bench.progress import RichTracker, rich_progress
 from bench.report import build, render, to_json, write_json
 from bench.results import Results
@@ -80,8 +81,9 @@ def run(config: BenchConfig, *, as_json: bool, json_path: Path | None, plot_path
     with rich_progress() as progress:
         try:
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                runner.run(run_with_clients(config, results, RichTracker(progress)))
-        except KeyboardInterrupt:
+                work = run_with_clients(config, results, RichTracker(progress))
+                runner.run(first_interrupt_stops(work, lambda line: console.print(line, style="yellow")))
+        except (KeyboardInterrupt, asyncio.CancelledError):
             results.stopped = results.stopped or "interrupted"
             code = 130
         except Exception as exc:
