@@ -1,4 +1,5 @@
-"""`taskenv`: one console script for operators."""
+"""`taskenv`: one console script for operators. Exit codes: 0 done, 1 could not (one line on
+stderr says why), 2 a usage error."""
 
 import os
 import resource
@@ -44,8 +45,7 @@ def main(
     ),
     home: Annotated[Path | None, typer.Option("--home", help=HOME_HELP)] = None,
 ) -> None:
-    """`taskenv`: one console script for operators. Exit codes: 0 done, 1 could not (one line on
-    stderr says why), 2 a usage error."""
+    """Options of every command."""
     _use_home(home)
 
 
