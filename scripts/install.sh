@@ -15,6 +15,8 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 # Validates compose.yaml in the tests (`docker-compose config`: no image is pulled or built).
 command -v docker-compose >/dev/null || need_apt+=(docker-compose)
 command -v make >/dev/null || need_apt+=(make)  # `make test-compat`
+# scripts/offline_image.py (compose's images with no registry) builds the project with it.
+[ -d /usr/lib/python3/dist-packages/wheel ] || need_apt+=(python3-wheel)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

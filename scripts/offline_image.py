@@ -136,26 +136,34 @@ def base_rootfs(packages: set[str], *, with_python: bool = True) -> bytes:
     return buffer.getvalue()
 
 
+def _import(rootfs: bytes, tag: str, *changes: str) -> None:
+    """`docker import` the root filesystem as `tag`, unless `tag` holds these very files already:
+    every import would otherwise leave the previous image behind, untagged."""
+    digest = hashlib.sha256(rootfs).hexdigest()
+    label = '{{index .Config.Labels "taskenv.rootfs"}}'
+    inspect = ["docker", "image", "inspect", "--format", label, tag]
+    found = subprocess.run(inspect, capture_output=True, text=True)
+    size = f"{len(rootfs) / 2**20:.0f} MiB of this machine's Debian packages"
+    if found.stdout.strip() == digest:
+        print(f"{tag} is up to date ({size})")
+        return
+    options = [arg for change in (*changes, f"LABEL taskenv.rootfs={digest}") for arg in ("--change", change)]
+    imported = ["docker", "import", *options, "-", tag]
+    subprocess.run(imported, input=rootfs, check=True, stdout=subprocess.DEVNULL)
+    print(f"built {tag} ({size})")
+
+
 def build_redis() -> None:
     """Redis from this machine's redis-server package, for compose.yaml's redis service
     (TASKENV_REDIS_IMAGE) where the official image cannot be pulled."""
     rootfs = base_rootfs(_closure(REDIS_PACKAGES), with_python=False)
-    subprocess.run(
-        ["docker", "import", "--change", "ENV PATH=/usr/local/bin:/usr/bin:/bin", "--change", "WORKDIR /data",
-         "--change", 'CMD ["redis-server"]', "-", REDIS_IMAGE],
-        input=rootfs, check=True, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    print(f"built {REDIS_IMAGE} ({len(rootfs) / 2**20:.0f} MiB of this machine's Debian packages)")
+    path = "ENV PATH=/usr/local/bin:/usr/bin:/bin"
+    _import(rootfs, REDIS_IMAGE, path, "WORKDIR /data", 'CMD ["redis-server"]')
 
 
 def build_base() -> None:
     rootfs = base_rootfs(_closure(PACKAGES))
-    subprocess.run(
-        ["docker", "import", "--change", f"ENV PATH={PYTHON}/bin:/usr/local/bin:/usr/bin:/bin",
-         "--change", 'CMD ["python3"]', "-", BASE_IMAGE],
-        input=rootfs, check=True, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    print(f"built {BASE_IMAGE} ({len(rootfs) / 2**20:.0f} MiB of this machine's Debian packages)")
+    _import(rootfs, BASE_IMAGE, f"ENV PATH={PYTHON}/bin:/usr/local/bin:/usr/bin:/bin", 'CMD ["python3"]')
 
 
 def _runtime_closure(name: str) -> list[Distribution]:
