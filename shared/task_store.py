@@ -1,0 +1,292 @@
+"""The task registry's storage in Redis: OCI blobs per org, and immutable task versions.
+
+Every worker host reaches Redis, so a task archive stored here can be built on any host without
+a shared filesystem. Storage is bounded per org: a blob is counted from its upload, held as
+*pending* until a version refers to it (or `pending_ttl_sec` passes, after which the next upload
+of the org frees it), then reference-counted by the versions that name it; deleting the last
+version that names a blob frees it. Versions are immutable per (org, name, version).
+
+All calls take a bytes Redis client (`decode_responses=False`): blobs are binary.
+"""
+
+import json
+import time
+import uuid
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+from redis.asyncio import Redis
+
+from taskenv.shared import task_keys as keys
+
+UPLOAD_TTL_SEC = 3600
+
+# Store a blob, pending, if the org's storage has room. Expired pending blobs (uploaded, never
+# named by a version) are freed first. A blob already known is not stored again; if still
+# pending, its deadline moves on.
+# KEYS: blob, org's blob refcounts, org's pending blobs, org's bytes used.
+# ARGV: digest, data, now, pending deadline, org budget in bytes, blob key prefix.
+_PUT_BLOB = """
+local digest, data = ARGV[1], ARGV[2]
+local now, deadline, budget = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local blob_prefix = ARGV[6]
+for _, stale in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
+  redis.call('ZREM', KEYS[3], stale)
+  if redis.call('HGET', KEYS[2], stale) == '0' then
+    redis.call('HDEL', KEYS[2], stale)
+    redis.call('DECRBY', KEYS[4], redis.call('STRLEN', blob_prefix .. stale))
+    redis.call('DEL', blob_prefix .. stale)
+  end
+end
+local refs = redis.call('HGET', KEYS[2], digest)
+if refs then
+  if refs == '0' then redis.call('ZADD', KEYS[3], deadline, digest) end
+  return 'exists'
+end
+local used = tonumber(redis.call('GET', KEYS[4]) or '0')
+if used + #data > budget then return 'over_budget' end
+redis.call('SET', KEYS[1], data)
+redis.call('HSET', KEYS[2], digest, 0)
+redis.call('ZADD', KEYS[3], deadline, digest)
+redis.call('INCRBY', KEYS[4], #data)
+return 'stored'
+"""
+
+# A new version, only if (org, name, version) is free and every blob it names is stored; its
+# blobs then count one more reference and are no longer pending.
+# KEYS: the name's versions, org's blob refcounts, org's pending blobs, org's names.
+# ARGV: version, record JSON, name, then the digests the version names.
+_COMMIT = """
+local version, record, name = ARGV[1], ARGV[2], ARGV[3]
+local existing = redis.call('HGET', KEYS[1], version)
+if existing then return {'exists', existing} end
+for i = 4, #ARGV do
+  if not redis.call('HGET', KEYS[2], ARGV[i]) then return {'missing_blob', ARGV[i]} end
+end
+for i = 4, #ARGV do
+  redis.call('HINCRBY', KEYS[2], ARGV[i], 1)
+  redis.call('ZREM', KEYS[3], ARGV[i])
+end
+redis.call('HSET', KEYS[1], version, record)
+redis.call('SADD', KEYS[4], name)
+return {'committed', ''}
+"""
+
+# Remove a version; blobs no version names any more are freed. The name's last version takes
+# the name out of the org's names and out of the public ones.
+# KEYS: the name's versions, org's blob refcounts, org's bytes used, org's names, public names.
+# ARGV: version, name, qualified name (org/name), blob key prefix, then the version's digests.
+_DELETE = """
+local version, name, qualified, blob_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if redis.call('HDEL', KEYS[1], version) == 0 then return 0 end
+for i = 5, #ARGV do
+  if redis.call('HINCRBY', KEYS[2], ARGV[i], -1) <= 0 then
+    redis.call('HDEL', KEYS[2], ARGV[i])
+    redis.call('DECRBY', KEYS[3], redis.call('STRLEN', blob_prefix .. ARGV[i]))
+    redis.call('DEL', blob_prefix .. ARGV[i])
+  end
+end
+if redis.call('HLEN', KEYS[1]) == 0 then
+  redis.call('SREM', KEYS[4], name)
+  redis.call('SREM', KEYS[5], qualified)
+end
+return 1
+"""
+
+# Publish or unpublish a name, if it has a version.
+# KEYS: the name's versions, public names. ARGV: qualified name, 1 to publish or 0.
+_VISIBILITY = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[2] == '1' then redis.call('SADD', KEYS[2], ARGV[1]) else redis.call('SREM', KEYS[2], ARGV[1]) end
+return 1
+"""
+
+
+class BlobOutcome(StrEnum):
+    STORED = "stored"
+    EXISTS = "exists"
+    OVER_BUDGET = "over_budget"
+
+
+class CommitOutcome(StrEnum):
+    COMMITTED = "committed"
+    EXISTS = "exists"
+    MISSING_BLOB = "missing_blob"
+
+
+class TaskVersion(BaseModel):
+    """One stored version: the OCI manifest as pushed, its digests, and the task.yaml fields the
+    read routes answer with."""
+
+    org: str
+    name: str
+    version: str
+    created_at: float
+    manifest: str
+    manifest_digest: str
+    config_digest: str
+    oci_digest: str  # the task archive (layer) digest, which `dn task push` compares
+    size: int
+    instruction: str
+    verification_method: str
+    description: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    difficulty: str | None = None
+    source: str | None = None
+    author: str | None = None
+    license: str | None = None
+    repository: str | None = None
+    max_agent_timeout_sec: int | None = None
+    ports: dict[str, list[int]] = Field(default_factory=dict)
+    egress: dict[str, Any] | None = None
+    models: list[str] | dict[str, Any] | None = None
+    readme: str | None = None
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.org}/{self.name}"
+
+    @property
+    def digests(self) -> list[str]:
+        return list(dict.fromkeys([self.config_digest, self.oci_digest]))
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """Fixed semver as numbers, so 1.10.0 sorts after 1.9.0."""
+    return tuple(int(part) if part.isdigit() else -1 for part in version.split("."))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def put_blob(
+    redis: Redis, org: str, digest: str, data: bytes, *, budget_bytes: int, pending_ttl_sec: float
+) -> BlobOutcome:
+    now = time.time()
+    outcome = await redis.register_script(_PUT_BLOB)(
+        keys=[
+            keys.task_blob(org, digest),
+            keys.task_blob_refs(org),
+            keys.task_blobs_pending(org),
+            keys.task_bytes(org),
+        ],
+        args=[digest, data, repr(now), repr(now + pending_ttl_sec), budget_bytes, keys.task_blob(org, "")],
+    )
+    return BlobOutcome(_text(outcome))
+
+
+async def blob_stored(redis: Redis, org: str, digest: str) -> bool:
+    return bool(await redis.hexists(keys.task_blob_refs(org), digest))  # type: ignore[misc]
+
+
+async def get_blob(redis: Redis, org: str, digest: str) -> bytes | None:
+    data = await redis.get(keys.task_blob(org, digest))
+    return None if data is None else bytes(data)
+
+
+async def commit(redis: Redis, version: TaskVersion) -> tuple[CommitOutcome, TaskVersion | str | None]:
+    """COMMITTED; EXISTS with the version already stored; MISSING_BLOB with its digest."""
+    outcome, detail = await redis.register_script(_COMMIT)(
+        keys=[
+            keys.task_versions(version.org, version.name),
+            keys.task_blob_refs(version.org),
+            keys.task_blobs_pending(version.org),
+            keys.task_names(version.org),
+        ],
+        args=[version.version, version.model_dump_json(), version.name, *version.digests],
+    )
+    result = CommitOutcome(_text(outcome))
+    if result is CommitOutcome.EXISTS:
+        return result, TaskVersion.model_validate_json(detail)
+    return result, _text(detail) or None
+
+
+async def get_version(redis: Redis, org: str, name: str, version: str) -> TaskVersion | None:
+    record = await redis.hget(keys.task_versions(org, name), version)  # type: ignore[misc]
+    return None if record is None else TaskVersion.model_validate_json(record)
+
+
+async def versions(redis: Redis, org: str, name: str) -> list[str]:
+    """Newest first."""
+    found = await redis.hkeys(keys.task_versions(org, name))  # type: ignore[misc]
+    return sorted((_text(v) for v in found), key=version_key, reverse=True)
+
+
+async def latest(redis: Redis, org: str, name: str) -> TaskVersion | None:
+    newest = next(iter(await versions(redis, org, name)), None)
+    return None if newest is None else await get_version(redis, org, name, newest)
+
+
+async def delete_version(redis: Redis, version: TaskVersion) -> bool:
+    deleted = await redis.register_script(_DELETE)(
+        keys=[
+            keys.task_versions(version.org, version.name),
+            keys.task_blob_refs(version.org),
+            keys.task_bytes(version.org),
+            keys.task_names(version.org),
+            keys.TASKS_PUBLIC,
+        ],
+        args=[
+            version.version,
+            version.name,
+            version.qualified_name,
+            keys.task_blob(version.org, ""),
+            *version.digests,
+        ],
+    )
+    return bool(deleted)
+
+
+async def set_public(redis: Redis, org: str, name: str, public: bool) -> bool:
+    """False when the name has no version."""
+    done = await redis.register_script(_VISIBILITY)(
+        keys=[keys.task_versions(org, name), keys.TASKS_PUBLIC], args=[f"{org}/{name}", 1 if public else 0]
+    )
+    return bool(done)
+
+
+async def is_public(redis: Redis, org: str, name: str) -> bool:
+    return bool(await redis.sismember(keys.TASKS_PUBLIC, f"{org}/{name}"))  # type: ignore[misc]
+
+
+async def names(redis: Redis, org: str) -> list[str]:
+    return sorted(_text(name) for name in await redis.smembers(keys.task_names(org)))  # type: ignore[misc]
+
+
+async def public_names(redis: Redis) -> list[tuple[str, str]]:
+    qualified = sorted(_text(q) for q in await redis.smembers(keys.TASKS_PUBLIC))  # type: ignore[misc]
+    return [(org, name) for org, _, name in (q.partition("/") for q in qualified)]
+
+
+async def blob_readable(redis: Redis, owner: str, digest: str, caller: str) -> bool:
+    """The caller's own blob, or one that a public version of another org names."""
+    if owner == caller:
+        return await blob_stored(redis, owner, digest)
+    for org, name in await public_names(redis):
+        if org != owner:
+            continue
+        records = await redis.hvals(keys.task_versions(org, name))  # type: ignore[misc]
+        if any(digest in TaskVersion.model_validate_json(record).digests for record in records):
+            return True
+    return False
+
+
+async def new_upload(redis: Redis, org: str, name: str) -> str:
+    """An upload session's id (OCI's `POST .../blobs/uploads/`), valid `UPLOAD_TTL_SEC`."""
+    upload_id = uuid.uuid4().hex
+    await redis.set(keys.task_upload(upload_id), json.dumps([org, name]), ex=UPLOAD_TTL_SEC)
+    return upload_id
+
+
+async def upload_of(redis: Redis, upload_id: str) -> tuple[str, str] | None:
+    found = await redis.get(keys.task_upload(upload_id))
+    if found is None:
+        return None
+    org, name = json.loads(found)
+    return str(org), str(name)
+
+
+async def end_upload(redis: Redis, upload_id: str) -> None:
+    await redis.delete(keys.task_upload(upload_id))

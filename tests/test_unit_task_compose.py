@@ -1,0 +1,106 @@
+"""The compose policy: every key that would give a task's service more than a sandbox has is
+refused with the service and the key named; honoured and ignored keys pass."""
+
+import pytest
+
+from taskenv.shared.task_archive import TaskFiles
+from taskenv.shared.task_compose import ComposeBuild, container_ports, policy_issues, service_plan
+
+FILES = TaskFiles(files={"web/Dockerfile": b"FROM scratch\n"})
+
+
+def refused(service: dict, **top: object) -> list[str]:
+    return [str(issue) for issue in policy_issues({"services": {"web": service}, **top}, FILES)]
+
+
+@pytest.mark.parametrize(
+    ("service", "named"),
+    [
+        ({"privileged": True}, "'privileged'"),
+        ({"privileged": "true"}, "'privileged'"),
+        ({"cap_add": ["SYS_ADMIN"]}, "'cap_add: SYS_ADMIN'"),
+        ({"cap_add": ["CAP_NET_ADMIN"]}, "'cap_add: NET_ADMIN'"),
+        ({"cap_add": ["ALL"]}, "'cap_add: ALL'"),
+        ({"devices": ["/dev/kvm:/dev/kvm"]}, "'devices'"),
+        ({"device_cgroup_rules": ["c 1:3 mr"]}, "'device_cgroup_rules'"),
+        ({"gpus": "all"}, "'gpus'"),
+        ({"network_mode": "host"}, "'network_mode: host'"),
+        ({"network_mode": "container:abc"}, "'network_mode: container:abc'"),
+        ({"pid": "host"}, "'pid: host'"),
+        ({"ipc": "host"}, "'ipc: host'"),
+        ({"userns_mode": "host"}, "'userns_mode: host'"),
+        ({"uts": "host"}, "'uts: host'"),
+        ({"cgroup": "host"}, "'cgroup: host'"),
+        ({"cgroup_parent": "/x"}, "'cgroup_parent'"),
+        ({"sysctls": {"net.ipv4.ip_forward": 1}}, "'sysctls'"),
+        ({"security_opt": ["seccomp=unconfined"]}, "'security_opt: seccomp=unconfined'"),
+        ({"security_opt": ["apparmor:unconfined"]}, "'security_opt: apparmor:unconfined'"),
+        ({"security_opt": ["label=disable"]}, "'security_opt: label=disable'"),
+        ({"security_opt": ["no-new-privileges=false"]}, "'security_opt: no-new-privileges=false'"),
+        ({"security_opt": ["systempaths=unconfined"]}, "'security_opt: systempaths=unconfined'"),
+        ({"volumes": ["/var/run/docker.sock:/var/run/docker.sock"]}, "the Docker socket"),
+        ({"volumes": ["./run/docker.sock:/x"]}, "the Docker socket"),
+        ({"volumes": ["/etc:/host-etc:ro"]}, "'volumes: /etc:/host-etc:ro'"),
+        ({"volumes": ["../outside:/data"]}, "outside the task directory"),
+        ({"volumes": ["~/.ssh:/root/.ssh"]}, "outside the task directory"),
+        ({"volumes": ["${HOME}:/h"]}, "outside the task directory"),
+        ({"volumes": [{"type": "bind", "source": "/", "target": "/host"}]}, "outside the task directory"),
+        ({"volumes": [{"type": "npipe", "source": "x", "target": "y"}]}, "a host named pipe"),
+        ({"volumes_from": ["other"]}, "'volumes_from'"),
+        ({"runtime": "runc"}, "'runtime'"),
+        ({"oom_kill_disable": True}, "'oom_kill_disable'"),
+        ({"env_file": "/etc/environment"}, "'env_file: /etc/environment'"),
+        ({"extends": {"file": "../base.yaml", "service": "x"}}, "'extends'"),
+        ({"build": {"context": "web", "network": "host"}}, "'build.network: host'"),
+        ({"build": {"context": "web", "privileged": True}}, "'build.privileged'"),
+        ({"build": {"context": "web", "ssh": ["default"]}}, "'build.ssh'"),
+        ({"build": {"context": "web", "secrets": ["s"]}}, "'build.secrets'"),
+    ],
+)
+def test_refused_keys_are_named(service, named):
+    found = refused(service)
+    assert len(found) == 1 and "service 'web'" in found[0] and named in found[0], found
+
+
+@pytest.mark.parametrize(
+    "top",
+    [
+        {"volumes": {"data": {"driver_opts": {"type": "none", "o": "bind", "device": "/"}}}},
+        {"volumes": {"data": {"external": True}}},
+        {"secrets": {"s": {"file": "/etc/shadow"}}},
+        {"secrets": {"s": {"environment": "AWS_SECRET_ACCESS_KEY"}}},
+        {"configs": {"c": {"file": "../x"}}},
+        {"include": ["../other.yaml"]},
+    ],
+)
+def test_refused_top_level_keys(top):
+    assert len(refused({"image": "x"}, **top)) == 1
+
+
+def test_honoured_and_ignored_keys_pass():
+    service = {
+        "build": {"context": "web", "dockerfile": "Dockerfile", "args": ["A=1", "B=two"], "target": "final"},
+        "image": "lab/web:1",
+        "ports": ["127.0.0.1:8080:80/tcp", {"target": 9000, "published": 9000}, 7000, "3000-3005"],
+        "cap_add": ["NET_BIND_SERVICE", "cap_chown"],
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
+        "volumes": ["data:/data", "./web:/srv:ro", "/anonymous", {"type": "tmpfs", "target": "/run"}],
+        "env_file": "web/.env",
+        "network_mode": "none",
+        "networks": ["default"],
+        "restart": "always",
+        "healthcheck": {"test": ["CMD", "true"]},
+        "deploy": {"resources": {"limits": {"memory": "1g"}}},
+    }
+    assert refused(service, volumes={"data": {}}, secrets={"s": {"file": "./secret.txt"}}) == []
+    plan = service_plan("web", service)
+    assert plan.build == ComposeBuild(
+        context="web", dockerfile="Dockerfile", args={"A": "1", "B": "two"}, target="final"
+    )
+    assert plan.ports == [80, 7000, 9000]
+    assert container_ports(service)[1] == ["3000-3005"]
+
+
+def test_a_service_that_is_not_a_mapping_is_refused():
+    assert "must be a mapping" in str(policy_issues({"services": {"web": ["x"]}}, FILES)[0])
