@@ -35,9 +35,7 @@ class Manifest(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
     schema_version: Literal[2] = Field(alias="schemaVersion")
-    media_type: Literal["application/vnd.oci.image.manifest.v1+json"] = Field(
-        MEDIA_OCI_MANIFEST, alias="mediaType"
-    )
+    media_type: Literal["application/vnd.oci.image.manifest.v1+json"] = Field(alias="mediaType")
     config: Descriptor
     layers: list[Descriptor] = Field(min_length=1, max_length=1)
     annotations: dict[str, str] = Field(default_factory=dict)
