@@ -15,6 +15,8 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 # Validates compose.yaml in the tests (`docker-compose config`: no image is pulled or built).
 command -v docker-compose >/dev/null || need_apt+=(docker-compose)
 command -v make >/dev/null || need_apt+=(make)  # `make test-compat`
+# The in-sandbox runner (runner/PROTOCOL.md) is one static binary: gcc with static glibc.
+command -v gcc >/dev/null && dpkg -s libc6-dev >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
 # scripts/offline_image.py (compose's images with no registry) builds the project with it.
 [ -d /usr/lib/python3/dist-packages/wheel ] || need_apt+=(python3-wheel)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -24,6 +26,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 # Debian starts redis-server as a system service on install; taskenv runs its own, so leave it.
+
+# make rebuilds it only when its source changed; runner/build/ is not in git.
+make -s -C runner build/taskenv-runner
 
 stamp=.venv/.installed
 if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
