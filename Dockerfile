@@ -16,16 +16,17 @@ RUN if [ ! -x /bin/busybox ]; then \
     && (getent passwd taskenv >/dev/null || useradd --system --uid 10001 --no-create-home --home-dir /app taskenv)
 WORKDIR /app
 # .wheels/ exists only in offline builds; its wheels land beside pyproject.toml.
-COPY pyproject.toml README.md .wheel[s] /tmp/deps/
+COPY pyproject.toml README.md LICENSE .wheel[s] /tmp/deps/
 RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/tmp/deps/pyproject.toml", "rb"))["project"]["dependencies"]))' \
       > /tmp/deps/requirements.txt \
     && python3 -m pip install $PIP_OPTIONS --find-links /tmp/deps -r /tmp/deps/requirements.txt \
     && rm -rf /tmp/deps
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY shared shared
 COPY api api
 COPY worker worker
 COPY cli cli
+COPY taskenv taskenv
 COPY bench/__init__.py bench/__init__.py
 RUN python3 -m pip install $PIP_OPTIONS --no-deps . && rm -rf build *.egg-info
 # The API and the healthchecks run unprivileged; compose.yaml runs the worker as root, for it

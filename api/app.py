@@ -16,21 +16,21 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from api import environments as env
-from api import observe, openapi, scope
-from api.client_version import MinimumClientVersion
-from api.dispatch import Dispatcher
-from api.health import healthz, readyz, sweep_forever
-from api.lockout import AuthLockout
-from api.metrics import ERRORS, metrics
-from api.results import ResultListener
-from api.routing import TrailingSlash, allowed_methods, without_slash_redirects
-from api.state import AppState
-from api.targets import TargetCache
-from shared.errors import ErrorType, TaskenvError, for_status
-from shared.redis import arq_client, records_client
-from shared.settings import Settings, get_settings
-from shared.tasks import load_registry
+from taskenv.api import environments as env
+from taskenv.api import identity, observe, openapi
+from taskenv.api.client_version import MinimumClientVersion
+from taskenv.api.dispatch import Dispatcher
+from taskenv.api.exec_targets import TargetCache
+from taskenv.api.health import healthz, readyz, sweep_forever
+from taskenv.api.lockout import AuthLockout
+from taskenv.api.metrics import ERRORS, metrics
+from taskenv.api.results import ResultListener
+from taskenv.api.routing import TrailingSlash, allowed_methods, without_slash_redirects
+from taskenv.api.state import AppState
+from taskenv.shared.errors import ErrorType, TaskenvError, for_status
+from taskenv.shared.redis import arq_client, records_client
+from taskenv.shared.settings import Settings, get_settings
+from taskenv.shared.tasks import load_registry
 
 log = logging.getLogger("taskenv.api")
 
@@ -145,10 +145,10 @@ def _routes() -> list[Route | Mount]:
         # For load balancers and orchestrators, not clients: outside the OpenAPI document.
         Route("/healthz", healthz, methods=["GET"], include_in_schema=False),
         Route("/readyz", readyz, methods=["GET"], include_in_schema=False),
-        Route("/api/v1/user", scope.get_user, methods=["GET"]),
-        Route("/api/v1/org/{org}", scope.get_organization, methods=["GET"]),
-        Route("/api/v1/org/{org}/ws", scope.list_workspaces, methods=["GET"]),
-        Route("/api/v1/org/{org}/ws/{workspace}", scope.get_workspace, methods=["GET"]),
+        Route("/api/v1/user", identity.get_user, methods=["GET"]),
+        Route("/api/v1/org/{org}", identity.get_organization, methods=["GET"]),
+        Route("/api/v1/org/{org}/ws", identity.list_workspaces, methods=["GET"]),
+        Route("/api/v1/org/{org}/ws/{workspace}", identity.get_workspace, methods=["GET"]),
         Mount("/api/v1/org/{org}/ws/{workspace}", routes=workspace_routes),
         *openapi.routes(),
     ]

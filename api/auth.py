@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from starlette.requests import Request
 
-from api.ratelimit import OrgRate, lookup_api_key
-from api.state import app_state
-from api.targets import ExecTarget
-from shared import apikeys, keys
-from shared.errors import ErrorType, TaskenvError, authentication_failed, environment_not_found
-from shared.secrets import hash_secret, matches
+from taskenv.api.exec_targets import ExecTarget
+from taskenv.api.ratelimit import OrgRate, lookup_api_key
+from taskenv.api.state import app_state
+from taskenv.shared import apikeys, keys
+from taskenv.shared.errors import ErrorType, TaskenvError, authentication_failed, environment_not_found
+from taskenv.shared.secrets import hash_secret, matches
 
 
 @dataclass(frozen=True)

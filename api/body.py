@@ -6,8 +6,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from shared.errors import ErrorType, TaskenvError
-from shared.models import REQUEST_BODY_MAX_BYTES
+from taskenv.shared.errors import ErrorType, TaskenvError
+from taskenv.shared.models import REQUEST_BODY_MAX_BYTES
 
 Model = TypeVar("Model", bound=BaseModel)
 

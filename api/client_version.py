@@ -10,9 +10,9 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.metrics import ERRORS
-from shared.clients import too_old
-from shared.errors import ErrorType, TaskenvError
+from taskenv.api.metrics import ERRORS
+from taskenv.shared.errors import ErrorType, TaskenvError
+from taskenv.shared.user_agents import too_old
 
 
 class MinimumClientVersion:

@@ -9,8 +9,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from shared import hosts, keys
-from shared.settings import Settings
+from taskenv.shared import hosts, keys
+from taskenv.shared.settings import Settings
 
 
 class _Snapshot:

@@ -10,13 +10,13 @@ from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 
-from api.ratelimit import RATE_BUCKET, OrgRate, org_over_rate
-from api.results import ResultListener
-from shared import jobs, keys, quotas
-from shared.errors import ErrorType, TaskenvError, rate_limited
-from shared.jobs import JOB_TIMEOUT_SEC, JobResult
-from shared.logs import REQUEST_ID
-from shared.quotas import FULL, Limits, Quota
+from taskenv.api.ratelimit import RATE_BUCKET, OrgRate, org_over_rate
+from taskenv.api.results import ResultListener
+from taskenv.shared import jobs, keys, quotas
+from taskenv.shared.errors import ErrorType, TaskenvError, rate_limited
+from taskenv.shared.jobs import JOB_TIMEOUT_SEC, JobResult
+from taskenv.shared.logs import REQUEST_ID
+from taskenv.shared.quotas import FULL, Limits, Quota
 
 # What arq's `enqueue_job` does (the job key expires with the job, so a job that waited past its
 # deadline never starts), plus handing the id to the queue's workers: the job is claimed here

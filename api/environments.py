@@ -8,20 +8,20 @@ from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.auth import Workspace, require_execute_token, require_workspace
-from api.body import parse_json, parse_query
-from api.dispatch import Admission, Idempotency, NotAdmitted
-from api.metrics import EXECUTE_SECONDS
-from api.ratelimit import OrgRate
-from api.state import AppState, app_state
-from api.teardown import Teardown, remove_container
-from shared import jobs, keys, quotas, store
-from shared.errors import ErrorType, TaskenvError, environment_not_found, rate_limited
-from shared.idempotency import HEADER as IDEMPOTENCY_HEADER
-from shared.idempotency import MAX_KEY_CHARS as IDEMPOTENCY_KEY_MAX_CHARS
-from shared.idempotency import fingerprint
-from shared.jobs import ExecJob
-from shared.models import (
+from taskenv.api.auth import Workspace, require_execute_token, require_workspace
+from taskenv.api.body import parse_json, parse_query
+from taskenv.api.dispatch import Admission, Idempotency, NotAdmitted
+from taskenv.api.metrics import EXECUTE_SECONDS
+from taskenv.api.ratelimit import OrgRate
+from taskenv.api.state import AppState, app_state
+from taskenv.api.teardown import Teardown, remove_container
+from taskenv.shared import jobs, keys, quotas, store
+from taskenv.shared.errors import ErrorType, TaskenvError, environment_not_found, rate_limited
+from taskenv.shared.idempotency import HEADER as IDEMPOTENCY_HEADER
+from taskenv.shared.idempotency import MAX_KEY_CHARS as IDEMPOTENCY_KEY_MAX_CHARS
+from taskenv.shared.idempotency import fingerprint
+from taskenv.shared.jobs import ExecJob
+from taskenv.shared.models import (
     LATEST,
     EnvironmentState,
     ExecuteRequest,
@@ -30,8 +30,8 @@ from shared.models import (
     ProvisionedEnvironment,
     ProvisionRequest,
 )
-from shared.quotas import Limits
-from shared.secrets import hash_secret, new_execute_token
+from taskenv.shared.quotas import Limits
+from taskenv.shared.secrets import hash_secret, new_execute_token
 
 log = logging.getLogger("taskenv.api")
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from cachetools import LRUCache
 from redis.asyncio import Redis
 
-from shared import store
-from shared.tasks import TaskSpec
+from taskenv.shared import store
+from taskenv.shared.tasks import TaskSpec
 
 
 @dataclass(frozen=True)

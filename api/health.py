@@ -8,9 +8,9 @@ from redis.asyncio import Redis
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from api.state import app_state
-from shared import hosts, keys
-from shared.settings import Settings
+from taskenv.api.state import app_state
+from taskenv.shared import hosts, keys
+from taskenv.shared.settings import Settings
 
 log = logging.getLogger("taskenv.api")
 

@@ -8,11 +8,11 @@ from pydantic import TypeAdapter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.auth import Workspace as Scope
-from api.auth import authenticate, require_workspace
-from api.state import app_state
-from shared.errors import ErrorType, TaskenvError
-from shared.models import Organization, User, Workspace
+from taskenv.api.auth import Workspace as Scope
+from taskenv.api.auth import authenticate, require_workspace
+from taskenv.api.state import app_state
+from taskenv.shared.errors import ErrorType, TaskenvError
+from taskenv.shared.models import Organization, User, Workspace
 
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 _WORKSPACES = TypeAdapter(list[Workspace])

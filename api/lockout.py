@@ -16,8 +16,8 @@ from cachetools import LRUCache
 from redis.asyncio import Redis
 from starlette.requests import Request
 
-from shared import keys
-from shared.errors import TaskenvError, authentication_failed, rate_limited
+from taskenv.shared import keys
+from taskenv.shared.errors import TaskenvError, authentication_failed, rate_limited
 
 
 def client_address(request: Request) -> str:

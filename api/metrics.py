@@ -4,8 +4,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import cluster_metrics
-from api.state import app_state
+from taskenv.api import cluster_metrics
+from taskenv.api.state import app_state
 
 EXECUTE_SECONDS = Histogram(
     "taskenv_execute_seconds",

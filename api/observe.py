@@ -6,7 +6,7 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette_exporter import PrometheusMiddleware
 
-from shared.logs import REQUEST_ID, request_id_from
+from taskenv.shared.logs import REQUEST_ID, request_id_from
 
 HEADER = "x-request-id"
 # Probes and scrapes are not traffic.

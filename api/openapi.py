@@ -20,12 +20,11 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from api.environments import ListQuery
-from shared.clients import VERSION
-from shared.errors import STATUS, ErrorEnvelope, ExecTimeoutEnvelope
-from shared.idempotency import HEADER as IDEMPOTENCY_HEADER
-from shared.idempotency import MAX_KEY_CHARS as IDEMPOTENCY_KEY_MAX_CHARS
-from shared.models import (
+from taskenv.api.environments import ListQuery
+from taskenv.shared.errors import STATUS, ErrorEnvelope, ExecTimeoutEnvelope
+from taskenv.shared.idempotency import HEADER as IDEMPOTENCY_HEADER
+from taskenv.shared.idempotency import MAX_KEY_CHARS as IDEMPOTENCY_KEY_MAX_CHARS
+from taskenv.shared.models import (
     Environment,
     EnvironmentPage,
     EnvironmentStatus,
@@ -39,6 +38,7 @@ from shared.models import (
     User,
     Workspace,
 )
+from taskenv.shared.user_agents import VERSION
 
 OPENAPI_PATH = "/api/v1/openapi.json"
 DOCS_PATH = "/api/v1/docs"

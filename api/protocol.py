@@ -22,8 +22,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from shared.errors import ErrorType, TaskenvError
-from shared.settings import Settings
+from taskenv.shared.errors import ErrorType, TaskenvError
+from taskenv.shared.settings import Settings
 
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout"}
 

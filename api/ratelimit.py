@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.errors import TaskenvError, rate_limited
-from shared.settings import Settings
+from taskenv.shared import keys
+from taskenv.shared.errors import TaskenvError, rate_limited
+from taskenv.shared.settings import Settings
 
 # take_token(bucket key, now s, rate/s, burst): 0 when a token was taken, else the ms until one
 # is there. A refusal writes nothing: the bucket refills from its last count either way.

@@ -20,9 +20,9 @@ from contextlib import contextmanager, suppress
 from arq.connections import ArqRedis
 from arq.jobs import Job
 
-from shared import hosts, jobs, keys
-from shared.errors import ErrorType, TaskenvError
-from shared.jobs import JobResult
+from taskenv.shared import hosts, jobs, keys
+from taskenv.shared.errors import ErrorType, TaskenvError
+from taskenv.shared.jobs import JobResult
 
 log = logging.getLogger("taskenv.api")
 

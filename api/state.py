@@ -9,12 +9,12 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 from starlette.requests import Request
 
-from api.dispatch import Dispatcher
-from api.lockout import AuthLockout
-from api.results import ResultListener
-from api.targets import TargetCache
-from shared.settings import Settings
-from shared.tasks import TaskRegistry
+from taskenv.api.dispatch import Dispatcher
+from taskenv.api.exec_targets import TargetCache
+from taskenv.api.lockout import AuthLockout
+from taskenv.api.results import ResultListener
+from taskenv.shared.settings import Settings
+from taskenv.shared.tasks import TaskRegistry
 
 
 @dataclass

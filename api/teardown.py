@@ -13,9 +13,9 @@ from contextlib import suppress
 from enum import StrEnum
 from typing import Any
 
-from api.state import AppState
-from shared import hosts, jobs, keys
-from shared.errors import ErrorType, TaskenvError
+from taskenv.api.state import AppState
+from taskenv.shared import hosts, jobs, keys
+from taskenv.shared.errors import ErrorType, TaskenvError
 
 
 class Teardown(StrEnum):

@@ -12,10 +12,10 @@ from typing import Any
 
 import aiohttp
 
-from bench.ledger import Ledger, guarded
-from bench.stats import Sample
-from bench.workloads import Workload, check
-from shared.clients import USER_AGENT
+from taskenv.bench.ledger import Ledger, guarded
+from taskenv.bench.stats import Sample
+from taskenv.bench.workloads import Workload, check
+from taskenv.shared.user_agents import USER_AGENT
 
 READY_TIMEOUT_SEC = 120.0
 CONNECT_TIMEOUT_SEC = 30.0

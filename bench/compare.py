@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from bench.stats import Summary
+from taskenv.bench.stats import Summary
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@ run ends by itself."""
 
 from dataclasses import dataclass, field
 
-from bench.workloads import BUILT_IN, Workload, WorkloadName
-from shared.settings import Settings
+from taskenv.bench.workloads import BUILT_IN, Workload, WorkloadName
+from taskenv.shared.settings import Settings
 
 # The service's TASKENV_MAX_EXECS_PER_ENV default: more execs at once in one env answer 429.
 SERVICE_MAX_EXECS_PER_ENV: int = Settings.model_fields["max_execs_per_env"].default

@@ -4,7 +4,7 @@ so a slow request never idles the others and no more than C are ever in flight."
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from bench.stats import Sample
+from taskenv.bench.stats import Sample
 
 Call = Callable[[int], Awaitable[Sample]]
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import uvloop
 from rich.console import Console
 
-from bench.config import BenchConfig
-from bench.interrupt import first_interrupt_stops
-from bench.progress import RichTracker, rich_progress
-from bench.report import build, render, to_json, write_json
-from bench.results import Results
-from bench.run import describe, run_with_clients
-from bench.safety import NotLocalError, require_local_docker, require_loopback_url
+from taskenv.bench.config import BenchConfig
+from taskenv.bench.interrupt import first_interrupt_stops
+from taskenv.bench.progress import RichTracker, rich_progress
+from taskenv.bench.report import build, render, to_json, write_json
+from taskenv.bench.results import Results
+from taskenv.bench.run import describe, run_with_clients
+from taskenv.bench.safety import NotLocalError, require_local_docker, require_loopback_url
 
 
 def raise_fd_limit() -> int:
@@ -98,7 +98,7 @@ def run(config: BenchConfig, *, as_json: bool, json_path: Path | None, plot_path
         write_json(figures, json_path)
         console.print(f"figures written to {json_path}")
     if plot_path is not None:
-        from bench.plot import plot  # matplotlib is the `bench` extra: imported only when asked
+        from taskenv.bench.plot import plot  # matplotlib is the `bench` extra: imported only when asked
 
         if plot(results, plot_path):
             console.print(f"latency plot written to {plot_path}")

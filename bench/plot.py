@@ -11,8 +11,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-from bench.results import Results
-from bench.stats import Sample, flatten, percentile
+from taskenv.bench.results import Results
+from taskenv.bench.stats import Sample, flatten, percentile
 
 Series = tuple[str, list[Sample]]
 

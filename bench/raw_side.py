@@ -13,13 +13,13 @@ from typing import Any
 
 import aiodocker
 
-from bench.ledger import Ledger, guarded
-from bench.stats import Sample
-from bench.workloads import Workload, check
-from shared.settings import DEFAULT_TASKS_DIR
-from shared.store import container_name
-from shared.tasks import TaskSpec, load_registry
-from worker.containers import container_config
+from taskenv.bench.ledger import Ledger, guarded
+from taskenv.bench.stats import Sample
+from taskenv.bench.workloads import Workload, check
+from taskenv.shared.settings import DEFAULT_TASKS_DIR
+from taskenv.shared.store import container_name
+from taskenv.shared.tasks import TaskSpec, load_registry
+from taskenv.worker.containers import container_config
 
 LABEL_BENCH = "taskenv.bench"
 USER = "1000:1000"

@@ -8,13 +8,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench.compare import Comparison, compare
-from bench.config import BenchConfig
-from bench.ledger import CleanupResult
-from bench.results import Results
-from bench.rounds import block_sizes
-from bench.rss import RssRecord
-from bench.stats import Blocks, Summary, summarize, summarize_blocks
+from taskenv.bench.compare import Comparison, compare
+from taskenv.bench.config import BenchConfig
+from taskenv.bench.ledger import CleanupResult
+from taskenv.bench.results import Results
+from taskenv.bench.rounds import block_sizes
+from taskenv.bench.rss import RssRecord
+from taskenv.bench.stats import Blocks, Summary, summarize, summarize_blocks
 
 
 @dataclass(frozen=True)

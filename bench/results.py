@@ -2,9 +2,9 @@
 
 from dataclasses import dataclass, field
 
-from bench.ledger import CleanupResult, Ledger
-from bench.rss import RssRecord
-from bench.stats import Blocks, Sample
+from taskenv.bench.ledger import CleanupResult, Ledger
+from taskenv.bench.rss import RssRecord
+from taskenv.bench.stats import Blocks, Sample
 
 
 @dataclass

@@ -8,8 +8,8 @@ alternates (taskenv, raw / raw, taskenv / ...), so neither always runs right aft
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from bench.load import Call, run_phase
-from bench.stats import Blocks, Sample
+from taskenv.bench.load import Call, run_phase
+from taskenv.bench.stats import Blocks, Sample
 
 
 @dataclass(frozen=True)

@@ -12,17 +12,17 @@ from functools import partial
 import aiodocker
 import aiohttp
 
-from bench import api_side, raw_side
-from bench.config import BenchConfig
-from bench.ledger import cleanup, complete, release
-from bench.load import round_robin, run_phase
-from bench.progress import Tracker
-from bench.results import Results
-from bench.rounds import Side, interleave
-from bench.rss import RssRecord, sample_until
-from bench.stats import Sample, summarize
-from bench.workloads import hold_workload
-from worker.docker import connect, disconnect
+from taskenv.bench import api_side, raw_side
+from taskenv.bench.config import BenchConfig
+from taskenv.bench.ledger import cleanup, complete, release
+from taskenv.bench.load import round_robin, run_phase
+from taskenv.bench.progress import Tracker
+from taskenv.bench.results import Results
+from taskenv.bench.rounds import Side, interleave
+from taskenv.bench.rss import RssRecord, sample_until
+from taskenv.bench.stats import Sample, summarize
+from taskenv.bench.workloads import hold_workload
+from taskenv.worker.docker import connect, disconnect
 
 
 class PoolError(RuntimeError):

@@ -7,12 +7,12 @@ from dataclasses import asdict
 
 import typer
 
-from cli.failures import Refused
-from cli.table import table
-from shared import hosts, keys
-from shared.jobs import JOB_TIMEOUT_SEC
-from shared.redis import records_client
-from shared.settings import Settings
+from taskenv.cli.failures import Refused
+from taskenv.cli.table import table
+from taskenv.shared import hosts, keys
+from taskenv.shared.jobs import JOB_TIMEOUT_SEC
+from taskenv.shared.redis import records_client
+from taskenv.shared.settings import Settings
 
 
 async def list_hosts(settings: Settings, as_json: bool) -> str:

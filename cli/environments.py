@@ -12,17 +12,17 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from api.dispatch import Admission, NotAdmitted
-from api.ratelimit import OrgRate
-from cli.failures import Refused
-from cli.jobs import dispatcher
-from cli.table import table
-from shared import jobs, keys, store
-from shared.errors import ErrorType, TaskenvError
-from shared.models import EnvironmentState, ExecuteRequest, ExecuteResponse
-from shared.redis import records_client
-from shared.settings import Settings
-from shared.tasks import TaskSpec
+from taskenv.api.dispatch import Admission, NotAdmitted
+from taskenv.api.ratelimit import OrgRate
+from taskenv.cli.failures import Refused
+from taskenv.cli.jobs import dispatcher
+from taskenv.cli.table import table
+from taskenv.shared import jobs, keys, store
+from taskenv.shared.errors import ErrorType, TaskenvError
+from taskenv.shared.models import EnvironmentState, ExecuteRequest, ExecuteResponse
+from taskenv.shared.redis import records_client
+from taskenv.shared.settings import Settings
+from taskenv.shared.tasks import TaskSpec
 
 _FIELDS = (
     "id", "org", "workspace", "state", "host", "task_ref", "created_at", "expires_at", "error", "instruction"

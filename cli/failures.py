@@ -10,9 +10,9 @@ from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from cli.instance import NoInstance
-from shared.errors import TaskenvError
-from shared.settings import Settings
+from taskenv.cli.instance import NoInstance
+from taskenv.shared.errors import TaskenvError
+from taskenv.shared.settings import Settings
 
 T = TypeVar("T")
 
@@ -71,7 +71,7 @@ def settings() -> Settings:
     """The deployment's settings, or one line and exit 1 when the home names no instance."""
     from pydantic import ValidationError
 
-    from cli import instance
+    from taskenv.cli import instance
 
     try:
         return instance.settings()

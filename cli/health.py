@@ -8,10 +8,10 @@ healthcheck runs in that container, whose worker shares the host's pid namespace
 
 import os
 
-from cli.failures import Refused
-from shared import hosts
-from shared.redis import records_client
-from shared.settings import Settings
+from taskenv.cli.failures import Refused
+from taskenv.shared import hosts
+from taskenv.shared.redis import records_client
+from taskenv.shared.settings import Settings
 
 
 def _runs_here(pid: int) -> bool:

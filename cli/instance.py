@@ -9,7 +9,7 @@ quietly talk to whatever other deployment listens there.
 import os
 from pathlib import Path
 
-from shared.settings import Settings
+from taskenv.shared.settings import Settings
 
 HOME_VARIABLE = "TASKENV_HOME"
 

@@ -7,10 +7,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
-from api.dispatch import Dispatcher
-from api.results import ResultListener
-from shared.redis import arq_client
-from shared.settings import Settings
+from taskenv.api.dispatch import Dispatcher
+from taskenv.api.results import ResultListener
+from taskenv.shared.redis import arq_client
+from taskenv.shared.settings import Settings
 
 SUBSCRIBE_TIMEOUT_SEC = 10.0
 

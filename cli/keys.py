@@ -3,11 +3,11 @@ at creation; afterwards only its id (the start of its hash) is ever shown."""
 
 import json
 
-from cli.failures import Refused
-from cli.table import table
-from shared import apikeys
-from shared.redis import records_client
-from shared.settings import Settings
+from taskenv.cli.failures import Refused
+from taskenv.cli.table import table
+from taskenv.shared import apikeys
+from taskenv.shared.redis import records_client
+from taskenv.shared.settings import Settings
 
 
 async def create(settings: Settings, org: str, workspace: str) -> str:

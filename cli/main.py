@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 import uvicorn
 
-from cli import failures, instance
-from shared.models import EnvironmentState
+from taskenv.cli import failures, instance
+from taskenv.shared.models import EnvironmentState
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 keys_app = typer.Typer(no_args_is_help=True, help="API keys, one per org and workspace.")
@@ -50,7 +50,7 @@ def main(
 
 
 def _logging(level: str, **static: str) -> None:
-    from shared.logs import configure
+    from taskenv.shared.logs import configure
 
     configure(level, failures.settings().log_format, **static)
 
@@ -70,8 +70,8 @@ def api(
     log_level: str = "info",
 ) -> None:
     """Run the HTTP API (one process; start more behind a balancer to scale)."""
-    from api.app import create_app
-    from api.http import envelope_protocol
+    from taskenv.api.app import create_app
+    from taskenv.api.protocol import envelope_protocol
 
     settings = failures.settings()
     _logging(log_level, service="api")
@@ -108,16 +108,16 @@ def worker(
     if drain and undrain:
         raise typer.BadParameter("--drain or --undrain, not both")
     if drain or undrain:
-        from cli.cluster import set_draining
+        from taskenv.cli.cluster import set_draining
 
         drained = set_draining(settings, host or settings.host_id, drain=drain)
         raise typer.Exit(failures.run(drained, settings))
     if check:
-        from cli.health import check_worker
+        from taskenv.cli.health import check_worker
 
         typer.echo(failures.run(check_worker(settings), settings))
         return
-    from worker.process import serve
+    from taskenv.worker.process import serve
 
     _logging(log_level, service="worker", host=settings.host_id)
     _raise_open_files_limit()
@@ -134,7 +134,7 @@ def up(
 ) -> None:
     """Run everything with the embedded default: a private Redis, the workers, the API. Their logs
     go to HOME/taskenv.log; a worker or the API that dies is restarted."""
-    from cli.up import run
+    from taskenv.cli.up import run
 
     _use_home(home)
     raise typer.Exit(run(workers=workers, port=port, org=org, workspace=workspace))
@@ -182,9 +182,9 @@ def bench(
 ) -> None:
     """Load a running taskenv and, as the baseline, the same Docker engine directly; compare."""
     try:
-        from bench.config import BenchConfig
-        from bench.main import run
-        from bench.workloads import WorkloadName, resolve
+        from taskenv.bench.config import BenchConfig
+        from taskenv.bench.main import run
+        from taskenv.bench.workloads import WorkloadName, resolve
     except ModuleNotFoundError as missing:
         failures.fail(f"taskenv bench is not in this installation ({missing}): run it from a checkout")
 
@@ -228,7 +228,7 @@ def bench(
 @app.command("hosts")
 def hosts_list(as_json: bool = JSON_OPTION) -> None:
     """List the hosts: state (up, silent, lost, stopped; draining), workers, environments, load."""
-    from cli.cluster import list_hosts
+    from taskenv.cli.cluster import list_hosts
 
     settings = failures.settings()
     typer.echo(failures.run(list_hosts(settings, as_json), settings))
@@ -242,7 +242,7 @@ def env_ls(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """List environments across hosts, orgs and workspaces."""
-    from cli.environments import list_environments
+    from taskenv.cli.environments import list_environments
 
     settings = failures.settings()
     listed = list_environments(settings, host=host, state=state, org=org, as_json=as_json)
@@ -252,7 +252,7 @@ def env_ls(
 @env_app.command("get")
 def env_get(env_id: str, as_json: bool = JSON_OPTION) -> None:
     """One environment: state, host, org and workspace, times, container."""
-    from cli.environments import get_environment
+    from taskenv.cli.environments import get_environment
 
     settings = failures.settings()
     typer.echo(failures.run(get_environment(settings, env_id, as_json=as_json), settings))
@@ -261,7 +261,7 @@ def env_get(env_id: str, as_json: bool = JSON_OPTION) -> None:
 @env_app.command("rm")
 def env_rm(env_ids: Annotated[list[str], typer.Argument(metavar="ENV_ID...")]) -> None:
     """Tear environments down and remove their containers, as the API's DELETE does."""
-    from cli.environments import remove
+    from taskenv.cli.environments import remove
 
     settings = failures.settings()
     for env_id in env_ids:
@@ -277,7 +277,7 @@ def env_exec(
 ) -> None:
     """Run a command in an environment (on its host's worker, as the API's execute does) and exit
     with its exit code."""
-    from cli.environments import execute
+    from taskenv.cli.environments import execute
 
     settings = failures.settings()
     if command[:1] == ["--"]:
@@ -295,8 +295,8 @@ def env_exec(
 @env_app.command("logs")
 def env_logs(env_id: str, as_json: bool = JSON_OPTION) -> None:
     """The container's log tail, in any state, failed included, while its container exists."""
-    from cli.environments import logs
-    from shared.models import LogsResponse
+    from taskenv.cli.environments import logs
+    from taskenv.shared.models import LogsResponse
 
     settings = failures.settings()
     text = failures.run(logs(settings, env_id), settings)
@@ -312,9 +312,9 @@ def keys_create(
     """Create an API key and print it once: only its hash is stored."""
     import json
 
-    from cli.keys import create
-    from shared.apikeys import key_id
-    from shared.secrets import hash_secret
+    from taskenv.cli.keys import create
+    from taskenv.shared.apikeys import key_id
+    from taskenv.shared.secrets import hash_secret
 
     settings = failures.settings()
     key = failures.run(create(settings, org, workspace), settings)
@@ -328,7 +328,7 @@ def keys_create(
 @keys_app.command("ls")
 def keys_ls(org: str = typer.Option(None, help="Only this org's"), as_json: bool = JSON_OPTION) -> None:
     """List API keys: id (the start of its hash), org, workspace, created; never the key."""
-    from cli.keys import list_keys
+    from taskenv.cli.keys import list_keys
 
     settings = failures.settings()
     typer.echo(failures.run(list_keys(settings, org, as_json=as_json), settings))
@@ -337,7 +337,7 @@ def keys_ls(org: str = typer.Option(None, help="Only this org's"), as_json: bool
 @keys_app.command("revoke")
 def keys_revoke(key_id: str = typer.Argument(..., help="The key's id, or its first 6+ characters")) -> None:
     """Revoke an API key: every API process refuses it from its next request on."""
-    from cli.keys import revoke
+    from taskenv.cli.keys import revoke
 
     settings = failures.settings()
     typer.echo(failures.run(revoke(settings, key_id), settings))
@@ -346,8 +346,8 @@ def keys_revoke(key_id: str = typer.Argument(..., help="The key's id, or its fir
 @image_app.command("build")
 def image_build() -> None:
     """Build the `default` task's image offline from Debian's busybox-static."""
-    from cli.operations import build_image
-    from shared.tasks import DEFAULT_IMAGE
+    from taskenv.cli.operations import build_image
+    from taskenv.shared.tasks import DEFAULT_IMAGE
 
     failures.run(build_image(only_if_missing=False))
     typer.echo(f"built {DEFAULT_IMAGE}")

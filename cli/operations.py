@@ -3,8 +3,8 @@
 
 async def build_image(*, only_if_missing: bool) -> bool:
     """Build the default task image offline; True if it was built."""
-    from worker.docker import connect, disconnect
-    from worker.image import build_default_image, image_exists
+    from taskenv.worker.docker import connect, disconnect
+    from taskenv.worker.image import build_default_image, image_exists
 
     docker = connect()
     try:

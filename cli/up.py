@@ -24,13 +24,13 @@ from typing import IO
 import httpx
 import redis
 
-from cli import instance
-from cli.keys import count, create
-from cli.operations import build_image
-from shared.apikeys import key_id
-from shared.clients import USER_AGENT
-from shared.secrets import hash_secret
-from shared.settings import Settings
+from taskenv.cli import instance
+from taskenv.cli.keys import count, create
+from taskenv.cli.operations import build_image
+from taskenv.shared.apikeys import key_id
+from taskenv.shared.secrets import hash_secret
+from taskenv.shared.settings import Settings
+from taskenv.shared.user_agents import USER_AGENT
 
 STARTUP_TIMEOUT_SEC = 30.0
 MAX_RESTARTS = 5
@@ -251,7 +251,7 @@ def _run(*, workers: int, port: int | None, org: str, workspace: str) -> int:
         say("built the default task image (offline, from busybox-static)")
 
     log = open(instance.log_file(), "ab")  # noqa: SIM115 (the children write to it until the end)
-    python = [sys.executable, "-m", "cli"]
+    python = [sys.executable, "-m", "taskenv"]
     redis_child = Child("redis-server", lambda: _start_redis(home, env), 30)
     worker_children = [
         Child(f"worker {n}", lambda: _spawn([*python, "worker"], env, log), 700)

@@ -55,6 +55,7 @@ struct slot {
     uint32_t id;
     pid_t pid;      /* the shell, until reaped */
     int fd;         /* the output pipe, until every writer has closed it */
+    int report;     /* why the start failed, written by the child before its exec; until reaped */
     int killed;
     uint32_t limit;
     uint64_t kept, dropped;
@@ -143,6 +144,19 @@ static void reap(void) {
             struct slot *s = &slots[i];
             if (!s->active || s->pid != pid) continue;
             s->pid = 0;
+            /* The child is gone, so this read returns at once: its reason, or nothing (it ran). */
+            char why[MAX_ERROR];
+            ssize_t n = read(s->report, why, sizeof why - 1);
+            close(s->report);
+            s->report = -1;
+            if (n > 0) {
+                why[n] = 0;
+                char message[MAX_ERROR + 32];
+                snprintf(message, sizeof message, "start: %s", why);
+                send_error(s->id, message);
+                s->active = 0;
+                break;
+            }
             /* All the shell wrote is in the pipe: send it, then the end. */
             if (s->fd >= 0) pump(s, 1);
             send_exit(s, status);
@@ -392,7 +406,14 @@ static void start(uint32_t id, const unsigned char *p, size_t len) {
     char **envp = command_env(home);
     if (!envp) { send_error(id, "start: out of memory"); return; }
     int out[2], report[2];
-    if (pipe2(out, O_CLOEXEC) < 0 || pipe2(report, O_CLOEXEC) < 0) {
+    if (pipe2(out, O_CLOEXEC) < 0) {
+        free(envp);
+        send_error(id, "start: no pipe");
+        return;
+    }
+    if (pipe2(report, O_CLOEXEC) < 0) {
+        close(out[0]);
+        close(out[1]);
         free(envp);
         send_error(id, "start: no pipe");
         return;
@@ -409,29 +430,24 @@ static void start(uint32_t id, const unsigned char *p, size_t len) {
         if (null < 0 || dup2(null, 0) < 0 || dup2(out[1], 1) < 0 || dup2(out[1], 2) < 0) fail(report[1], "stdio");
         if (setsid() < 0) fail(report[1], "setsid");
         /* The tag: a supplementary group the command's processes cannot drop (no CAP_SETGID). */
-        if (setgroups(1, &tag) < 0 || setgid(gid) < 0 || setuid(uid) < 0) fail(report[1], "user");
+        gid_t groups[2] = {gid, tag};
+        if (setgroups(2, groups) < 0 || setgid(gid) < 0 || setuid(uid) < 0) fail(report[1], "user");
         if (chdir(workdir) < 0) fail(report[1], "workdir");
         execve("/bin/sh", argv, envp);
         fail(report[1], "/bin/sh");
     }
+    /* Not waiting here for the exec: a failure comes back through `report` when it is reaped. */
     free(envp);
     close(out[1]);
     close(report[1]);
-    char why[MAX_ERROR];
-    ssize_t n = pid < 0 ? 0 : read(report[0], why, sizeof why - 1);
-    close(report[0]);
-    if (pid < 0 || n > 0) {
+    if (pid < 0) {
         close(out[0]);
-        if (pid > 0) waitpid(pid, NULL, 0);
-        if (pid < 0) snprintf(why, sizeof why, "fork: %s", strerror(errno));
-        else why[n] = 0;
-        char message[MAX_ERROR + 32];
-        snprintf(message, sizeof message, "start: %s", why);
-        send_error(id, message);
+        close(report[0]);
+        send_error(id, "start: fork failed");
         return;
     }
     fcntl(out[0], F_SETFL, O_NONBLOCK);
-    slots[index] = (struct slot){.active = 1, .id = id, .pid = pid, .fd = out[0], .limit = limit};
+    slots[index] = (struct slot){.active = 1, .id = id, .pid = pid, .fd = out[0], .report = report[0], .limit = limit};
 }
 
 /* ---- the worker's frames ---- */
@@ -478,7 +494,7 @@ int main(int argc, char **argv, char **envp) {
     char line[1024], *field[7];
     if (lookup("/etc/passwd", "0", line, sizeof line, field, 7) && *field[5])
         snprintf(root_home, sizeof root_home, "%s", field[5]);
-    for (int i = 0; i < MAX_SLOTS; i++) slots[i].fd = -1;
+    for (int i = 0; i < MAX_SLOTS; i++) slots[i].fd = slots[i].report = -1;
     /* Orphans of our commands come to us, not to the container's init: their tree stays ours. */
     prctl(PR_SET_CHILD_SUBREAPER, 1);
     signal(SIGPIPE, SIG_IGN);

@@ -8,6 +8,6 @@ scripts/install.sh
 scripts/sdk-venv.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy api worker shared cli bench
+.venv/bin/mypy taskenv
 TASKENV_REDIS_PASSWORD=validate docker-compose -f compose.yaml config -q
 exec .venv/bin/pytest -q -ra "$@"

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.secrets import hash_secret, new_api_key
+from taskenv.shared import keys
+from taskenv.shared.secrets import hash_secret, new_api_key
 
 ID_CHARS = 12
 MIN_PREFIX_CHARS = 6

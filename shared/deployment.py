@@ -12,7 +12,7 @@ import secrets
 
 from redis.asyncio import Redis
 
-from shared import keys
+from taskenv.shared import keys
 
 # Set the id if there is none, and read the one held, atomically.
 # KEYS: the deployment key. ARGV: the id to set if none is held.

@@ -22,7 +22,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from shared import keys
+from taskenv.shared import keys
 
 _BEAT = """
 local now = tonumber(ARGV[1])

@@ -15,7 +15,7 @@ command's deadline.
 import hashlib
 import json
 
-from shared.models import ExecuteRequest
+from taskenv.shared.models import ExecuteRequest
 
 MAX_KEY_CHARS = 255
 HEADER = "Idempotency-Key"

@@ -9,8 +9,8 @@ from typing import Any, NotRequired, TypedDict, cast
 
 import msgpack
 
-from shared.errors import TaskenvError
-from shared.models import EXEC_TIMEOUT_MAX_SEC
+from taskenv.shared.errors import TaskenvError
+from taskenv.shared.models import EXEC_TIMEOUT_MAX_SEC
 
 # arq's own timeout only guards against a hung job: commands end at their own deadline.
 JOB_TIMEOUT_SEC = EXEC_TIMEOUT_MAX_SEC + 60

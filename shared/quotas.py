@@ -20,9 +20,9 @@ from enum import StrEnum
 
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.errors import TaskenvError, rate_limited
-from shared.settings import Settings
+from taskenv.shared import keys
+from taskenv.shared.errors import TaskenvError, rate_limited
+from taskenv.shared.settings import Settings
 
 
 class Quota(StrEnum):

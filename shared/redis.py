@@ -11,8 +11,8 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
-from shared import jobs, keys
-from shared.settings import Settings
+from taskenv.shared import jobs, keys
+from taskenv.shared.settings import Settings
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):

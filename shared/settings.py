@@ -8,8 +8,8 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared.clients import parse_minimums
-from shared.keys import WAKE_LIST_MAX
+from taskenv.shared.keys import WAKE_LIST_MAX
+from taskenv.shared.user_agents import parse_minimums
 
 DEFAULT_TASKS_DIR = Path(__file__).parent / "tasks"
 

@@ -12,10 +12,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from shared import keys, quotas
-from shared.models import Environment, EnvironmentPage, EnvironmentState, EnvironmentStatus
-from shared.quotas import NO_LIMITS, Limits, Quota
-from shared.tasks import TaskSpec
+from taskenv.shared import keys, quotas
+from taskenv.shared.models import Environment, EnvironmentPage, EnvironmentState, EnvironmentStatus
+from taskenv.shared.quotas import NO_LIMITS, Limits, Quota
+from taskenv.shared.tasks import TaskSpec
 
 Record = dict[str, str]
 

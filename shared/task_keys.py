@@ -5,10 +5,13 @@ from taskenv.shared.keys import PREFIX
 # Set of "org/name" of every published (public) task name.
 TASKS_PUBLIC = f"{PREFIX}tasks:public"
 
+# Set of the orgs that have at least one task version.
+TASK_ORGS = f"{PREFIX}tasks:orgs"
+
 
 def task_names(org: str) -> str:
     """Set of the names of an org's tasks that have a version."""
-    return f"{PREFIX}tasks:{org}"
+    return f"{PREFIX}tasknames:{org}"
 
 
 def task_versions(org: str, name: str) -> str:

@@ -55,32 +55,35 @@ return 'stored'
 
 # A new version, only if (org, name, version) is free and every blob it names is stored; its
 # blobs then count one more reference and are no longer pending.
-# KEYS: the name's versions, org's blob refcounts, org's pending blobs, org's names.
-# ARGV: version, record JSON, name, then the digests the version names.
+# KEYS: the name's versions, org's blob refcounts, org's pending blobs, org's names, orgs with
+# tasks. ARGV: version, record JSON, name, org, then the digests the version names.
 _COMMIT = """
-local version, record, name = ARGV[1], ARGV[2], ARGV[3]
+local version, record, name, org = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local existing = redis.call('HGET', KEYS[1], version)
 if existing then return {'exists', existing} end
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   if not redis.call('HGET', KEYS[2], ARGV[i]) then return {'missing_blob', ARGV[i]} end
 end
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   redis.call('HINCRBY', KEYS[2], ARGV[i], 1)
   redis.call('ZREM', KEYS[3], ARGV[i])
 end
 redis.call('HSET', KEYS[1], version, record)
 redis.call('SADD', KEYS[4], name)
+redis.call('SADD', KEYS[5], org)
 return {'committed', ''}
 """
 
 # Remove a version; blobs no version names any more are freed. The name's last version takes
-# the name out of the org's names and out of the public ones.
-# KEYS: the name's versions, org's blob refcounts, org's bytes used, org's names, public names.
-# ARGV: version, name, qualified name (org/name), blob key prefix, then the version's digests.
+# the name out of the org's names and out of the public ones (and the org's last name, the org
+# out of the orgs with tasks).
+# KEYS: the name's versions, org's blob refcounts, org's bytes used, org's names, public names,
+# orgs with tasks. ARGV: version, name, qualified name (org/name), blob key prefix, org, then the
+# version's digests.
 _DELETE = """
-local version, name, qualified, blob_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local version, name, qualified, blob_prefix, org = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if redis.call('HDEL', KEYS[1], version) == 0 then return 0 end
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   if redis.call('HINCRBY', KEYS[2], ARGV[i], -1) <= 0 then
     redis.call('HDEL', KEYS[2], ARGV[i])
     redis.call('DECRBY', KEYS[3], redis.call('STRLEN', blob_prefix .. ARGV[i]))
@@ -90,6 +93,7 @@ end
 if redis.call('HLEN', KEYS[1]) == 0 then
   redis.call('SREM', KEYS[4], name)
   redis.call('SREM', KEYS[5], qualified)
+  if redis.call('SCARD', KEYS[4]) == 0 then redis.call('SREM', KEYS[6], org) end
 end
 return 1
 """
@@ -194,8 +198,9 @@ async def commit(redis: Redis, version: TaskVersion) -> tuple[CommitOutcome, Tas
             keys.task_blob_refs(version.org),
             keys.task_blobs_pending(version.org),
             keys.task_names(version.org),
+            keys.TASK_ORGS,
         ],
-        args=[version.version, version.model_dump_json(), version.name, *version.digests],
+        args=[version.version, version.model_dump_json(), version.name, version.org, *version.digests],
     )
     result = CommitOutcome(_text(outcome))
     if result is CommitOutcome.EXISTS:
@@ -227,12 +232,14 @@ async def delete_version(redis: Redis, version: TaskVersion) -> bool:
             keys.task_bytes(version.org),
             keys.task_names(version.org),
             keys.TASKS_PUBLIC,
+            keys.TASK_ORGS,
         ],
         args=[
             version.version,
             version.name,
             version.qualified_name,
             keys.task_blob(version.org, ""),
+            version.org,
             *version.digests,
         ],
     )
@@ -253,6 +260,11 @@ async def is_public(redis: Redis, org: str, name: str) -> bool:
 
 async def names(redis: Redis, org: str) -> list[str]:
     return sorted(_text(name) for name in await redis.smembers(keys.task_names(org)))  # type: ignore[misc]
+
+
+async def orgs(redis: Redis) -> list[str]:
+    """The orgs that have a task version (`taskenv task ls` reads these, never a SCAN)."""
+    return sorted(_text(org) for org in await redis.smembers(keys.TASK_ORGS))  # type: ignore[misc]
 
 
 async def public_names(redis: Redis) -> list[tuple[str, str]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.errors import ErrorType, TaskenvError
+from taskenv.shared.errors import ErrorType, TaskenvError
 
 DEFAULT_IMAGE = "taskenv/default:1"
 # The container's own process: it only keeps the sandbox alive between execs.

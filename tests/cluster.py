@@ -21,11 +21,11 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from shared import keys
-from shared.settings import DEFAULT_TASKS_DIR
+from taskenv.shared import keys
+from taskenv.shared.settings import DEFAULT_TASKS_DIR
 from tests.conftest import _docker_ready, _free_port, _remove_containers, _wait, start_redis, wait_for_state
 
-PYTHON = [sys.executable, "-m", "cli"]
+PYTHON = [sys.executable, "-m", "taskenv"]
 # Fast membership for tests: a host is lost after 3 s without a heartbeat.
 FAST = {"TASKENV_HOST_DEAD_AFTER_SEC": "3", "TASKENV_HEARTBEAT_SEC": "0.5", "TASKENV_REAP_INTERVAL_SEC": "1"}
 

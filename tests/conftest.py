@@ -18,7 +18,7 @@ import httpx
 import pytest
 import redis
 
-from shared.settings import DEFAULT_TASKS_DIR
+from taskenv.shared.settings import DEFAULT_TASKS_DIR
 
 BROKEN_TASK = '[[task]]\nname = "broken"\nimage = "taskenv/no-such-image:0"\n'
 # The default image run as root, with a small /tmp: per-task user and tmpfs size.
@@ -61,8 +61,8 @@ def _wait(check, what: str, proc: subprocess.Popen[bytes] | None = None, timeout
 
 
 def _docker_ready() -> None:
-    from worker.docker import connect, disconnect
-    from worker.image import build_default_image, image_exists
+    from taskenv.worker.docker import connect, disconnect
+    from taskenv.worker.image import build_default_image, image_exists
 
     async def check() -> None:
         docker = connect()
@@ -124,7 +124,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         "TASKENV_REAP_INTERVAL_SEC": "1",
         "TASKENV_MAX_LIFETIME_SEC": "3600",
     }
-    python = [sys.executable, "-m", "cli"]
+    python = [sys.executable, "-m", "taskenv"]
     log = open(home / "service.log", "wb")  # noqa: SIM115
     worker = subprocess.Popen([*python, "worker"], env=env, stdout=log, stderr=log)
     api = subprocess.Popen([*python, "api"], env=env, stdout=log, stderr=log)

@@ -15,11 +15,11 @@ import httpx
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared import keys
-from shared.settings import DEFAULT_TASKS_DIR
+from taskenv.shared import keys
+from taskenv.shared.settings import DEFAULT_TASKS_DIR
 from tests.conftest import _free_port, _wait, start_redis
 
-PYTHON = [sys.executable, "-m", "cli"]
+PYTHON = [sys.executable, "-m", "taskenv"]
 
 
 class Stack:

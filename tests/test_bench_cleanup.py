@@ -15,15 +15,15 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from bench import api_side
-from bench.config import BenchConfig
-from bench.ledger import CLEANUP_PASSES, complete
-from bench.load import run_phase
-from bench.progress import NullTracker, Tracker
-from bench.results import Results
-from bench.run import run_bench
-from bench.stats import Sample, flatten
-from bench.workloads import BUILT_IN, WorkloadName
+from taskenv.bench import api_side
+from taskenv.bench.config import BenchConfig
+from taskenv.bench.ledger import CLEANUP_PASSES, complete
+from taskenv.bench.load import run_phase
+from taskenv.bench.progress import NullTracker, Tracker
+from taskenv.bench.results import Results
+from taskenv.bench.run import run_bench
+from taskenv.bench.stats import Sample, flatten
+from taskenv.bench.workloads import BUILT_IN, WorkloadName
 
 ENVS = "/api/v1/org/local/ws/main/environments"
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 # The interpreter as it is without the `bench` extra: `import matplotlib` fails.
-WITHOUT_MATPLOTLIB = "import sys; sys.modules['matplotlib'] = None; from cli.main import app; app()"
+WITHOUT_MATPLOTLIB = "import sys; sys.modules['matplotlib'] = None; from taskenv.cli.main import app; app()"
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess[str]:

@@ -5,11 +5,11 @@ import subprocess
 import httpx
 import pytest
 
-from bench.config import BenchConfig
-from bench.progress import NullTracker
-from bench.report import build
-from bench.results import Results
-from bench.run import run_with_clients
+from taskenv.bench.config import BenchConfig
+from taskenv.bench.progress import NullTracker
+from taskenv.bench.report import build
+from taskenv.bench.results import Results
+from taskenv.bench.run import run_with_clients
 
 pytestmark = pytest.mark.integration
 

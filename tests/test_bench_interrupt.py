@@ -8,8 +8,8 @@ import signal
 
 import pytest
 
-from bench.interrupt import STILL_CLEANING, first_interrupt_stops
-from bench.ledger import complete
+from taskenv.bench.interrupt import STILL_CLEANING, first_interrupt_stops
+from taskenv.bench.ledger import complete
 
 
 async def test_a_second_interrupt_during_cleanup_changes_nothing():

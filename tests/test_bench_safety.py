@@ -2,7 +2,7 @@
 
 import pytest
 
-from bench.safety import NotLocalError, require_local_docker, require_loopback_url
+from taskenv.bench.safety import NotLocalError, require_local_docker, require_loopback_url
 
 
 @pytest.mark.parametrize(

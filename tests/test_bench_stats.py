@@ -6,14 +6,14 @@ import statistics
 import pytest
 from rich.console import Console
 
-from bench.compare import Comparison, compare, difference, ratio
-from bench.config import BenchConfig
-from bench.report import build, render, to_json
-from bench.results import Results
-from bench.rounds import block_sizes, order
-from bench.rss import RssRecord, parse_status, record_sample
-from bench.stats import Sample, Summary, percentile, summarize, summarize_blocks
-from bench.workloads import BUILT_IN, Workload, WorkloadName, check, resolve
+from taskenv.bench.compare import Comparison, compare, difference, ratio
+from taskenv.bench.config import BenchConfig
+from taskenv.bench.report import build, render, to_json
+from taskenv.bench.results import Results
+from taskenv.bench.rounds import block_sizes, order
+from taskenv.bench.rss import RssRecord, parse_status, record_sample
+from taskenv.bench.stats import Sample, Summary, percentile, summarize, summarize_blocks
+from taskenv.bench.workloads import BUILT_IN, Workload, WorkloadName, check, resolve
 
 
 def test_percentile_interpolates_between_closest_ranks():

@@ -24,9 +24,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from api.app import create_app
-from api.openapi import build_document
-from shared.settings import Settings
+from taskenv.api.app import create_app
+from taskenv.api.openapi import build_document
+from taskenv.shared.settings import Settings
 from tests.stack import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.compat]

@@ -76,7 +76,7 @@ def containers_of(env_id: str) -> list[str]:
 
 def new_key(service, org: str, workspace: str) -> str:
     return subprocess.run(
-        [sys.executable, "-m", "cli", "keys", "create", "--org", org, "--workspace", workspace],
+        [sys.executable, "-m", "taskenv", "keys", "create", "--org", org, "--workspace", workspace],
         env=service.env,
         check=True,
         capture_output=True,
@@ -318,7 +318,10 @@ def test_older_sdk_gets_426_naming_the_minimum(service, sdk_bin, sdk_env):
         "TASKENV_MIN_CLIENT_VERSIONS": f"dreadnode-sdk={MINIMUM_SDK}",
     }
     api = subprocess.Popen(
-        [sys.executable, "-m", "cli", "api"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "taskenv", "api"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -349,7 +352,7 @@ def test_older_sdk_gets_426_naming_the_minimum(service, sdk_bin, sdk_env):
         )  # fmt: skip
         assert cli.returncode != 0 and f"dreadnode-sdk {MINIMUM_SDK}" in cli.stdout + cli.stderr
         # taskenv's own clients identify as taskenv/<version>: not subject to the SDK's minimum.
-        from shared.clients import USER_AGENT
+        from taskenv.shared.user_agents import USER_AGENT
 
         mine = httpx.get(f"{base}/api/v1/user", headers={"X-API-Key": service.key, "User-Agent": USER_AGENT})
         assert mine.status_code == 200

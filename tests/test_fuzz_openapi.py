@@ -29,10 +29,10 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.config import SchemathesisConfig
 from schemathesis.core.parameters import ParameterLocation
 
-from api.app import create_app
-from api.openapi import OPENAPI_PATH, build_document
-from shared.idempotency import HEADER as IDEMPOTENCY_HEADER
-from shared.settings import Settings
+from taskenv.api.app import create_app
+from taskenv.api.openapi import OPENAPI_PATH, build_document
+from taskenv.shared.idempotency import HEADER as IDEMPOTENCY_HEADER
+from taskenv.shared.settings import Settings
 from tests.stack import Stack
 
 pytestmark = pytest.mark.integration

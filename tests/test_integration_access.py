@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api.auth import create_api_key
+from taskenv.api.auth import create_api_key
 from tests.conftest import Service, wait_for_state
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from shared import keys
-from shared.secrets import hash_secret
+from taskenv.shared import keys
+from taskenv.shared.secrets import hash_secret
 from tests.conftest import Env, provision
 from tests.stack import Stack
 

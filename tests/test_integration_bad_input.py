@@ -223,7 +223,7 @@ async def test_tokens_with_odd_bytes_are_401(service, env):
 
 
 async def test_thousands_of_bad_tokens_are_rate_limited(service, env):
-    from shared.settings import Settings
+    from taskenv.shared.settings import Settings
 
     limit = Settings().auth_fail_limit  # the fixture keeps the default
     url = f"{env.url}/execute"

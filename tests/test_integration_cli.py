@@ -20,7 +20,7 @@ ENV_FIELDS = {"id", "state", "expires_at", "error", "task_ref", "created_at", "i
 def taskenv(service: Service | None, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     base = service.env if service is not None else dict(os.environ)
     return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
+        [sys.executable, "-m", "taskenv", *args],
         env={**base, **env},
         capture_output=True,
         text=True,
@@ -130,7 +130,7 @@ def test_unreachable_redis_is_one_line_and_exit_1(command):
 def test_a_home_without_an_instance_says_so(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TASKENV_REDIS_URL"}
     done = subprocess.run(
-        [sys.executable, "-m", "cli", "--home", str(tmp_path), "keys", "ls"],
+        [sys.executable, "-m", "taskenv", "--home", str(tmp_path), "keys", "ls"],
         env=env,
         capture_output=True,
         text=True,

@@ -143,7 +143,7 @@ async def test_container_gone_is_a_502(client, env, service):
 async def test_lost_worker_still_answers_by_the_deadline(client, env, service):
     import redis.asyncio as aioredis
 
-    from shared import keys
+    from taskenv.shared import keys
 
     # Point the environment at a host no worker serves: the job is never picked up.
     redis = aioredis.Redis.from_url(service.redis_url, decode_responses=True)
@@ -190,7 +190,7 @@ async def test_too_many_commands_in_one_environment_get_429(client, env):
 async def test_a_command_frees_its_slot_with_its_answer(client, env, service):
     import redis.asyncio as aioredis
 
-    from shared import keys
+    from taskenv.shared import keys
 
     redis = aioredis.Redis.from_url(service.redis_url)
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared import keys
+from taskenv.shared import keys
 from tests.conftest import Env
 from tests.stack import PYTHON, Stack
 

@@ -23,18 +23,18 @@ import httpx
 import pytest
 import redis
 
-from shared import keys
-from shared.errors import ErrorType, TaskenvError
-from shared.jobs import ExecJob
-from shared.settings import Settings
-from shared.store import container_name
+from taskenv.shared import keys
+from taskenv.shared.errors import ErrorType, TaskenvError
+from taskenv.shared.jobs import ExecJob
+from taskenv.shared.settings import Settings
+from taskenv.shared.store import container_name
+from taskenv.worker import docker, execute, metrics
+from taskenv.worker.exit_report import ExitReport
+from taskenv.worker.heartbeat import Heartbeat
+from taskenv.worker.membership import Membership
 from tests.conftest import Env, _docker_ready, start_redis, wait_for_state
 from tests.stack import Stack
 from tests.test_integration_hostile import memory_kib
-from worker import docker, execute, metrics
-from worker.heartbeat import Heartbeat
-from worker.marker import ExitReport
-from worker.membership import Membership
 
 pytestmark = pytest.mark.integration
 

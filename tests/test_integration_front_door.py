@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from shared import keys
-from shared.models import COMMAND_MAX_BYTES
+from taskenv.shared import keys
+from taskenv.shared.models import COMMAND_MAX_BYTES
 from tests.conftest import Env, wait_for_state
 from tests.stack import Stack
 

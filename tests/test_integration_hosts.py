@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from shared import keys
+from taskenv.shared import keys
 from tests.cluster import timed
 from tests.conftest import wait_for_state
 

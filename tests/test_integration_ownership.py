@@ -15,7 +15,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from shared import keys
+from taskenv.shared import keys
 from tests.cluster import timed
 from tests.conftest import Env
 from tests.stack import PYTHON, Stack

@@ -7,8 +7,8 @@ import pytest
 import redis
 from redis.asyncio.sentinel import SentinelConnectionPool
 
-from shared.redis import arq_client, records_client
-from shared.settings import Settings
+from taskenv.shared.redis import arq_client, records_client
+from taskenv.shared.settings import Settings
 from tests.conftest import _free_port, _wait
 
 

@@ -28,7 +28,7 @@ def _env(home: Path, port: int) -> dict[str, str]:
 
 def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "cli", "up", *args],
+        [sys.executable, "-m", "taskenv", "up", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -82,7 +82,7 @@ def test_up_runs_everything_and_stops_cleanly(tmp_path):
         assert (tmp_path / "redis.sock").is_socket()
         # Without TASKENV_REDIS_URL, `keys create` finds the running instance's Redis.
         key = subprocess.run(
-            [sys.executable, "-m", "cli", "keys", "create", "--org", "acme", "--workspace", "main"],
+            [sys.executable, "-m", "taskenv", "keys", "create", "--org", "acme", "--workspace", "main"],
             env=env,
             capture_output=True,
             text=True,
@@ -111,7 +111,7 @@ def test_a_dead_worker_is_restarted_and_the_api_keeps_answering(tmp_path):
     up = _start(_env(tmp_path, port), "--workers", "2")
     try:
         _banner(up)
-        workers = [pid for pid, line in _children(up.pid).items() if line.endswith("cli worker ")]
+        workers = [pid for pid, line in _children(up.pid).items() if line.endswith("taskenv worker ")]
         assert len(workers) == 2
         os.kill(workers[0], signal.SIGKILL)
         line = ""
@@ -119,7 +119,7 @@ def test_a_dead_worker_is_restarted_and_the_api_keeps_answering(tmp_path):
             line = up.stdout.readline()
         assert f"(pid {workers[0]}) was killed by SIGKILL: restarting it" in line, line
         eventually(
-            lambda: len([p for p, c in _children(up.pid).items() if c.endswith("cli worker ")]) == 2,
+            lambda: len([p for p, c in _children(up.pid).items() if c.endswith("taskenv worker ")]) == 2,
             "a new worker process",
         )
         assert workers[1] in _children(up.pid)  # the other worker was left alone
@@ -135,7 +135,7 @@ def test_up_refuses_a_taken_port_and_a_home_already_running(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         done = subprocess.run(
-            [sys.executable, "-m", "cli", "up", "--home", str(tmp_path), "--port", str(port)],
+            [sys.executable, "-m", "taskenv", "up", "--home", str(tmp_path), "--port", str(port)],
             env=_env(tmp_path, 1),
             capture_output=True,
             text=True,
@@ -148,7 +148,7 @@ def test_up_refuses_a_taken_port_and_a_home_already_running(tmp_path):
     try:
         _banner(up)
         second = subprocess.run(
-            [sys.executable, "-m", "cli", "up", "--port", str(_free_port())],
+            [sys.executable, "-m", "taskenv", "up", "--port", str(_free_port())],
             env=_env(tmp_path, port),
             capture_output=True,
             text=True,

@@ -5,11 +5,11 @@ import time
 import fakeredis
 import pytest
 
-from api.dispatch import Admission, Dispatcher, Idempotency, NotAdmitted, Replay
-from api.ratelimit import OrgRate
-from shared import jobs, keys, quotas
-from shared.errors import ErrorType, TaskenvError
-from shared.idempotency import STORE_AND_PUBLISH
+from taskenv.api.dispatch import Admission, Dispatcher, Idempotency, NotAdmitted, Replay
+from taskenv.api.ratelimit import OrgRate
+from taskenv.shared import jobs, keys, quotas
+from taskenv.shared.errors import ErrorType, TaskenvError
+from taskenv.shared.idempotency import STORE_AND_PUBLISH
 
 
 class Listener:

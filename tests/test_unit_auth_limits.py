@@ -7,10 +7,10 @@ import fakeredis
 import pytest
 from starlette.requests import Request
 
-from api.lockout import AuthLockout
-from shared import keys
-from shared.errors import TaskenvError
-from shared.secrets import hash_secret, matches, new_execute_token
+from taskenv.api.lockout import AuthLockout
+from taskenv.shared import keys
+from taskenv.shared.errors import TaskenvError
+from taskenv.shared.secrets import hash_secret, matches, new_execute_token
 
 
 def test_comparison_is_of_two_hashes_whatever_the_token(monkeypatch):
@@ -68,12 +68,12 @@ async def test_the_count_is_shared_between_api_processes(redis):
 
 
 async def test_the_block_ends_with_the_window(redis, monkeypatch):
-    import api.lockout
+    import taskenv.api.lockout
 
     lockout = AuthLockout(redis, limit=1, window_sec=5)
     client = request_from("127.0.1.4")
     await lockout.failed(client)
     assert (await lockout.failed(client)).status == 429
-    now = api.lockout.time.monotonic()
-    monkeypatch.setattr(api.lockout.time, "monotonic", lambda: now + 6)
+    now = taskenv.api.lockout.time.monotonic()
+    monkeypatch.setattr(taskenv.api.lockout.time, "monotonic", lambda: now + 6)
     lockout.check(client)  # no longer blocked

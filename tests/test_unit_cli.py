@@ -7,11 +7,11 @@ import sys
 import fakeredis
 import pytest
 
-from cli import up
-from cli.failures import _redis_where
-from shared import apikeys, keys
-from shared.secrets import hash_secret
-from shared.settings import Settings
+from taskenv.cli import up
+from taskenv.cli.failures import _redis_where
+from taskenv.shared import apikeys, keys
+from taskenv.shared.secrets import hash_secret
+from taskenv.shared.settings import Settings
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ from packaging.version import Version
 from pydantic import ValidationError
 from starlette.testclient import TestClient
 
-from api.app import create_app
-from bench.api_side import make_session
-from shared.clients import USER_AGENT, VERSION, parse_minimums, product_versions, too_old
-from shared.settings import Settings
+from taskenv.api.app import create_app
+from taskenv.bench.api_side import make_session
+from taskenv.shared.settings import Settings
+from taskenv.shared.user_agents import USER_AGENT, VERSION, parse_minimums, product_versions, too_old
 
 
 def test_parse_minimums():

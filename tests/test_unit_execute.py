@@ -6,11 +6,11 @@ import time
 import fakeredis
 import pytest
 
-from shared import jobs
-from shared.errors import ErrorType, TaskenvError
-from worker.execute import run_command
-from worker.jobs import job
-from worker.runner import _publish_result
+from taskenv.shared import jobs
+from taskenv.shared.errors import ErrorType, TaskenvError
+from taskenv.worker.arq_worker import _publish_result
+from taskenv.worker.execute import run_command
+from taskenv.worker.job_functions import job
 
 
 class NoDocker:

@@ -5,9 +5,9 @@ import json
 import fakeredis
 import pytest
 
-from shared import hosts, keys, store
-from shared.models import EnvironmentState
-from shared.tasks import TaskSpec
+from taskenv.shared import hosts, keys, store
+from taskenv.shared.models import EnvironmentState
+from taskenv.shared.tasks import TaskSpec
 
 
 class Clock:
@@ -113,8 +113,8 @@ def test_only_loss_events_are_taken():
 
 
 async def test_the_api_answers_the_requests_waiting_on_a_lost_host_or_worker():
-    from api.results import ResultListener
-    from shared.jobs import unwrap
+    from taskenv.api.results import ResultListener
+    from taskenv.shared.jobs import unwrap
 
     listener = ResultListener(None)  # type: ignore[arg-type]
     with (
@@ -189,7 +189,7 @@ async def test_a_worker_lost_with_no_job_listed_is_announced_too(redis, clock):
 
 
 async def test_a_request_watching_a_host_hears_each_loss_on_it():
-    from api.results import ResultListener
+    from taskenv.api.results import ResultListener
 
     listener = ResultListener(None)  # type: ignore[arg-type]
     with listener.losses("a") as on_a, listener.losses("b") as on_b:

@@ -4,7 +4,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from worker.kill import kill_tree, process_tree
+from taskenv.worker.kill import kill_tree, process_tree
 
 
 def _alive(pid: int) -> bool:

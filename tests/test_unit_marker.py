@@ -6,7 +6,7 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.marker import START, ExitReport, parse_status
+from taskenv.worker.exit_report import START, ExitReport, parse_status
 
 
 def _report(nonce: str, status: int | str) -> bytes:

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from shared.models import COMMAND_MAX_BYTES, ExecuteRequest, ProvisionRequest
+from taskenv.shared.models import COMMAND_MAX_BYTES, ExecuteRequest, ProvisionRequest
 
 
 def _error(model: type, **fields: object) -> dict:

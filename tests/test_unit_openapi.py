@@ -9,10 +9,10 @@ import pytest
 from openapi_spec_validator import validate
 from starlette.testclient import TestClient
 
-from api.app import create_app
-from api.openapi import DOCS, DOCS_PATH, OPENAPI_PATH, build_document, undocumented
-from shared.errors import STATUS, ErrorType, TaskenvError
-from shared.settings import Settings
+from taskenv.api.app import create_app
+from taskenv.api.openapi import DOCS, DOCS_PATH, OPENAPI_PATH, build_document, undocumented
+from taskenv.shared.errors import STATUS, ErrorType, TaskenvError
+from taskenv.shared.settings import Settings
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from api.app import EXCEPTION_HANDLERS, refuses_writes
-from shared import jobs
-from shared.errors import ErrorType, TaskenvError, for_status
-from shared.secrets import hash_secret, matches, new_api_key, new_execute_token
-from shared.settings import DEFAULT_TASKS_DIR
-from shared.tasks import load_registry
-from worker.output import CappedOutput
+from taskenv.api.app import EXCEPTION_HANDLERS, refuses_writes
+from taskenv.shared import jobs
+from taskenv.shared.errors import ErrorType, TaskenvError, for_status
+from taskenv.shared.secrets import hash_secret, matches, new_api_key, new_execute_token
+from taskenv.shared.settings import DEFAULT_TASKS_DIR
+from taskenv.shared.tasks import load_registry
+from taskenv.worker.output import CappedOutput
 
 
 def test_envelope_is_flat_with_extra_fields():

@@ -6,12 +6,12 @@ import time
 import fakeredis
 import pytest
 
-from api.dispatch import Admission, Dispatcher
-from api.ratelimit import OrgRate
-from shared import jobs, keys, quotas, store
-from shared.errors import TaskenvError
-from shared.quotas import Limits, Quota
-from shared.tasks import TaskSpec
+from taskenv.api.dispatch import Admission, Dispatcher
+from taskenv.api.ratelimit import OrgRate
+from taskenv.shared import jobs, keys, quotas, store
+from taskenv.shared.errors import TaskenvError
+from taskenv.shared.quotas import Limits, Quota
+from taskenv.shared.tasks import TaskSpec
 
 
 class Listener:

@@ -8,11 +8,11 @@ import aiodocker
 import fakeredis
 import pytest
 
-from shared import deployment, keys, store
-from shared.models import EnvironmentState
-from shared.settings import Settings
-from shared.tasks import TaskSpec
-from worker import containers, reaper
+from taskenv.shared import deployment, keys, store
+from taskenv.shared.models import EnvironmentState
+from taskenv.shared.settings import Settings
+from taskenv.shared.tasks import TaskSpec
+from taskenv.worker import containers, reaper
 
 
 class FakeContainer:

@@ -5,9 +5,9 @@ import time
 import fakeredis
 import pytest
 
-from shared import keys, store
-from shared.models import EnvironmentState
-from shared.tasks import TaskSpec
+from taskenv.shared import keys, store
+from taskenv.shared.models import EnvironmentState
+from taskenv.shared.tasks import TaskSpec
 
 
 @pytest.fixture

@@ -163,6 +163,7 @@ async def test_pending_blobs_are_freed_after_their_deadline(redis):
 async def test_deleting_the_last_version_frees_its_blobs_and_name(redis):
     first, _ = await push(redis, version="1.0.0")
     second, _ = await push(redis, version="1.0.1")
+    assert await task_store.orgs(redis) == ["acme"]
     assert first.config_digest != second.config_digest
     await task_store.set_public(redis, "acme", "web-lab", True)
     assert await task_store.delete_version(redis, first)
@@ -171,6 +172,7 @@ async def test_deleting_the_last_version_frees_its_blobs_and_name(redis):
     assert await task_store.get_blob(redis, "acme", second.oci_digest) is not None
     assert await task_store.delete_version(redis, second)
     assert await task_store.names(redis, "acme") == [] and await task_store.public_names(redis) == []
+    assert await task_store.orgs(redis) == []
     assert int(await redis.get("taskenv:blobbytes:acme")) == 0
 
 

@@ -11,11 +11,11 @@ from typing import Any
 import fakeredis
 import pytest
 
-from api import teardown
-from api.results import ResultListener
-from shared import keys
-from shared.errors import ErrorType, TaskenvError
-from shared.settings import Settings
+from taskenv.api import teardown
+from taskenv.api.results import ResultListener
+from taskenv.shared import keys
+from taskenv.shared.errors import ErrorType, TaskenvError
+from taskenv.shared.settings import Settings
 
 WAIT_SEC = 0.3
 

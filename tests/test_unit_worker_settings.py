@@ -1,8 +1,8 @@
 """Commands are not idempotent: every job function of the worker runs at most once."""
 
-from shared import keys
-from shared.settings import Settings
-from worker.runner import create_workers
+from taskenv.shared import keys
+from taskenv.shared.settings import Settings
+from taskenv.worker.arq_worker import create_workers
 
 
 def test_no_job_is_ever_retried():

@@ -21,13 +21,12 @@ from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
-from shared import jobs, keys
-from shared.idempotency import STORE_AND_PUBLISH
-from shared.jobs import JOB_TIMEOUT_SEC
-from shared.redis import arq_client, records_client
-from shared.settings import Settings
-from worker import docker, reaper
-from worker import jobs as job_functions
+from taskenv.shared import jobs, keys
+from taskenv.shared.idempotency import STORE_AND_PUBLISH
+from taskenv.shared.jobs import JOB_TIMEOUT_SEC
+from taskenv.shared.redis import arq_client, records_client
+from taskenv.shared.settings import Settings
+from taskenv.worker import docker, job_functions, reaper
 
 log = logging.getLogger("taskenv.worker")
 

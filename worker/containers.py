@@ -7,8 +7,8 @@ from typing import Any, NamedTuple
 
 import aiodocker
 
-from shared.store import Record, container_name
-from shared.tasks import TaskSpec
+from taskenv.shared.store import Record, container_name
+from taskenv.shared.tasks import TaskSpec
 
 LABEL_MANAGED = "taskenv.managed"
 LABEL_ENV = "taskenv.env"

@@ -8,7 +8,7 @@ from pathlib import Path
 import aiodocker
 import aiohttp
 
-from shared.errors import ErrorType, TaskenvError
+from taskenv.shared.errors import ErrorType, TaskenvError
 
 _DEFAULT_SOCKETS = (Path("/run/docker.sock"), Path("/var/run/docker.sock"))
 

@@ -21,15 +21,15 @@ import aiodocker
 from aiodocker.execs import Exec
 from aiodocker.stream import Stream
 
-from shared.errors import ErrorType, TaskenvError
-from shared.jobs import ExecJob
-from shared.store import container_name
-from worker.containers import why_stopped
-from worker.docker import CONTAINER_GONE, docker_errors
-from worker.kill import kill_tree
-from worker.marker import ExitReport, new_nonce
-from worker.metrics import DOCKER_SECONDS
-from worker.output import CappedOutput
+from taskenv.shared.errors import ErrorType, TaskenvError
+from taskenv.shared.jobs import ExecJob
+from taskenv.shared.store import container_name
+from taskenv.worker.containers import why_stopped
+from taskenv.worker.docker import CONTAINER_GONE, docker_errors
+from taskenv.worker.exit_report import ExitReport, new_nonce
+from taskenv.worker.kill import kill_tree
+from taskenv.worker.metrics import DOCKER_SECONDS
+from taskenv.worker.output import CappedOutput
 
 log = logging.getLogger("taskenv.worker")
 

@@ -22,10 +22,10 @@ from contextlib import suppress
 
 from redis.asyncio import Redis
 
-from shared.redis import records_client
-from shared.settings import Settings
-from worker import metrics
-from worker.membership import Membership
+from taskenv.shared.redis import records_client
+from taskenv.shared.settings import Settings
+from taskenv.worker import metrics
+from taskenv.worker.membership import Membership
 
 log = logging.getLogger("taskenv.worker")
 

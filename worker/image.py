@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiodocker
 
-from shared.tasks import DEFAULT_IMAGE
+from taskenv.shared.tasks import DEFAULT_IMAGE
 
 BUSYBOX = Path("/bin/busybox")
 DOCKERFILE = b"""FROM scratch

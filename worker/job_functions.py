@@ -10,17 +10,17 @@ from typing import Any
 import aiodocker
 from redis.asyncio import Redis
 
-from shared import jobs, keys, store
-from shared.errors import ErrorType, TaskenvError
-from shared.jobs import EnvJob, ExecJob, JobResult
-from shared.logs import REQUEST_ID
-from shared.models import EnvironmentState
-from shared.settings import Settings
-from shared.tasks import TaskSpec
-from worker import containers
-from worker.docker import CONTAINER_GONE, bad_gateway, docker_errors
-from worker.execute import run_command
-from worker.metrics import DOCKER_SECONDS, JOB_SECONDS, QUEUE_WAIT_SECONDS
+from taskenv.shared import jobs, keys, store
+from taskenv.shared.errors import ErrorType, TaskenvError
+from taskenv.shared.jobs import EnvJob, ExecJob, JobResult
+from taskenv.shared.logs import REQUEST_ID
+from taskenv.shared.models import EnvironmentState
+from taskenv.shared.settings import Settings
+from taskenv.shared.tasks import TaskSpec
+from taskenv.worker import containers
+from taskenv.worker.docker import CONTAINER_GONE, bad_gateway, docker_errors
+from taskenv.worker.execute import run_command
+from taskenv.worker.metrics import DOCKER_SECONDS, JOB_SECONDS, QUEUE_WAIT_SECONDS
 
 log = logging.getLogger("taskenv.worker")
 

@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 from redis.asyncio import Redis
 
-from shared import hosts
-from shared.settings import Settings
-from worker.runner import WakeableWorker
+from taskenv.shared import hosts
+from taskenv.shared.settings import Settings
+from taskenv.worker.arq_worker import WakeableWorker
 
 log = logging.getLogger("taskenv.worker")
 

@@ -7,12 +7,12 @@ import logging
 import signal
 from contextlib import suppress
 
-from shared.jobs import JOB_TIMEOUT_SEC
-from shared.settings import Settings
-from worker import metrics
-from worker.heartbeat import Heartbeat
-from worker.membership import Membership
-from worker.runner import create_workers, shutdown, startup
+from taskenv.shared.jobs import JOB_TIMEOUT_SEC
+from taskenv.shared.settings import Settings
+from taskenv.worker import metrics
+from taskenv.worker.arq_worker import create_workers, shutdown, startup
+from taskenv.worker.heartbeat import Heartbeat
+from taskenv.worker.membership import Membership
 
 log = logging.getLogger("taskenv.worker")
 

@@ -16,12 +16,20 @@ import aiodocker
 from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
 
-from shared import deployment, keys, store
-from shared.models import EnvironmentState
-from shared.settings import Settings
-from worker import containers
-from worker.jobs import Ctx, _deployment, _docker, _records, _settings, fail_gone, remove_quietly
-from worker.metrics import REGISTRY
+from taskenv.shared import deployment, keys, store
+from taskenv.shared.models import EnvironmentState
+from taskenv.shared.settings import Settings
+from taskenv.worker import containers
+from taskenv.worker.job_functions import (
+    Ctx,
+    _deployment,
+    _docker,
+    _records,
+    _settings,
+    fail_gone,
+    remove_quietly,
+)
+from taskenv.worker.metrics import REGISTRY
 
 log = logging.getLogger("taskenv.worker")
 
