@@ -1,0 +1,56 @@
+"""The floor: the environments' own runners driven straight from the bench process, with no
+HTTP, queue or worker in between (runner/PROTOCOL.md).
+
+Each environment gets one session of the bench's own (a `docker exec` of the runner, opened at
+its first exec, so the warm-up pays for it), beside the worker's. What it measures is the
+runner, the engine's stdio copy and one asyncio client: what is left when taskenv itself costs
+nothing. Environments made without the runner (TASKENV_EXEC_BACKEND=docker) answer
+`RunnerLost` here: the side is then all errors, which the report shows.
+"""
+
+import asyncio
+import time
+from collections import defaultdict
+
+import aiodocker
+
+from taskenv.bench.raw_side import USER, WORKDIR
+from taskenv.bench.stats import Sample
+from taskenv.bench.workloads import Workload, check
+from taskenv.worker.output import CappedOutput
+from taskenv.worker.runner_client import RunnerSession
+from taskenv.worker.runner_sessions import open_session
+
+OUTPUT_LIMIT = 1024 * 1024
+
+
+class RunnerSide:
+    def __init__(self, docker: aiodocker.Docker) -> None:
+        self._docker = docker
+        self._sessions: dict[str, RunnerSession] = {}
+        self._opening: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def execute(self, env_id: str, workload: Workload, timeout_sec: int) -> Sample:
+        started = time.perf_counter()
+        try:
+            session = await self._session(env_id)
+            output = CappedOutput(OUTPUT_LIMIT)
+            ended = await session.run(
+                workload.command, workdir=WORKDIR, user=USER, output=output, within_sec=timeout_sec
+            )
+            error = check(workload, ended.status, output.text())
+        except Exception as exc:
+            return Sample(started, time.perf_counter(), type(exc).__name__)
+        return Sample(started, time.perf_counter(), error)
+
+    async def _session(self, env_id: str) -> RunnerSession:
+        async with self._opening[env_id]:
+            session = self._sessions.get(env_id)
+            if session is None or not session.alive:
+                session = self._sessions[env_id] = await open_session(self._docker, env_id)
+            return session
+
+    async def close(self) -> None:
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()

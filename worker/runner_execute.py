@@ -1,0 +1,78 @@
+"""Running one command through its environment's runner, with the answers `docker exec` gives
+(worker/execute.py): the exit code and the capped output, 504 with the partial output at the
+deadline, 502 when the container is gone or the runner cannot be trusted any more.
+
+The deadline is the worker's: the session kills the command at it (a kill frame); if the runner
+does not confirm, the user's processes are swept from outside, as without a runner, and the
+session, which can no longer be trusted, is closed (a live runner then kills what it still
+runs and exits; the next command opens a new one).
+"""
+
+import logging
+import time
+from typing import Any
+
+import aiodocker
+
+from taskenv.shared.errors import ErrorType, TaskenvError
+from taskenv.shared.jobs import ExecJob
+from taskenv.shared.store import container_name
+from taskenv.worker.containers import why_stopped
+from taskenv.worker.docker import CONTAINER_GONE
+from taskenv.worker.output import CappedOutput
+from taskenv.worker.runner_client import CommandTimedOut, RunnerLost, RunnerRefused, RunnerSession
+
+log = logging.getLogger("taskenv.worker")
+
+# The detail of a 502 whose runner broke off (killed by a root sandbox, or lying).
+RUNNER_LOST = "runner_lost"
+# As in worker/execute.py: a killed container's processes die before its state says so.
+CONTAINER_END_SETTLE_SEC = 0.5
+
+
+async def run_in_runner(docker: aiodocker.Docker, session: RunnerSession, job: ExecJob) -> dict[str, Any]:
+    output = CappedOutput(job["output_limit"])
+    try:
+        ended = await session.run(
+            job["command"],
+            workdir=job["workdir"],
+            user=job["user"],
+            output=output,
+            within_sec=job["deadline_at"] - time.time(),
+        )
+    except CommandTimedOut as exc:
+        if not exc.killed:
+            await _kill_from_outside(docker, session, job)
+        raise TaskenvError(
+            ErrorType.TIMEOUT,
+            f"Command did not finish within {job['timeout_sec']} s; its processes were killed",
+            extra={"output": output.text()},
+        ) from None
+    except RunnerRefused as exc:
+        raise TaskenvError(ErrorType.BAD_GATEWAY, f"The sandbox could not start the command: {exc}") from None
+    except RunnerLost as exc:
+        raise await _lost(docker, job, output, str(exc)) from None
+    return {"exit_code": ended.status, "output": output.text()}
+
+
+async def _lost(docker: aiodocker.Docker, job: ExecJob, output: CappedOutput, why: str) -> TaskenvError:
+    """The session broke mid-command: the container's end (as with docker exec), or the runner's."""
+    try:
+        gone = await why_stopped(docker, container_name(job["env_id"]), CONTAINER_END_SETTLE_SEC)
+    except (aiodocker.DockerError, OSError) as exc:
+        gone = None
+        log.warning("could not inspect %s after its runner was lost: %s", job["env_id"], exc)
+    detail = f"{CONTAINER_GONE}: {gone}" if gone else f"{RUNNER_LOST}: {why}"
+    return TaskenvError(ErrorType.BAD_GATEWAY, detail, extra={"output": output.text()})
+
+
+async def _kill_from_outside(docker: aiodocker.Docker, session: RunnerSession, job: ExecJob) -> None:
+    """The runner did not confirm the kill: sweep the user's processes with an exec of `kill -1`
+    (the runner, running as root, is not among them) and drop the session."""
+    await session.close()
+    try:
+        container = docker.containers.container(container_name(job["env_id"]))
+        sweep = await container.exec(["kill", "-KILL", "-1"], user=job["user"], stdout=False, stderr=False)
+        await sweep.start(detach=True)
+    except Exception as exc:
+        log.warning("could not sweep %s after its runner ignored a kill: %s", job["env_id"], exc)
