@@ -51,10 +51,18 @@ def test_services_are_read_from_the_compose_file():
 
 def test_image_tags_are_valid_and_named_by_content():
     version = TaskVersion(
-        org="Acme", name="web-lab", version="1.0.0", created_at=0, manifest="{}",
-        manifest_digest="sha256:" + "0" * 64, config_digest="sha256:" + "1" * 64, oci_digest="sha256:" + "ab" * 32, size=1, instruction="x",
+        org="Acme",
+        name="web-lab",
+        version="1.0.0",
+        created_at=0,
+        manifest="{}",
+        manifest_digest="sha256:" + "0" * 64,
+        config_digest="sha256:" + "1" * 64,
+        oci_digest="sha256:" + "ab" * 32,
+        size=1,
+        instruction="x",
         verification_method="flag",
-    )  # fmt: skip
+    )
     assert image_tag(version, "Web Server!") == "taskenv-task/web-lab:web-server-abababababababab"
 
 
