@@ -100,13 +100,29 @@ static void send_error(uint32_t id, const char *message) {
     send_frame(ERROR, id, message, len > MAX_ERROR ? MAX_ERROR : len);
 }
 
+static void put64(unsigned char *p, uint64_t v) {
+    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (56 - 8 * i));
+}
+
+/* A command that could not be started answers as `docker exec` does: 126 and the reason. */
+static void start_failed(uint32_t id, uint32_t limit, const char *why) {
+    char message[MAX_ERROR + 64];
+    int len = snprintf(message, sizeof message, "taskenv-runner: cannot start the command: %s\n", why);
+    size_t size = len < 0 ? 0 : (size_t)len < sizeof message ? (size_t)len : sizeof message - 1;
+    size_t kept = size < limit ? size : limit;
+    if (kept) send_frame(OUTPUT, id, message, kept);
+    unsigned char p[10] = {EXITED, 126};
+    put64(p + 2, size - kept);
+    send_frame(EXIT, id, p, sizeof p);
+}
+
 static void send_exit(struct slot *s, int status) {
     unsigned char p[10];
     int reason = s->killed ? KILLED : WIFSIGNALED(status) ? SIGNALED : EXITED;
     /* As runc reports an exec's end: 128 + the signal for a killed shell. */
     p[0] = (unsigned char)reason;
     p[1] = (unsigned char)(WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status));
-    for (int i = 0; i < 8; i++) p[2 + i] = (unsigned char)(s->dropped >> (56 - 8 * i));
+    put64(p + 2, s->dropped);
     send_frame(EXIT, s->id, p, sizeof p);
     s->active = 0;
 }
@@ -151,9 +167,7 @@ static void reap(void) {
             s->report = -1;
             if (n > 0) {
                 why[n] = 0;
-                char message[MAX_ERROR + 32];
-                snprintf(message, sizeof message, "start: %s", why);
-                send_error(s->id, message);
+                start_failed(s->id, s->limit, why);
                 s->active = 0;
                 break;
             }
@@ -402,25 +416,26 @@ static void start(uint32_t id, const unsigned char *p, size_t len) {
     memcpy(command, p + 8 + wlen + ulen, clen); command[clen] = 0;
     uid_t uid;
     gid_t gid;
-    if (!resolve(user, &uid, &gid, home, sizeof home)) { send_error(id, "start: unknown user"); return; }
+    if (!resolve(user, &uid, &gid, home, sizeof home)) { start_failed(id, limit, "unknown user"); return; }
     char **envp = command_env(home);
-    if (!envp) { send_error(id, "start: out of memory"); return; }
+    if (!envp) { start_failed(id, limit, "out of memory"); return; }
     int out[2], report[2];
     if (pipe2(out, O_CLOEXEC) < 0) {
         free(envp);
-        send_error(id, "start: no pipe");
+        start_failed(id, limit, strerror(errno));
         return;
     }
     if (pipe2(report, O_CLOEXEC) < 0) {
+        start_failed(id, limit, strerror(errno));
         close(out[0]);
         close(out[1]);
         free(envp);
-        send_error(id, "start: no pipe");
         return;
     }
     gid_t tag = tag_of(index);
     char *argv[] = {"sh", "-c", command, NULL};
     pid_t pid = fork();
+    int fork_errno = errno;
     if (pid == 0) {
         sigset_t none;
         sigemptyset(&none);
@@ -441,9 +456,11 @@ static void start(uint32_t id, const unsigned char *p, size_t len) {
     close(out[1]);
     close(report[1]);
     if (pid < 0) {
+        char why[MAX_ERROR];
+        snprintf(why, sizeof why, "fork: %s", strerror(fork_errno));
         close(out[0]);
         close(report[0]);
-        send_error(id, "start: fork failed");
+        start_failed(id, limit, why);
         return;
     }
     fcntl(out[0], F_SETFL, O_NONBLOCK);

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from taskenv.worker.output import CappedOutput
-from taskenv.worker.runner_client import CommandTimedOut, RunnerRefused, RunnerSession
+from taskenv.worker.runner_client import CommandTimedOut, RunnerSession
 from taskenv.worker.runner_protocol import (
     MAX_OUTPUT_CHUNK,
     Error,
@@ -204,13 +204,12 @@ async def test_concurrent_commands(runner, workdir):
     assert [output.text() for _, output in results] == [f"{i}\n" for i in range(16)]
 
 
-async def test_a_start_it_cannot_do_is_refused_and_the_session_goes_on(runner, workdir):
-    with pytest.raises(RunnerRefused, match="workdir"):
-        await run(runner, "true", workdir / "missing")
-    with pytest.raises(RunnerRefused, match="unknown user"):
-        await runner.run(
-            "true", workdir=str(workdir), user="no-such-user", output=CappedOutput(10), within_sec=5
-        )
+async def test_a_command_it_cannot_start_answers_126_with_the_reason(runner, workdir):
+    ended, output = await run(runner, "true", workdir / "missing")
+    assert ended.status == 126 and "cannot start the command: workdir: No such file" in output.text()
+    output = CappedOutput(10)
+    ended = await runner.run("true", workdir=str(workdir), user="no-such-user", output=output, within_sec=5)
+    assert ended.status == 126 and output.text().startswith("taskenv-r")  # capped like any output
     ended, _ = await run(runner, "true", workdir)
     assert ended.status == 0
 
