@@ -3,11 +3,12 @@
 deadline, 502 when the container is gone or the runner cannot be trusted any more.
 
 The deadline is the worker's: the session kills the command at it (a kill frame); if the runner
-does not confirm, the user's processes are swept from outside, as without a runner, and the
-session, which can no longer be trusted, is closed (a live runner then kills what it still
-runs and exits; the next command opens a new one).
+does not confirm, the runner and everything under it are killed from outside, as a `docker
+exec` is killed without a runner, and the session, which can no longer be trusted, is closed
+(the next command opens a new one).
 """
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -19,8 +20,10 @@ from taskenv.shared.jobs import ExecJob
 from taskenv.shared.store import container_name
 from taskenv.worker.containers import why_stopped
 from taskenv.worker.docker import CONTAINER_GONE
+from taskenv.worker.kill import kill_tree
 from taskenv.worker.output import CappedOutput
 from taskenv.worker.runner_client import CommandTimedOut, RunnerLost, RunnerRefused, RunnerSession
+from taskenv.worker.runner_sessions import ExecStreamTransport
 
 log = logging.getLogger("taskenv.worker")
 
@@ -67,12 +70,27 @@ async def _lost(docker: aiodocker.Docker, job: ExecJob, output: CappedOutput, wh
 
 
 async def _kill_from_outside(docker: aiodocker.Docker, session: RunnerSession, job: ExecJob) -> None:
-    """The runner did not confirm the kill: sweep the user's processes with an exec of `kill -1`
-    (the runner, running as root, is not among them) and drop the session."""
-    await session.close()
+    """The runner did not confirm the kill: kill it and everything under it (its commands, and
+    their orphans, which it adopted) from the host's PID namespace, as a `docker exec` is killed
+    (worker/kill.py); a worker that cannot see the host's processes sweeps the user's processes
+    from inside instead. Then drop the session: it cannot be trusted any more."""
     try:
-        container = docker.containers.container(container_name(job["env_id"]))
-        sweep = await container.exec(["kill", "-KILL", "-1"], user=job["user"], stdout=False, stderr=False)
-        await sweep.start(detach=True)
+        killed = await _kill_runner_tree(session)
+        if killed == 0:
+            container = docker.containers.container(container_name(job["env_id"]))
+            sweep = await container.exec(
+                ["kill", "-KILL", "-1"], user=job["user"], stdout=False, stderr=False
+            )
+            await sweep.start(detach=True)
     except Exception as exc:
-        log.warning("could not sweep %s after its runner ignored a kill: %s", job["env_id"], exc)
+        log.warning("could not kill the commands of %s's silent runner: %s", job["env_id"], exc)
+    finally:
+        await session.close()
+
+
+async def _kill_runner_tree(session: RunnerSession) -> int:
+    if not isinstance(session.transport, ExecStreamTransport):
+        return 0
+    info = await session.transport.exe.inspect()
+    pid, container_id = int(info.get("Pid") or 0), str(info.get("ContainerID", ""))
+    return await asyncio.to_thread(kill_tree, pid, container_id) if pid and info.get("Running") else 0

@@ -21,7 +21,7 @@ import logging
 import time
 
 import aiodocker
-from aiodocker.stream import Stream
+from aiodocker.execs import Exec
 
 from taskenv.shared.store import container_name
 from taskenv.worker.runner_client import RunnerLost, RunnerSession
@@ -37,10 +37,12 @@ STDERR_LOGGED = 300
 
 
 class ExecStreamTransport:
-    """The runner's frames ride the exec's stdout; its stderr is logged, bounded."""
+    """The runner's frames ride the exec's stdout; its stderr is logged, bounded. The exec is
+    kept: its host pid is how a runner that stopped answering is killed from outside."""
 
-    def __init__(self, stream: Stream, env_id: str) -> None:
-        self._stream = stream
+    def __init__(self, exe: Exec, env_id: str) -> None:
+        self.exe = exe
+        self._stream = exe.start(detach=False)
         self._env_id = env_id
 
     async def read(self) -> bytes | None:
@@ -70,7 +72,7 @@ async def open_session(
             )
     except TimeoutError:
         raise RunnerLost(f"the engine did not start the runner within {within_sec:g} s") from None
-    session = RunnerSession(ExecStreamTransport(exe.start(detach=False), env_id))
+    session = RunnerSession(ExecStreamTransport(exe, env_id))
     await session.open(within_sec)
     return session
 
@@ -83,6 +85,7 @@ class RunnerPool:
         self._sessions: dict[str, RunnerSession] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._unavailable: dict[str, float] = {}
+        self._warming: set[asyncio.Task[None]] = set()
 
     async def session(self, env_id: str) -> RunnerSession | None:
         """The environment's session, opened if need be; None while its runner is unavailable
@@ -107,6 +110,19 @@ class RunnerPool:
             self._unavailable.pop(env_id, None)
             return opened
 
+    def warm(self, env_id: str) -> None:
+        """Open the session now, in the background (after a provision): the first command then
+        finds it ready."""
+        task = asyncio.create_task(self._warm(env_id))
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
+
+    async def _warm(self, env_id: str) -> None:
+        try:
+            await self.session(env_id)
+        except Exception as exc:
+            log.info("could not open the runner session of %s ahead: %s", env_id, exc)
+
     def _forget(self, session: RunnerSession) -> None:
         for env_id, known in list(self._sessions.items()):
             if known is session:
@@ -120,5 +136,7 @@ class RunnerPool:
             await session.close()
 
     async def close(self) -> None:
+        for task in list(self._warming):
+            task.cancel()
         for env_id in list(self._sessions):
             await self.drop(env_id)
