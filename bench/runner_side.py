@@ -54,3 +54,11 @@ class RunnerSide:
         for session in self._sessions.values():
             await session.close()
         self._sessions.clear()
+
+    async def unavailable(self, env_id: str) -> str | None:
+        """Why this side cannot run (the environment has no runner), or None when it can."""
+        try:
+            await self._session(env_id)
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None

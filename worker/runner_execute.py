@@ -19,11 +19,11 @@ from taskenv.shared.errors import ErrorType, TaskenvError
 from taskenv.shared.jobs import ExecJob
 from taskenv.shared.store import container_name
 from taskenv.worker.containers import why_stopped
-from taskenv.worker.docker import CONTAINER_GONE
+from taskenv.worker.docker import CONTAINER_GONE, docker_errors
 from taskenv.worker.kill import kill_tree
 from taskenv.worker.output import CappedOutput
 from taskenv.worker.runner_client import CommandTimedOut, RunnerLost, RunnerRefused, RunnerSession
-from taskenv.worker.runner_sessions import ExecStreamTransport
+from taskenv.worker.runner_sessions import ExecStreamTransport, RunnerPool
 
 log = logging.getLogger("taskenv.worker")
 
@@ -31,6 +31,18 @@ log = logging.getLogger("taskenv.worker")
 RUNNER_LOST = "runner_lost"
 # As in worker/execute.py: a killed container's processes die before its state says so.
 CONTAINER_END_SETTLE_SEC = 0.5
+
+
+async def run_through_runner(
+    docker: aiodocker.Docker, pool: RunnerPool, job: ExecJob
+) -> dict[str, Any] | None:
+    """The command's answer through its environment's runner, or None when the environment has
+    no runner that answers (the caller then uses `docker exec`)."""
+    with docker_errors("execute"):
+        session = await pool.session(job["env_id"])
+    if session is None:
+        return None
+    return await run_in_runner(docker, session, job)
 
 
 async def run_in_runner(docker: aiodocker.Docker, session: RunnerSession, job: ExecJob) -> dict[str, Any]:

@@ -19,13 +19,14 @@ container made before the runner was mounted, an image that cannot run it) is se
 import asyncio
 import logging
 import time
+from pathlib import Path
 
 import aiodocker
 from aiodocker.execs import Exec
 
 from taskenv.shared.store import container_name
 from taskenv.worker.runner_client import RunnerLost, RunnerSession
-from taskenv.worker.runner_volume import RUNNER_PATH
+from taskenv.worker.runner_volume import RUNNER_PATH, install
 
 log = logging.getLogger("taskenv.worker")
 
@@ -77,11 +78,30 @@ async def open_session(
     return session
 
 
-class RunnerPool:
-    """The open sessions of this worker process, by environment."""
+async def start_pool(docker: aiodocker.Docker, binary: Path, image: str) -> "RunnerPool | None":
+    """This worker process's pool, with the runner's volume in place (worker/runner_volume.py);
+    None, said once in the log, when there is no runner to use: commands then run with
+    `docker exec`."""
+    try:
+        volume = await install(docker, await asyncio.to_thread(binary.read_bytes), image)
+    except OSError as exc:
+        log.warning(
+            "no runner binary (%s): commands run with docker exec; build it with `make -C runner`", exc
+        )
+        return None
+    except aiodocker.DockerError as exc:
+        log.warning("could not put the runner into a volume (%s): commands run with docker exec", exc)
+        return None
+    return RunnerPool(docker, volume)
 
-    def __init__(self, docker: aiodocker.Docker) -> None:
+
+class RunnerPool:
+    """The open sessions of this worker process, by environment, and the volume that sandboxes
+    made by this worker mount the runner from."""
+
+    def __init__(self, docker: aiodocker.Docker, volume: str) -> None:
         self._docker = docker
+        self.volume = volume
         self._sessions: dict[str, RunnerSession] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._unavailable: dict[str, float] = {}

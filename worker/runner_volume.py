@@ -27,6 +27,17 @@ def volume_name(binary: bytes) -> str:
     return f"taskenv-runner-{hashlib.sha256(binary).hexdigest()[:16]}"
 
 
+# What the runner needs, added to `CapDrop: ALL`: it runs as root in the sandbox and starts
+# each command as its user (SETUID, SETGID) and kills commands' trees (KILL). Commands of an
+# unprivileged user get none of them (a uid change clears them; `no-new-privileges` stays).
+RUNNER_CAPABILITIES = ("KILL", "SETUID", "SETGID")
+
+
+def sandbox_host_config(volume: str) -> dict[str, Any]:
+    """What a sandbox's HostConfig gains to run the runner from `volume`."""
+    return {"Mounts": [sandbox_mount(volume)], "CapAdd": list(RUNNER_CAPABILITIES)}
+
+
 def sandbox_mount(volume: str) -> dict[str, Any]:
     """The sandbox's read-only view of the runner's volume."""
     return {
