@@ -1,0 +1,95 @@
+"""A worker's runner sessions (pure logic, fake sessions): one per environment however many
+commands ask at once, a lost one replaced, an environment without a runner served by
+`docker exec` for a while, all closed at teardown and shutdown."""
+
+import asyncio
+
+import pytest
+
+from taskenv.worker import runner_sessions
+from taskenv.worker.runner_client import RunnerLost, RunnerSession
+from taskenv.worker.runner_protocol import VERSION, Hello, encode_runner_frame
+from taskenv.worker.runner_sessions import RunnerPool
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.incoming: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.incoming.put_nowait(encode_runner_frame(Hello(VERSION, 256)))
+        self.closed = False
+
+    async def read(self) -> bytes | None:
+        return await self.incoming.get()
+
+    async def write(self, data: bytes) -> None:
+        pass
+
+    async def close(self) -> None:
+        self.closed = True
+        self.incoming.put_nowait(None)
+
+
+@pytest.fixture
+def opened(monkeypatch) -> list[str]:
+    """Every environment a session was opened for; an env id starting with `none` has no runner."""
+    calls: list[str] = []
+
+    async def fake_open(docker, env_id: str, within_sec: float = 1) -> RunnerSession:
+        calls.append(env_id)
+        await asyncio.sleep(0.01)
+        if env_id.startswith("none"):
+            raise RunnerLost("no hello from the runner")
+        session = RunnerSession(Transport())
+        await session.open(within_sec)
+        return session
+
+    monkeypatch.setattr(runner_sessions, "open_session", fake_open)
+    return calls
+
+
+async def test_one_session_per_environment_however_many_ask_at_once(opened):
+    pool = RunnerPool(None, "volume")  # type: ignore[arg-type]
+    sessions = await asyncio.gather(*(pool.session("a") for _ in range(8)), pool.session("b"))
+    assert opened == ["a", "b"]
+    assert len({id(s) for s in sessions[:8]}) == 1 and sessions[8] is not sessions[0]
+    await pool.close()
+    assert all(s is not None and not s.alive for s in sessions)
+
+
+async def test_a_lost_session_is_replaced_by_the_next_command(opened):
+    pool = RunnerPool(None, "volume")  # type: ignore[arg-type]
+    first = await pool.session("a")
+    assert first is not None
+    await first.transport.close()  # the runner's stream ends
+    async with asyncio.timeout(2):
+        while first.alive:
+            await asyncio.sleep(0.01)
+    second = await pool.session("a")
+    assert second is not None and second is not first and second.alive
+    assert opened == ["a", "a"]
+    await pool.close()
+
+
+async def test_an_environment_without_a_runner_uses_docker_exec_until_the_retry(opened, monkeypatch):
+    pool = RunnerPool(None, "volume")  # type: ignore[arg-type]
+    assert await pool.session("none-1") is None
+    assert await pool.session("none-1") is None
+    assert opened == ["none-1"]  # not asked again at every command
+    monkeypatch.setattr(runner_sessions, "RETRY_AFTER_SEC", 0.0)
+    assert await pool.session("none-2") is None
+    assert await pool.session("none-2") is None
+    assert opened == ["none-1", "none-2", "none-2"]
+
+
+async def test_teardown_drops_the_session_and_a_warm_start_opens_it_ahead(opened):
+    pool = RunnerPool(None, "volume")  # type: ignore[arg-type]
+    pool.warm("a")
+    async with asyncio.timeout(2):
+        while "a" not in opened:
+            await asyncio.sleep(0.01)
+    session = await pool.session("a")
+    assert opened == ["a"] and session is not None
+    await pool.drop("a")
+    assert not session.alive and session.transport.closed  # type: ignore[attr-defined]
+    pool.warm("none-x")  # a failure ahead is only logged
+    await pool.close()
