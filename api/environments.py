@@ -16,7 +16,14 @@ from taskenv.api.ratelimit import OrgRate
 from taskenv.api.state import AppState, app_state
 from taskenv.api.teardown import Teardown, remove_container
 from taskenv.shared import jobs, keys, quotas, store
-from taskenv.shared.errors import ErrorType, TaskenvError, environment_not_found, rate_limited
+from taskenv.shared.errors import (
+    ErrorType,
+    Reason,
+    TaskenvError,
+    because,
+    environment_not_found,
+    rate_limited,
+)
 from taskenv.shared.idempotency import HEADER as IDEMPOTENCY_HEADER
 from taskenv.shared.idempotency import MAX_KEY_CHARS as IDEMPOTENCY_KEY_MAX_CHARS
 from taskenv.shared.idempotency import fingerprint
@@ -275,10 +282,10 @@ async def _refusal(state: AppState, env_id: str, reason: str, slots: int) -> Tas
         return environment_not_found(env_id)
     if record["state"] == EnvironmentState.FAILED and record.get("container_gone"):
         # Its container was removed or stopped outside taskenv: as answered when that was found.
-        return TaskenvError(ErrorType.BAD_GATEWAY, record["error"])
+        return TaskenvError(ErrorType.BAD_GATEWAY, record["error"], reason=Reason.CONTAINER_GONE)
     if record["state"] == EnvironmentState.FAILED and record.get("lost_host"):
         # Its host is gone with its container: a gateway failure, as for a waiting command.
-        return TaskenvError(ErrorType.BAD_GATEWAY, f"host_lost: {record['error']}")
+        return because(Reason.HOST_LOST, record["error"])
     try:
         _require_state(record, "execute in", EnvironmentState.READY)
     except TaskenvError as exc:

@@ -21,8 +21,9 @@ from arq.connections import ArqRedis
 from arq.jobs import Job
 
 from taskenv.shared import hosts, jobs, keys
-from taskenv.shared.errors import ErrorType, TaskenvError
+from taskenv.shared.errors import ErrorType, Reason, TaskenvError, because
 from taskenv.shared.jobs import JobResult
+from taskenv.shared.scripts import LossKind
 
 log = logging.getLogger("taskenv.api")
 
@@ -38,7 +39,7 @@ class ResultListener:
         # Queue name → ids of the jobs waited for on it, to answer them all when its host is lost.
         self._by_queue: dict[str, set[str]] = {}
         # Host → futures of the requests watching it, set to the kind of its next loss.
-        self._watching: dict[str, set[asyncio.Future[hosts.LossKind]]] = {}
+        self._watching: dict[str, set[asyncio.Future[LossKind]]] = {}
         self._subscribed = asyncio.Event()
         self._recovering: set[asyncio.Task[None]] = set()
 
@@ -67,9 +68,9 @@ class ResultListener:
                     del self._by_queue[queue]
 
     @contextmanager
-    def losses(self, host: str) -> Iterator["asyncio.Future[hosts.LossKind]"]:
+    def losses(self, host: str) -> Iterator["asyncio.Future[LossKind]"]:
         """A future set when, within the block, `host` or any of its worker processes is lost."""
-        future: asyncio.Future[hosts.LossKind] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[LossKind] = asyncio.get_running_loop().create_future()
         watching = self._watching.setdefault(host, set())
         watching.add(future)
         try:
@@ -135,19 +136,20 @@ class ResultListener:
         if event is None:
             return
         host = str(event.get("host", ""))
-        kind = hosts.LossKind(event["kind"])
+        kind = LossKind(event["kind"])
         # Watchers first: a job failed below may wake its caller, who then asks what was lost.
         for future in self._watching.get(host, ()):
             if not future.done():
                 future.set_result(kind)
-        if kind == hosts.LossKind.HOST:
+        if kind == LossKind.HOST_LOST:
             job_ids = set(self._by_queue.get(keys.host_queue(host), ()))
-            error = _lost(f"host_lost: {event.get('error') or host}")
+            error = because(Reason.HOST_LOST, str(event.get("error") or host))
         else:
             job_ids = set(str(event.get("jobs", "")).split())
-            error = _lost(
-                f"worker_lost: worker {event.get('worker')} of host {host} stopped heartbeating while"
-                " running this job; it was not retried"
+            error = because(
+                Reason.WORKER_LOST,
+                f"worker {event.get('worker')} of host {host} stopped heartbeating while running this"
+                " job; it was not retried",
             )
         for job_id in job_ids:
             self._deliver(jobs.failed(job_id, error))

@@ -16,6 +16,7 @@ from typing import Any
 from taskenv.api.state import AppState
 from taskenv.shared import hosts, jobs, keys
 from taskenv.shared.errors import ErrorType, TaskenvError
+from taskenv.shared.scripts import LossKind
 
 
 class Teardown(StrEnum):
@@ -72,7 +73,7 @@ async def _once(state: AppState, env_id: str, host: str, wait_sec: float) -> Tea
     if removal.done() and not removal.cancelled() and removal.exception() is None:
         return Teardown.REMOVED
     if lost.done():
-        return Teardown.NO_WORKER if lost.result() == hosts.LossKind.HOST else Teardown.WORKER_LOST
+        return Teardown.NO_WORKER if lost.result() == LossKind.HOST_LOST else Teardown.WORKER_LOST
     return _outcome(removal.exception())
 
 

@@ -13,27 +13,11 @@ from datetime import UTC, datetime
 
 from redis.asyncio import Redis
 
-from taskenv.shared import keys
+from taskenv.shared import keys, scripts
 from taskenv.shared.secrets import hash_secret, new_api_key
 
 ID_CHARS = 12
 MIN_PREFIX_CHARS = 6
-
-# Store a key's record and index it, in one step.
-# KEYS: key record, its org's index, the set of orgs. ARGV: org, workspace, created_at, hash.
-_CREATE = """
-redis.call('HSET', KEYS[1], 'org', ARGV[1], 'workspace', ARGV[2], 'created_at', ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
-redis.call('SADD', KEYS[3], ARGV[1])
-"""
-
-# Remove a key's record and its index entry, in one step.
-# KEYS: key record, its org's index, the set of orgs. ARGV: hash, org.
-_REVOKE = """
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end
-"""
 
 
 @dataclass(frozen=True)
@@ -65,16 +49,15 @@ async def create(redis: Redis, org: str, workspace: str) -> str:
     """Make a key, store only its hash, and return the key itself once."""
     key = new_api_key()
     key_hash = hash_secret(key)
-    await redis.eval(  # type: ignore[misc]
-        _CREATE,
-        3,
-        keys.api_key(key_hash),
-        keys.api_key_index(org),
-        keys.API_KEY_ORGS,
-        org,
-        workspace,
-        repr(time.time()),
-        key_hash,
+    await scripts.CREATE_API_KEY.run(
+        redis,
+        api_key=keys.api_key(key_hash),
+        org_index=keys.api_key_index(org),
+        orgs=keys.API_KEY_ORGS,
+        org=org,
+        workspace=workspace,
+        created_at=repr(time.time()),
+        key_hash=key_hash,
     )
     return key
 
@@ -120,7 +103,12 @@ async def revoke(redis: Redis, prefix: str) -> KeyInfo:
     )
     if org is None:
         raise UnknownKey(f"no API key has id {prefix!r}")
-    await redis.eval(  # type: ignore[misc]
-        _REVOKE, 3, keys.api_key(key_hash), keys.api_key_index(org), keys.API_KEY_ORGS, key_hash, org
+    await scripts.REVOKE_API_KEY.run(
+        redis,
+        api_key=keys.api_key(key_hash),
+        org_index=keys.api_key_index(org),
+        orgs=keys.API_KEY_ORGS,
+        key_hash=key_hash,
+        org=org,
     )
     return KeyInfo(key_id(key_hash), org, workspace, datetime.fromtimestamp(float(created_at or 0), UTC))

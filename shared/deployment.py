@@ -12,14 +12,7 @@ import secrets
 
 from redis.asyncio import Redis
 
-from taskenv.shared import keys
-
-# Set the id if there is none, and read the one held, atomically.
-# KEYS: the deployment key. ARGV: the id to set if none is held.
-_JOIN = """
-redis.call('SET', KEYS[1], ARGV[1], 'NX')
-return redis.call('GET', KEYS[1])
-"""
+from taskenv.shared import keys, scripts
 
 
 class DeploymentMismatch(Exception):
@@ -40,7 +33,7 @@ async def join(redis: Redis, wanted: str = "") -> str:
     """The id of the deployment this Redis belongs to, making it `wanted` (or a random id) if it
     has none yet. Raises `DeploymentMismatch` if `wanted` is set and Redis holds another."""
     proposed = wanted or secrets.token_hex(8)
-    held = str(_text(await redis.eval(_JOIN, 1, keys.DEPLOYMENT, proposed)))  # type: ignore[misc]
+    held = str(_text(await scripts.JOIN_DEPLOYMENT.run(redis, deployment=keys.DEPLOYMENT, proposed=proposed)))
     if wanted and held != wanted:
         raise DeploymentMismatch(wanted, held)
     return held

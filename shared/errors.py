@@ -51,6 +51,18 @@ STATUS: dict[ErrorType, int] = {
     ErrorType.TIMEOUT: 504,
 }
 
+
+class Reason(StrEnum):
+    """Why an error happened, carried as data for code to test; its detail, for people and the
+    SDK's readers, starts with the same word (`because`)."""
+
+    HOST_LOST = "host_lost"
+    WORKER_LOST = "worker_lost"
+    CONTAINER_GONE = "container_gone"
+    RUNNER_LOST = "runner_lost"
+    TORN_DOWN = "torn_down"
+
+
 _TYPE_OF_STATUS = {status: error_type for error_type, status in reversed(STATUS.items())}
 
 
@@ -91,10 +103,12 @@ class TaskenvError(Exception):
         errors: list[dict[str, Any]] | None = None,
         extra: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        reason: Reason | None = None,
     ) -> None:
         super().__init__(detail)
         self.type = error_type
         self.detail = detail
+        self.reason = reason
         self.errors = errors
         self.extra = extra or {}
         # HTTP headers of the answer, such as a 429's `Retry-After`.
@@ -110,7 +124,8 @@ class TaskenvError(Exception):
 
     def to_wire(self) -> dict[str, Any]:
         """What a worker returns through Redis so the API can raise the same error."""
-        return {"type": str(self.type), "detail": self.detail, "extra": self.extra}
+        reason = str(self.reason) if self.reason else None
+        return {"type": str(self.type), "detail": self.detail, "extra": self.extra, "reason": reason}
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> "TaskenvError":
@@ -118,7 +133,21 @@ class TaskenvError(Exception):
             error_type = ErrorType(str(data.get("type")))
         except ValueError:
             error_type = ErrorType.APP
-        return cls(error_type, str(data.get("detail", "")), extra=data.get("extra") or None)
+        reason = data.get("reason")
+        return cls(
+            error_type,
+            str(data.get("detail", "")),
+            extra=data.get("extra") or None,
+            reason=Reason(reason) if reason in tuple(Reason) else None,
+        )
+
+
+def because(
+    reason: Reason, why: str, error_type: ErrorType = ErrorType.BAD_GATEWAY, **kwargs: Any
+) -> TaskenvError:
+    """An error whose detail reads `<reason>: <why>` (the words clients match) and whose
+    `reason` says the same as data."""
+    return TaskenvError(error_type, f"{reason}: {why}", reason=reason, **kwargs)
 
 
 def for_status(status: int, detail: str) -> TaskenvError:

@@ -17,102 +17,12 @@ not lost: its environments stay as they are for when a worker of that host comes
 import json
 import time
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from redis.asyncio import Redis
 
-from taskenv.shared import keys
-
-_BEAT = """
-local now = tonumber(ARGV[1])
-redis.call('ZADD', KEYS[1], now, ARGV[2])
-redis.call('ZADD', KEYS[2], now, ARGV[3])
-redis.call('SADD', KEYS[6], ARGV[3])
-redis.call('HSET', KEYS[3], 'host', ARGV[3], 'pid', ARGV[4], 'started_at', ARGV[5], 'beat_at', ARGV[1],
-  'max_jobs', ARGV[6], 'running', ARGV[7], 'jobs', ARGV[8], 'metrics', ARGV[9])
-redis.call('EXPIRE', KEYS[3], ARGV[10])
-local counts = {ready = 0, provisioning = 0, failed = 0}
-for _, id in ipairs(redis.call('ZRANGE', KEYS[5], 0, -1)) do
-  local s = redis.call('HGET', ARGV[11] .. id, 'state')
-  if s and counts[s] then counts[s] = counts[s] + 1 end
-end
-if ARGV[12] == '1' then redis.call('HSET', KEYS[4], 'draining', '1') end
-redis.call('HSET', KEYS[4], 'state', 'up', 'beat_at', ARGV[1], 'cap', ARGV[13],
-  'ready', counts.ready, 'provisioning', counts.provisioning, 'failed', counts.failed)
-return {redis.call('HGET', KEYS[4], 'draining') or '', counts.ready + counts.provisioning}
-"""
-
-# KEYS: live workers, live hosts, the loss events channel. ARGV: now, dead-after seconds, and
-# key prefixes: environment, host's expiry index, host, worker, host's arq queue, host's wake
-# list; then the provision queue and the provisions-not-run set.
-_SWEEP = """
-local now, dead_after = tonumber(ARGV[1]), tonumber(ARGV[2])
-local lost_workers, lost_hosts = {}, {}
--- Hosts first: a whole host's waiting requests hear `host_lost`, the more telling reason.
-for _, h in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - dead_after)) do
-  redis.call('ZREM', KEYS[2], h)
-  local error = 'host ' .. h .. ' lost: no heartbeat from its workers for ' .. ARGV[2] .. ' s'
-  local failed = 0
-  for _, id in ipairs(redis.call('ZRANGE', ARGV[4] .. h, 0, -1)) do
-    local s = redis.call('HGET', ARGV[3] .. id, 'state')
-    if s == 'ready' or s == 'provisioning' then
-      redis.call('HSET', ARGV[3] .. id, 'state', 'failed', 'error', error, 'lost_host', h)
-      failed = failed + 1
-    end
-  end
-  redis.call('HSET', ARGV[5] .. h, 'state', 'lost', 'lost_at', ARGV[1], 'ready', 0, 'provisioning', 0)
-  redis.call('DEL', ARGV[7] .. h, ARGV[8] .. h)
-  redis.call('PUBLISH', KEYS[3], cjson.encode({kind = 'host_lost', host = h, error = error}))
-  table.insert(lost_hosts, h)
-  table.insert(lost_hosts, failed)
-end
-for _, w in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - dead_after)) do
-  redis.call('ZREM', KEYS[1], w)
-  local info = redis.call('HMGET', ARGV[6] .. w, 'host', 'jobs')
-  redis.call('DEL', ARGV[6] .. w)
-  local host, jobs = info[1] or '', info[2] or ''
-  -- Its running jobs will never end: out of their queues' counts now, not at arq's timeout.
-  for id in string.gmatch(jobs, '%S+') do
-    redis.call('ZREM', ARGV[7] .. host, id)
-    redis.call('ZREM', ARGV[9], id)
-  end
-  -- The provisions it claimed and left unfinished: failed now, not at their deadline.
-  local failed = 0
-  if host ~= '' then
-    local error = 'worker ' .. w .. ' lost while provisioning it: no heartbeat for ' .. ARGV[2] .. ' s'
-    for _, id in ipairs(redis.call('ZRANGE', ARGV[4] .. host, 0, -1)) do
-      local env = redis.call('HMGET', ARGV[3] .. id, 'state', 'provisioner')
-      if env[1] == 'provisioning' and env[2] == w then
-        redis.call('HSET', ARGV[3] .. id, 'state', 'failed', 'error', error)
-        redis.call('ZREM', ARGV[10], id)
-        failed = failed + 1
-      end
-    end
-  end
-  -- Announced even with no job listed: one it took after its last beat is lost too, and a
-  -- waiting DELETE re-runs its teardown on hearing of any loss on its host.
-  local event = {kind = 'worker_lost', host = host, worker = w, jobs = jobs}
-  redis.call('PUBLISH', KEYS[3], cjson.encode(event))
-  table.insert(lost_workers, w)
-  table.insert(lost_workers, failed)
-end
-return {lost_workers, lost_hosts}
-"""
-
-_LEAVE = """
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('DEL', KEYS[3])
-local alive = 0
-for _, w in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], tonumber(ARGV[3]) - tonumber(ARGV[4]), '+inf')) do
-  if redis.call('HGET', ARGV[5] .. w, 'host') == ARGV[2] then alive = alive + 1 end
-end
-if alive == 0 then
-  redis.call('ZREM', KEYS[2], ARGV[2])
-  redis.call('HSET', KEYS[4], 'state', 'stopped')
-end
-return alive
-"""
+from taskenv.shared import keys, scripts
+from taskenv.shared.scripts import LossKind
 
 
 @dataclass
@@ -137,13 +47,6 @@ class HostView:
     environments: int
 
 
-class LossKind(StrEnum):
-    """What a loss event on `keys.EVENTS` announces."""
-
-    HOST = "host_lost"
-    WORKER = "worker_lost"
-
-
 @dataclass(frozen=True)
 class Loss:
     workers: list[str]
@@ -159,50 +62,48 @@ def _text(value: Any) -> str:
 
 async def beat(redis: Redis, beat: Beat, *, dead_after_sec: float, cap: int) -> HostView:
     now = time.time()
-    draining, live = await redis.eval(  # type: ignore[misc]
-        _BEAT,
-        6,
-        keys.WORKERS,
-        keys.HOSTS,
-        keys.worker(beat.worker_id),
-        keys.host(beat.host),
-        keys.expiry_index(beat.host),
-        keys.KNOWN_HOSTS,
-        repr(now),
-        beat.worker_id,
-        beat.host,
-        str(beat.pid),
-        repr(beat.started_at),
-        str(beat.max_jobs),
-        str(len(beat.running_jobs)),
-        " ".join(beat.running_jobs),
-        beat.metrics,
-        str(max(60, int(dead_after_sec * 6))),
-        keys.environment(""),
-        "1" if beat.drain else "0",
-        str(cap),
+    draining, live = await scripts.BEAT.run(
+        redis,
+        workers=keys.WORKERS,
+        hosts=keys.HOSTS,
+        worker=keys.worker(beat.worker_id),
+        host=keys.host(beat.host),
+        expiry_index=keys.expiry_index(beat.host),
+        known_hosts=keys.KNOWN_HOSTS,
+        now=repr(now),
+        worker_id=beat.worker_id,
+        host_id=beat.host,
+        pid=str(beat.pid),
+        started_at=repr(beat.started_at),
+        max_jobs=str(beat.max_jobs),
+        running=str(len(beat.running_jobs)),
+        jobs=" ".join(beat.running_jobs),
+        metrics=beat.metrics,
+        worker_ttl_sec=str(max(60, int(dead_after_sec * 6))),
+        env_prefix=keys.environment(""),
+        drain="1" if beat.drain else "0",
+        cap=str(cap),
     )
     return HostView(draining=_text(draining) == "1", environments=int(live))
 
 
 async def sweep(redis: Redis, *, dead_after_sec: float) -> Loss:
     """Declare lost the workers and hosts silent for `dead_after_sec`; see the module doc."""
-    workers, hosts = await redis.eval(  # type: ignore[misc]
-        _SWEEP,
-        3,
-        keys.WORKERS,
-        keys.HOSTS,
-        keys.EVENTS,
-        repr(time.time()),
-        f"{dead_after_sec:g}",
-        keys.environment(""),
-        keys.expiry_index(""),
-        keys.host(""),
-        keys.worker(""),
-        keys.arq_queue(keys.host_queue("")),
-        keys.wake(keys.host_queue("")),
-        keys.arq_queue(keys.PROVISION_QUEUE),
-        keys.PROVISIONING,
+    workers, hosts = await scripts.SWEEP.run(
+        redis,
+        workers=keys.WORKERS,
+        hosts=keys.HOSTS,
+        events=keys.EVENTS,
+        now=repr(time.time()),
+        dead_after=f"{dead_after_sec:g}",
+        env_prefix=keys.environment(""),
+        expiry_prefix=keys.expiry_index(""),
+        host_prefix=keys.host(""),
+        worker_prefix=keys.worker(""),
+        host_queue_prefix=keys.arq_queue(keys.host_queue("")),
+        host_wake_prefix=keys.wake(keys.host_queue("")),
+        provision_queue=keys.arq_queue(keys.PROVISION_QUEUE),
+        provisioning=keys.PROVISIONING,
     )
     lost_hosts, lost_workers = _pairs(hosts), _pairs(workers)
     provisions = {worker: failed for worker, failed in lost_workers.items() if failed}
@@ -217,18 +118,17 @@ def _pairs(flat: list[Any]) -> dict[str, int]:
 
 async def leave(redis: Redis, worker_id: str, host: str, *, dead_after_sec: float) -> int:
     """A clean exit: drop the worker at once; returns how many of its host's workers remain."""
-    alive = await redis.eval(  # type: ignore[misc]
-        _LEAVE,
-        4,
-        keys.WORKERS,
-        keys.HOSTS,
-        keys.worker(worker_id),
-        keys.host(host),
-        worker_id,
-        host,
-        repr(time.time()),
-        repr(dead_after_sec),
-        keys.worker(""),
+    alive = await scripts.LEAVE.run(
+        redis,
+        workers=keys.WORKERS,
+        hosts=keys.HOSTS,
+        worker=keys.worker(worker_id),
+        host=keys.host(host),
+        worker_id=worker_id,
+        host_id=host,
+        now=repr(time.time()),
+        dead_after=repr(dead_after_sec),
+        worker_prefix=keys.worker(""),
     )
     return int(alive)
 

@@ -86,28 +86,6 @@ def exceeded(quota: Quota, limit: int, org: str, workspace: str, retry_after_sec
     )
 
 
-# full(set, now, limit, environment key prefix or ''): drops the entries past their score (expiry
-# or deadline) and, with an environment key prefix, the environments no longer provisioning or
-# ready; true when `limit` > 0 and the entries left reach it. With no limit nothing is walked.
-FULL = """
-local function full(key, now, limit, env_prefix)
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  if limit <= 0 then return false end
-  if env_prefix == '' then return redis.call('ZCARD', key) >= limit end
-  local live = 0
-  for _, id in ipairs(redis.call('ZRANGE', key, 0, -1)) do
-    local state = redis.call('HGET', env_prefix .. id, 'state')
-    if state == 'ready' or state == 'provisioning' then
-      live = live + 1
-    else
-      redis.call('ZREM', key, id)
-    end
-  end
-  return live >= limit
-end
-"""
-
-
 def environment_sets(org: str, workspace: str) -> list[str]:
     """The quota sets a new environment joins: its org's, its workspace's."""
     return [keys.org_environments(org), keys.workspace_environments(org, workspace)]

@@ -12,80 +12,14 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from taskenv.shared import keys, quotas
+from taskenv.shared import keys, quotas, scripts
 from taskenv.shared.models import Environment, EnvironmentPage, EnvironmentState, EnvironmentStatus
 from taskenv.shared.quotas import NO_LIMITS, Limits, Quota
 from taskenv.shared.tasks import TaskSpec
 
 Record = dict[str, str]
 
-_SET_IF_STATE = """
-if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-return 1
-"""
-
-_TEAR_DOWN = """
-local prev = redis.call('HGET', KEYS[1], 'state')
-if (not prev) or prev == 'torn_down' then return prev end
-redis.call('HSET', KEYS[1], 'state', 'torn_down')
-if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[1]) end
-return prev
-"""
-
-
-# Counting a host's live environments walks its expiry index (at most its cap plus the failed
-# ones not expired yet): exact, and atomic with the claim, so workers of one host sharing a
-# count cannot overshoot the cap together.
-# The claiming worker process writes its id too: if it is lost, the sweep (shared/hosts.py)
-# fails the provisions it left unfinished at once.
-# KEYS: environment, host's expiry index. ARGV: env id, host, cap, environment key prefix,
-# worker id.
-_CLAIM_PROVISION = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'provisioning' then return {state or 'missing', 0} end
-local live = 0
-for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  local s = redis.call('HGET', ARGV[4] .. id, 'state')
-  if s == 'ready' or s == 'provisioning' then live = live + 1 end
-end
-if redis.call('HGET', KEYS[1], 'host') ~= '' then return {'taken', live} end
-if live >= tonumber(ARGV[3]) then return {'full', live} end
-redis.call('HSET', KEYS[1], 'host', ARGV[2], 'provisioner', ARGV[5])
-redis.call('ZADD', KEYS[2], redis.call('HGET', KEYS[1], 'expires_at'), ARGV[1])
-return {'claimed', live + 1}
-"""
 _ENV_PREFIX = keys.environment("")
-
-
-# A new environment's record and indexes, only if its org and workspace are within their
-# quotas of live environments (shared/quotas.py), which it then joins, scored by its expiry.
-# An existing record can only be this very call's, retried after a lost reply (ids are fresh
-# uuids): it is not counted twice.
-# KEYS: environment, workspace index, execute token, provisioning index, org's quota set,
-# workspace's quota set. ARGV: env id, now, expires at, provision deadline, token TTL s, org
-# limit, workspace limit, environment key prefix, then the record's fields and values.
-_CREATE = (
-    quotas.FULL
-    + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 'created' end
-local now = tonumber(ARGV[2])
-if full(KEYS[5], now, tonumber(ARGV[6]), ARGV[8]) then return 'org_environments' end
-if full(KEYS[6], now, tonumber(ARGV[7]), ARGV[8]) then return 'workspace_environments' end
-redis.call('HSET', KEYS[1], unpack(ARGV, 9))
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[5])
-redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
-local expires = tonumber(ARGV[3])
-for i = 5, 6 do
-  redis.call('ZADD', KEYS[i], expires, ARGV[1])
-  if redis.call('TTL', KEYS[i]) < expires - now then
-    redis.call('EXPIREAT', KEYS[i], math.ceil(expires) + 1)
-  end
-end
-return 'created'
-"""
-)
 
 
 class OverQuota(Exception):
@@ -128,27 +62,26 @@ async def create(
         "spec": spec.model_dump_json(),
     }
     fields = [item for pair in record.items() for item in pair]
-    outcome = await redis.register_script(_CREATE)(
-        keys=[
-            keys.environment(env_id),
-            keys.workspace_index(org, workspace),
-            keys.execute_token(token_hash),
-            keys.PROVISIONING,
-            *quotas.environment_sets(org, workspace),
-        ],
-        args=[
-            env_id,
-            repr(now),
-            record["expires_at"],
-            repr(now + provision_timeout_sec),
-            lifetime_sec + 3600,
-            limits.org_environments,
-            limits.workspace_environments,
-            _ENV_PREFIX,
-            *fields,
-        ],
+    org_environments, workspace_environments = quotas.environment_sets(org, workspace)
+    outcome = await scripts.CREATE_ENVIRONMENT.run(
+        redis,
+        environment=keys.environment(env_id),
+        workspace_index=keys.workspace_index(org, workspace),
+        execute_token=keys.execute_token(token_hash),
+        provisioning=keys.PROVISIONING,
+        org_environments=org_environments,
+        workspace_environments=workspace_environments,
+        env_id=env_id,
+        now=repr(now),
+        expires_at=record["expires_at"],
+        provision_deadline=repr(now + provision_timeout_sec),
+        token_ttl_sec=lifetime_sec + 3600,
+        org_limit=limits.org_environments,
+        workspace_limit=limits.workspace_environments,
+        env_prefix=_ENV_PREFIX,
+        rest=fields,
     )
-    if outcome != "created":
+    if outcome != scripts.CreateOutcome.CREATED:
         raise OverQuota(Quota(outcome))
     return record
 
@@ -191,17 +124,17 @@ async def release_exec(redis: Redis, env_id: str, job_id: str) -> None:
 
 async def set_if_state(redis: Redis, env_id: str, expected: EnvironmentState, **fields: str) -> bool:
     """Write `fields` only if the record is still in state `expected`."""
-    args: list[str] = [expected]
-    for name, value in fields.items():
-        args += [name, value]
-    changed = await redis.eval(_SET_IF_STATE, 1, keys.environment(env_id), *args)  # type: ignore[misc]
+    pairs = [item for pair in fields.items() for item in pair]
+    changed = await scripts.SET_IF_STATE.run(
+        redis, environment=keys.environment(env_id), expected=expected, rest=pairs
+    )
     return bool(changed)
 
 
 async def tear_down(redis: Redis, record: Record, *, error: str = "", retention_sec: int) -> str | None:
     """Mark torn down and drop it from the live indexes; returns the state it was in before."""
     env_id = record["id"]
-    previous = await redis.eval(_TEAR_DOWN, 1, keys.environment(env_id), error)  # type: ignore[misc]
+    previous = await scripts.TEAR_DOWN.run(redis, environment=keys.environment(env_id), reason=error)
     async with redis.pipeline(transaction=False) as pipe:
         if record.get("host"):
             pipe.zrem(keys.expiry_index(record["host"]), env_id)
@@ -232,16 +165,15 @@ async def claim_provision(
     """Make `host` the environment's host, and `worker` its provisioner, if it is still
     unclaimed and the host holds fewer than `cap` live environments. Returns ("claimed", count
     after), ("full", count) or (state, count) when there is nothing to provision any more."""
-    outcome, count = await redis.eval(  # type: ignore[misc]
-        _CLAIM_PROVISION,
-        2,
-        keys.environment(env_id),
-        keys.expiry_index(host),
-        env_id,
-        host,
-        str(cap),
-        _ENV_PREFIX,
-        worker,
+    outcome, count = await scripts.CLAIM_PROVISION.run(
+        redis,
+        environment=keys.environment(env_id),
+        expiry_index=keys.expiry_index(host),
+        env_id=env_id,
+        host=host,
+        cap=str(cap),
+        env_prefix=_ENV_PREFIX,
+        worker=worker,
     )
     return str(outcome), int(count)
 

@@ -7,9 +7,8 @@ import pytest
 
 from taskenv.api.dispatch import Admission, Dispatcher, Idempotency, NotAdmitted, Replay
 from taskenv.api.ratelimit import OrgRate
-from taskenv.shared import jobs, keys, quotas
+from taskenv.shared import jobs, keys, quotas, scripts
 from taskenv.shared.errors import ErrorType, TaskenvError
-from taskenv.shared.idempotency import STORE_AND_PUBLISH
 
 
 class Listener:
@@ -180,7 +179,7 @@ async def test_an_idempotency_key_runs_its_command_once_and_replays_the_answer(r
     await pubsub.get_message(timeout=0.1)
     await pubsub.get_message(timeout=0.1)
     answer = jobs.serialize(jobs.ok("j1", {"exit_code": 0, "output": "once\n"}))
-    await redis.register_script(STORE_AND_PUBLISH)(keys=[record], args=["first", answer])
+    await scripts.STORE_AND_PUBLISH.run(redis, idempotency=record, reply_channel="first", answer=answer)
     sent = [await pubsub.get_message(timeout=0.5) for _ in range(2)]
     assert sorted(m["channel"] for m in sent if m) == [b"first", Listener.channel.encode()]
     await pubsub.aclose()

@@ -7,6 +7,7 @@ import pytest
 
 from taskenv.shared import hosts, keys, store
 from taskenv.shared.models import EnvironmentState
+from taskenv.shared.scripts import LossKind
 from taskenv.shared.tasks import TaskSpec
 
 
@@ -194,7 +195,7 @@ async def test_a_request_watching_a_host_hears_each_loss_on_it():
     listener = ResultListener(None)  # type: ignore[arg-type]
     with listener.losses("a") as on_a, listener.losses("b") as on_b:
         listener._loss(json.dumps({"kind": "worker_lost", "host": "a", "worker": "w", "jobs": ""}).encode())
-        assert on_a.done() and on_a.result() == hosts.LossKind.WORKER and not on_b.done()
+        assert on_a.done() and on_a.result() == LossKind.WORKER_LOST and not on_b.done()
         listener._loss(json.dumps({"kind": "host_lost", "host": "b", "error": "…"}).encode())
-        assert on_b.result() == hosts.LossKind.HOST
+        assert on_b.result() == LossKind.HOST_LOST
     assert listener._watching == {}

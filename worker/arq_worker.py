@@ -21,23 +21,13 @@ from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
-from taskenv.shared import jobs, keys
-from taskenv.shared.idempotency import STORE_AND_PUBLISH
+from taskenv.shared import jobs, keys, scripts
 from taskenv.shared.jobs import JOB_TIMEOUT_SEC
 from taskenv.shared.redis import arq_client, records_client
 from taskenv.shared.settings import Settings
 from taskenv.worker import docker, job_functions, reaper
 
 log = logging.getLogger("taskenv.worker")
-
-# arq's claim on a job, atomically: not running anywhere, still queued, due.
-_CLAIM = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if (not score) or tonumber(score) > tonumber(ARGV[2]) then return 0 end
-redis.call('PSETEX', KEYS[1], ARGV[3], '1')
-return score
-"""
 
 
 class WakeableWorker(Worker):
@@ -51,7 +41,6 @@ class WakeableWorker(Worker):
         self._stopping = False
         # The jobs running now, for the heartbeat's thread: replaced whole, never changed.
         self.running: frozenset[str] = frozenset()
-        self._claim = self.pool.register_script(_CLAIM)
 
     async def main(self) -> None:
         log.info("worker on queue %s: %d functions", self.queue_name, len(self.functions))
@@ -147,9 +136,13 @@ class WakeableWorker(Worker):
                 return
             self.job_counter += 1
             try:
-                score = await self._claim(
-                    keys=[in_progress_key_prefix + job_id, self.queue_name],
-                    args=[job_id, timestamp_ms(), int(self.in_progress_timeout_s * 1000)],
+                score = await scripts.CLAIM_JOB.run(
+                    self.pool,
+                    in_progress=in_progress_key_prefix + job_id,
+                    queue=self.queue_name,
+                    job_id=job_id,
+                    now_ms=timestamp_ms(),
+                    claim_ms=int(self.in_progress_timeout_s * 1000),
                 )
             except BaseException:
                 # Redis failed mid-claim: give the slot back (`main` tries the pass again).
@@ -192,8 +185,9 @@ async def _publish_result(ctx: dict[str, Any]) -> None:
     try:
         async with redis.pipeline(transaction=False) as pipe:
             if record:
-                answer = redis.register_script(STORE_AND_PUBLISH)
-                await answer(keys=[record], args=[reply_to or "", encoded], client=pipe)
+                await scripts.STORE_AND_PUBLISH.run(
+                    redis, pipeline=pipe, idempotency=record, reply_channel=reply_to or "", answer=encoded
+                )
             elif reply_to:
                 pipe.publish(reply_to, encoded)
             for slot in slots:

@@ -8,7 +8,7 @@ from pathlib import Path
 import aiodocker
 import aiohttp
 
-from taskenv.shared.errors import ErrorType, TaskenvError
+from taskenv.shared.errors import ErrorType, Reason, TaskenvError
 
 _DEFAULT_SOCKETS = (Path("/run/docker.sock"), Path("/var/run/docker.sock"))
 
@@ -28,9 +28,9 @@ def connect() -> aiodocker.Docker:
 
 # aiodocker's status for a request that never reached the engine.
 UNREACHABLE = 900
-# The 502's detail starts with this when an environment's container was removed or stopped
-# outside taskenv: the environment is `failed` from then on.
-CONTAINER_GONE = "container_gone"
+# The reason of a 502 when an environment's container was removed or stopped outside taskenv:
+# the environment is `failed` from then on.
+CONTAINER_GONE = Reason.CONTAINER_GONE
 
 
 def bad_gateway(exc: BaseException, what: str) -> TaskenvError:

@@ -11,14 +11,14 @@ import aiodocker
 from redis.asyncio import Redis
 
 from taskenv.shared import jobs, keys, store
-from taskenv.shared.errors import ErrorType, TaskenvError
+from taskenv.shared.errors import ErrorType, Reason, TaskenvError, because
 from taskenv.shared.jobs import EnvJob, ExecJob, JobResult
 from taskenv.shared.logs import REQUEST_ID
 from taskenv.shared.models import EnvironmentState
 from taskenv.shared.settings import Settings
 from taskenv.shared.tasks import TaskSpec
 from taskenv.worker import containers
-from taskenv.worker.docker import CONTAINER_GONE, bad_gateway, docker_errors
+from taskenv.worker.docker import bad_gateway, docker_errors
 from taskenv.worker.execute import run_command
 from taskenv.worker.metrics import DOCKER_SECONDS, JOB_SECONDS, QUEUE_WAIT_SECONDS
 
@@ -133,9 +133,9 @@ async def execute(ctx: Ctx, payload: ExecJob) -> dict[str, Any]:
             why = await containers.why_stopped(docker, store.container_name(payload["env_id"]))
         except (aiodocker.DockerError, OSError):
             # The engine itself is unreachable: nothing to conclude.
-            raise TaskenvError(exc.type, exc.detail) from None
+            raise TaskenvError(exc.type, exc.detail, reason=exc.reason) from None
         if why is None:
-            raise TaskenvError(exc.type, exc.detail) from None
+            raise TaskenvError(exc.type, exc.detail, reason=exc.reason) from None
         raise await _gone_during(_records(ctx), payload["env_id"], why, exc) from None
 
 
@@ -144,7 +144,7 @@ async def _gone_during(redis: Redis, env_id: str, why: str, exc: TaskenvError) -
     DELETE, an expiry: the record says so) or removed or stopped by someone else (the
     environment fails)."""
     if await fail_gone(redis, env_id, why):
-        return TaskenvError(ErrorType.BAD_GATEWAY, f"{CONTAINER_GONE}: {why}")
+        return because(Reason.CONTAINER_GONE, why)
     record = await store.get(redis, env_id)
     if record is not None and record["state"] == EnvironmentState.TORN_DOWN:
         return TaskenvError(
@@ -152,8 +152,9 @@ async def _gone_during(redis: Redis, env_id: str, why: str, exc: TaskenvError) -
             f"Environment {env_id} was torn down while the command ran"
             + (f" ({record['error']})" if record.get("error") else ""),
             extra={"output": str(exc.extra.get("output", ""))},
+            reason=Reason.TORN_DOWN,
         )
-    return TaskenvError(ErrorType.BAD_GATEWAY, f"{CONTAINER_GONE}: {why}")
+    return because(Reason.CONTAINER_GONE, why)
 
 
 async def fail_gone(redis: Redis, env_id: str, why: str) -> bool:
@@ -161,7 +162,7 @@ async def fail_gone(redis: Redis, env_id: str, why: str) -> bool:
     with the reason (the API answers its executes 502 `container_gone`)."""
     return await store.set_if_state(
         redis, env_id, EnvironmentState.READY, state=EnvironmentState.FAILED,
-        error=f"{CONTAINER_GONE}: {why}", container_gone="1",
+        error=f"{Reason.CONTAINER_GONE}: {why}", container_gone="1",
     )  # fmt: skip
 
 
