@@ -31,6 +31,9 @@ from taskenv.worker.runner_volume import RUNNER_PATH, install
 log = logging.getLogger("taskenv.worker")
 
 HELLO_TIMEOUT_SEC = 5.0
+# Sessions opened ahead at once (after provisions, at a worker's start): each is one
+# `docker exec`, and the engine runs only some tens of those per second.
+WARM_AT_ONCE = 4
 RETRY_AFTER_SEC = 30.0
 STDOUT, STDERR = 1, 2
 # What is logged of the runner's own stderr (it may be the sandbox's words: bounded).
@@ -106,6 +109,7 @@ class RunnerPool:
         self._locks: dict[str, asyncio.Lock] = {}
         self._unavailable: dict[str, float] = {}
         self._warming: set[asyncio.Task[None]] = set()
+        self._warm_slots = asyncio.Semaphore(WARM_AT_ONCE)
 
     async def session(self, env_id: str) -> RunnerSession | None:
         """The environment's session, opened if need be; None while its runner is unavailable
@@ -130,18 +134,21 @@ class RunnerPool:
             self._unavailable.pop(env_id, None)
             return opened
 
-    def warm(self, env_id: str) -> None:
-        """Open the session now, in the background (after a provision): the first command then
-        finds it ready."""
-        task = asyncio.create_task(self._warm(env_id))
-        self._warming.add(task)
-        task.add_done_callback(self._warming.discard)
+    def warm(self, *env_ids: str) -> None:
+        """Open these sessions in the background, a few at a time (after a provision; at a
+        worker's start, for its host's running environments): their first commands then find
+        them ready."""
+        for env_id in env_ids:
+            task = asyncio.create_task(self._warm(env_id))
+            self._warming.add(task)
+            task.add_done_callback(self._warming.discard)
 
     async def _warm(self, env_id: str) -> None:
-        try:
-            await self.session(env_id)
-        except Exception as exc:
-            log.info("could not open the runner session of %s ahead: %s", env_id, exc)
+        async with self._warm_slots:
+            try:
+                await self.session(env_id)
+            except Exception as exc:
+                log.info("could not open the runner session of %s ahead: %s", env_id, exc)
 
     def _forget(self, session: RunnerSession) -> None:
         for env_id, known in list(self._sessions.items()):
