@@ -43,3 +43,9 @@ def task_bytes(org: str) -> str:
 def task_upload(upload_id: str) -> str:
     """String (JSON [org, name]): an OCI upload session, with a TTL."""
     return f"{PREFIX}upload:{upload_id}"
+
+
+def task_built_hosts(oci_digest: str) -> str:
+    """Set of the hosts that hold the images of this task archive (none: a new environment of it
+    shows `building`)."""
+    return f"{PREFIX}taskbuilt:{oci_digest}"

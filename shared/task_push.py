@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from taskenv.shared import task_archive, task_store
 from taskenv.shared.errors import ErrorType, TaskenvError
+from taskenv.shared.task_compose import ComposeService, service_plan, services_of
 from taskenv.shared.task_manifest import NAME_PATTERN, VERSION_PATTERN, Issue, error
 from taskenv.shared.task_oci import MANIFEST_MAX_BYTES, Manifest
 from taskenv.shared.task_store import CommitOutcome, TaskVersion
@@ -114,8 +115,16 @@ def _record(
         verification_method=task.manifest.verification.effective_method().value,
         ports=task.manifest.ports or {},
         readme=task.readme,
+        build_services=[plan.name for plan in _plans(task) if plan.build is not None],
         **{key: value for key, value in fields.items() if value is not None},
     )
+
+
+def _plans(task: ValidatedTask) -> list[ComposeService]:
+    compose = task.compose or {}
+    return [
+        service_plan(str(name), spec) for name, spec in services_of(compose).items() if isinstance(spec, dict)
+    ]
 
 
 def config_blob(task_yaml: dict[str, Any]) -> bytes:

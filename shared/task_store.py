@@ -19,92 +19,9 @@ from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
 from taskenv.shared import task_keys as keys
+from taskenv.shared.redis_script import Script
 
 UPLOAD_TTL_SEC = 3600
-
-# Store a blob, pending, if the org's storage has room. Expired pending blobs (uploaded, never
-# named by a version) are freed first. A blob already known is not stored again; if still
-# pending, its deadline moves on.
-# KEYS: blob, org's blob refcounts, org's pending blobs, org's bytes used.
-# ARGV: digest, data, now, pending deadline, org budget in bytes, blob key prefix.
-_PUT_BLOB = """
-local digest, data = ARGV[1], ARGV[2]
-local now, deadline, budget = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local blob_prefix = ARGV[6]
-for _, stale in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
-  redis.call('ZREM', KEYS[3], stale)
-  if redis.call('HGET', KEYS[2], stale) == '0' then
-    redis.call('HDEL', KEYS[2], stale)
-    redis.call('DECRBY', KEYS[4], redis.call('STRLEN', blob_prefix .. stale))
-    redis.call('DEL', blob_prefix .. stale)
-  end
-end
-local refs = redis.call('HGET', KEYS[2], digest)
-if refs then
-  if refs == '0' then redis.call('ZADD', KEYS[3], deadline, digest) end
-  return 'exists'
-end
-local used = tonumber(redis.call('GET', KEYS[4]) or '0')
-if used + #data > budget then return 'over_budget' end
-redis.call('SET', KEYS[1], data)
-redis.call('HSET', KEYS[2], digest, 0)
-redis.call('ZADD', KEYS[3], deadline, digest)
-redis.call('INCRBY', KEYS[4], #data)
-return 'stored'
-"""
-
-# A new version, only if (org, name, version) is free and every blob it names is stored; its
-# blobs then count one more reference and are no longer pending.
-# KEYS: the name's versions, org's blob refcounts, org's pending blobs, org's names, orgs with
-# tasks. ARGV: version, record JSON, name, org, then the digests the version names.
-_COMMIT = """
-local version, record, name, org = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local existing = redis.call('HGET', KEYS[1], version)
-if existing then return {'exists', existing} end
-for i = 5, #ARGV do
-  if not redis.call('HGET', KEYS[2], ARGV[i]) then return {'missing_blob', ARGV[i]} end
-end
-for i = 5, #ARGV do
-  redis.call('HINCRBY', KEYS[2], ARGV[i], 1)
-  redis.call('ZREM', KEYS[3], ARGV[i])
-end
-redis.call('HSET', KEYS[1], version, record)
-redis.call('SADD', KEYS[4], name)
-redis.call('SADD', KEYS[5], org)
-return {'committed', ''}
-"""
-
-# Remove a version; blobs no version names any more are freed. The name's last version takes
-# the name out of the org's names and out of the public ones (and the org's last name, the org
-# out of the orgs with tasks).
-# KEYS: the name's versions, org's blob refcounts, org's bytes used, org's names, public names,
-# orgs with tasks. ARGV: version, name, qualified name (org/name), blob key prefix, org, then the
-# version's digests.
-_DELETE = """
-local version, name, qualified, blob_prefix, org = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-if redis.call('HDEL', KEYS[1], version) == 0 then return 0 end
-for i = 6, #ARGV do
-  if redis.call('HINCRBY', KEYS[2], ARGV[i], -1) <= 0 then
-    redis.call('HDEL', KEYS[2], ARGV[i])
-    redis.call('DECRBY', KEYS[3], redis.call('STRLEN', blob_prefix .. ARGV[i]))
-    redis.call('DEL', blob_prefix .. ARGV[i])
-  end
-end
-if redis.call('HLEN', KEYS[1]) == 0 then
-  redis.call('SREM', KEYS[4], name)
-  redis.call('SREM', KEYS[5], qualified)
-  if redis.call('SCARD', KEYS[4]) == 0 then redis.call('SREM', KEYS[6], org) end
-end
-return 1
-"""
-
-# Publish or unpublish a name, if it has a version.
-# KEYS: the name's versions, public names. ARGV: qualified name, 1 to publish or 0.
-_VISIBILITY = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if ARGV[2] == '1' then redis.call('SADD', KEYS[2], ARGV[1]) else redis.call('SREM', KEYS[2], ARGV[1]) end
-return 1
-"""
 
 
 class BlobOutcome(StrEnum):
@@ -117,6 +34,101 @@ class CommitOutcome(StrEnum):
     COMMITTED = "committed"
     EXISTS = "exists"
     MISSING_BLOB = "missing_blob"
+
+
+# Store a blob, pending, if the org's storage has room. Expired pending blobs (uploaded, never
+# named by a version) are freed first. A blob already known is not stored again; if still
+# pending, its deadline moves on.
+PUT_BLOB = Script(
+    "put_blob",
+    ("blob", "refs", "pending", "used"),
+    ("digest", "data", "now", "deadline", "budget", "blob_prefix"),
+    """
+for _, stale in ipairs(redis.call('ZRANGEBYSCORE', pending, '-inf', now)) do
+  redis.call('ZREM', pending, stale)
+  if redis.call('HGET', refs, stale) == '0' then
+    redis.call('HDEL', refs, stale)
+    redis.call('DECRBY', used, redis.call('STRLEN', blob_prefix .. stale))
+    redis.call('DEL', blob_prefix .. stale)
+  end
+end
+local known = redis.call('HGET', refs, digest)
+if known then
+  if known == '0' then redis.call('ZADD', pending, deadline, digest) end
+  return EXISTS
+end
+if tonumber(redis.call('GET', used) or '0') + #data > tonumber(budget) then return OVER_BUDGET end
+redis.call('SET', blob, data)
+redis.call('HSET', refs, digest, 0)
+redis.call('ZADD', pending, deadline, digest)
+redis.call('INCRBY', used, #data)
+return STORED
+""",
+    enums=(BlobOutcome,),
+)
+
+# A new version, only if (org, name, version) is free and every blob it names is stored; its
+# blobs then count one more reference and are no longer pending.
+COMMIT = Script(
+    "commit_task_version",
+    ("versions", "refs", "pending", "names", "orgs"),
+    ("version", "record", "name", "org"),
+    """
+local existing = redis.call('HGET', versions, version)
+if existing then return {EXISTS, existing} end
+for _, digest in ipairs(digests) do
+  if not redis.call('HGET', refs, digest) then return {MISSING_BLOB, digest} end
+end
+for _, digest in ipairs(digests) do
+  redis.call('HINCRBY', refs, digest, 1)
+  redis.call('ZREM', pending, digest)
+end
+redis.call('HSET', versions, version, record)
+redis.call('SADD', names, name)
+redis.call('SADD', orgs, org)
+return {COMMITTED, ''}
+""",
+    rest="digests",
+    enums=(CommitOutcome,),
+)
+
+# Remove a version; blobs no version names any more are freed. The name's last version takes
+# the name out of the org's names and out of the public ones (and the org's last name, the org
+# out of the orgs with tasks). Answers 1, or 0 if there was no such version.
+DELETE = Script(
+    "delete_task_version",
+    ("versions", "refs", "used", "names", "public", "orgs"),
+    ("version", "name", "qualified", "blob_prefix", "org"),
+    """
+if redis.call('HDEL', versions, version) == 0 then return 0 end
+for _, digest in ipairs(digests) do
+  if redis.call('HINCRBY', refs, digest, -1) <= 0 then
+    redis.call('HDEL', refs, digest)
+    redis.call('DECRBY', used, redis.call('STRLEN', blob_prefix .. digest))
+    redis.call('DEL', blob_prefix .. digest)
+  end
+end
+if redis.call('HLEN', versions) == 0 then
+  redis.call('SREM', names, name)
+  redis.call('SREM', public, qualified)
+  if redis.call('SCARD', names) == 0 then redis.call('SREM', orgs, org) end
+end
+return 1
+""",
+    rest="digests",
+)
+
+# Publish or unpublish a name, if it has a version. Answers 1, or 0 if it has none.
+VISIBILITY = Script(
+    "set_task_visibility",
+    ("versions", "public"),
+    ("qualified", "published"),
+    """
+if redis.call('EXISTS', versions) == 0 then return 0 end
+if published == '1' then redis.call('SADD', public, qualified) else redis.call('SREM', public, qualified) end
+return 1
+""",
+)
 
 
 class TaskVersion(BaseModel):
@@ -146,6 +158,8 @@ class TaskVersion(BaseModel):
     egress: dict[str, Any] | None = None
     models: list[str] | dict[str, Any] | None = None
     readme: str | None = None
+    # Compose services with a `build:`: an environment of this version waits for their images.
+    build_services: list[str] = Field(default_factory=list)
 
     @property
     def qualified_name(self) -> str:
@@ -169,14 +183,18 @@ async def put_blob(
     redis: Redis, org: str, digest: str, data: bytes, *, budget_bytes: int, pending_ttl_sec: float
 ) -> BlobOutcome:
     now = time.time()
-    outcome = await redis.register_script(_PUT_BLOB)(
-        keys=[
-            keys.task_blob(org, digest),
-            keys.task_blob_refs(org),
-            keys.task_blobs_pending(org),
-            keys.task_bytes(org),
-        ],
-        args=[digest, data, repr(now), repr(now + pending_ttl_sec), budget_bytes, keys.task_blob(org, "")],
+    outcome = await PUT_BLOB.run(
+        redis,
+        blob=keys.task_blob(org, digest),
+        refs=keys.task_blob_refs(org),
+        pending=keys.task_blobs_pending(org),
+        used=keys.task_bytes(org),
+        digest=digest,
+        data=data,
+        now=repr(now),
+        deadline=repr(now + pending_ttl_sec),
+        budget=budget_bytes,
+        blob_prefix=keys.task_blob(org, ""),
     )
     return BlobOutcome(_text(outcome))
 
@@ -192,15 +210,18 @@ async def get_blob(redis: Redis, org: str, digest: str) -> bytes | None:
 
 async def commit(redis: Redis, version: TaskVersion) -> tuple[CommitOutcome, TaskVersion | str | None]:
     """COMMITTED; EXISTS with the version already stored; MISSING_BLOB with its digest."""
-    outcome, detail = await redis.register_script(_COMMIT)(
-        keys=[
-            keys.task_versions(version.org, version.name),
-            keys.task_blob_refs(version.org),
-            keys.task_blobs_pending(version.org),
-            keys.task_names(version.org),
-            keys.TASK_ORGS,
-        ],
-        args=[version.version, version.model_dump_json(), version.name, version.org, *version.digests],
+    outcome, detail = await COMMIT.run(
+        redis,
+        versions=keys.task_versions(version.org, version.name),
+        refs=keys.task_blob_refs(version.org),
+        pending=keys.task_blobs_pending(version.org),
+        names=keys.task_names(version.org),
+        orgs=keys.TASK_ORGS,
+        version=version.version,
+        record=version.model_dump_json(),
+        name=version.name,
+        org=version.org,
+        rest=version.digests,
     )
     result = CommitOutcome(_text(outcome))
     if result is CommitOutcome.EXISTS:
@@ -225,31 +246,32 @@ async def latest(redis: Redis, org: str, name: str) -> TaskVersion | None:
 
 
 async def delete_version(redis: Redis, version: TaskVersion) -> bool:
-    deleted = await redis.register_script(_DELETE)(
-        keys=[
-            keys.task_versions(version.org, version.name),
-            keys.task_blob_refs(version.org),
-            keys.task_bytes(version.org),
-            keys.task_names(version.org),
-            keys.TASKS_PUBLIC,
-            keys.TASK_ORGS,
-        ],
-        args=[
-            version.version,
-            version.name,
-            version.qualified_name,
-            keys.task_blob(version.org, ""),
-            version.org,
-            *version.digests,
-        ],
+    deleted = await DELETE.run(
+        redis,
+        versions=keys.task_versions(version.org, version.name),
+        refs=keys.task_blob_refs(version.org),
+        used=keys.task_bytes(version.org),
+        names=keys.task_names(version.org),
+        public=keys.TASKS_PUBLIC,
+        orgs=keys.TASK_ORGS,
+        version=version.version,
+        name=version.name,
+        qualified=version.qualified_name,
+        blob_prefix=keys.task_blob(version.org, ""),
+        org=version.org,
+        rest=version.digests,
     )
     return bool(deleted)
 
 
 async def set_public(redis: Redis, org: str, name: str, public: bool) -> bool:
     """False when the name has no version."""
-    done = await redis.register_script(_VISIBILITY)(
-        keys=[keys.task_versions(org, name), keys.TASKS_PUBLIC], args=[f"{org}/{name}", 1 if public else 0]
+    done = await VISIBILITY.run(
+        redis,
+        versions=keys.task_versions(org, name),
+        public=keys.TASKS_PUBLIC,
+        qualified=f"{org}/{name}",
+        published="1" if public else "0",
     )
     return bool(done)
 

@@ -28,8 +28,9 @@ from typing import Any
 import aiodocker
 from redis.asyncio import Redis
 
-from taskenv.shared import task_archive, task_store, task_yaml
+from taskenv.shared import task_archive, task_keys, task_store, task_yaml
 from taskenv.shared.keys import PREFIX
+from taskenv.shared.redis_script import Script
 from taskenv.shared.task_archive import TaskFiles, normalise
 from taskenv.shared.task_compose import ComposeBuild, ComposeService, service_plan, services_of
 from taskenv.shared.task_store import TaskVersion
@@ -80,17 +81,17 @@ def image_tag(version: TaskVersion, service: str) -> str:
     return f"taskenv-task/{version.name[:64]}:{slug[:40]}-{digest}"
 
 
-def built_hosts_key(version: TaskVersion) -> str:
-    """Set of the hosts that hold this archive's images (the API shows `building` when none)."""
-    return f"{PREFIX}taskbuilt:{version.oci_digest}"
-
-
 def _lock_key(version: TaskVersion, host: str) -> str:
     return f"{PREFIX}taskbuild:{host}:{version.oci_digest}"
 
 
 def _failure_key(version: TaskVersion, host: str) -> str:
     return f"{PREFIX}taskbuildfailed:{host}:{version.oci_digest}"
+
+
+def builds_key(version: TaskVersion, host: str) -> str:
+    """Counter: the builds of this archive on this host (one, unless its images were removed)."""
+    return f"{PREFIX}taskbuilds:{host}:{version.oci_digest}"
 
 
 def _lru_key(host: str) -> str:
@@ -315,6 +316,7 @@ async def _build_locked(
         LABEL_HOST: host,
     }
     started = time.monotonic()
+    await redis.incr(builds_key(version, host))
     try:
         await _build_all(docker, files, version, policy, labels)
     except BuildFailed as failed:
@@ -334,14 +336,20 @@ async def _build_locked(
     return True
 
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+# Release the build lock, only if this holder still has it (it may have expired and been taken).
+RELEASE = Script(
+    "release_build_lock",
+    ("lock",),
+    ("token",),
+    """
+if redis.call('GET', lock) == token then return redis.call('DEL', lock) end
 return 0
-"""
+""",
+)
 
 
 async def _release(redis: Redis, key: str, token: str) -> None:
-    await redis.eval(_RELEASE, 1, key, token)  # type: ignore[misc]
+    await RELEASE.run(redis, lock=key, token=token)
 
 
 async def _touch(redis: Redis, version: TaskVersion, host: str, files: TaskFiles) -> None:
@@ -349,7 +357,7 @@ async def _touch(redis: Redis, version: TaskVersion, host: str, files: TaskFiles
     async with redis.pipeline(transaction=False) as pipe:
         if tags:
             pipe.zadd(_lru_key(host), dict.fromkeys(tags, time.time()))
-        pipe.sadd(built_hosts_key(version), host)
+        pipe.sadd(task_keys.task_built_hosts(version.oci_digest), host)
         await pipe.execute()
 
 
@@ -359,7 +367,7 @@ async def prune(
     """Remove this deployment's task images on this host, least recently used first, until their
     total size is within the budget. An image a container still uses is kept (not forced)."""
     labels = [f"{LABEL_DEPLOYMENT}={deployment}", f"{LABEL_HOST}={host}"]
-    images = await docker.images.list(filters=json.dumps({"label": labels}))
+    images = await docker.images.list(filters={"label": labels})
     sizes = {tag: int(image.get("Size") or 0) for image in images for tag in image.get("RepoTags") or []}
     digests = {
         tag: (image.get("Labels") or {}).get(LABEL_TASK_DIGEST, "")
@@ -379,7 +387,7 @@ async def prune(
         total -= sizes[tag]
         removed.append(tag)
         await redis.zrem(_lru_key(host), tag)
-        await redis.srem(f"{PREFIX}taskbuilt:{digests[tag]}", host)  # type: ignore[misc]
+        await redis.srem(task_keys.task_built_hosts(digests[tag]), host)  # type: ignore[misc]
     if removed:
         log.info("removed %d task images over the budget: %s", len(removed), ", ".join(removed))
     return removed
