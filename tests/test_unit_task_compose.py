@@ -2,9 +2,19 @@
 refused with the service and the key named; honoured and ignored keys pass."""
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from taskenv.shared.task_archive import TaskFiles
-from taskenv.shared.task_compose import ComposeBuild, container_ports, policy_issues, service_plan
+from taskenv.shared.task_compose import (
+    ComposeBuild,
+    container_ports,
+    policy_issues,
+    service_plan,
+    services_of,
+)
+from taskenv.shared.task_validation import TaskInvalid, validate
 
 FILES = TaskFiles(files={"web/Dockerfile": b"FROM scratch\n"})
 
@@ -104,3 +114,44 @@ def test_honoured_and_ignored_keys_pass():
 
 def test_a_service_that_is_not_a_mapping_is_refused():
     assert "must be a mapping" in str(policy_issues({"services": {"web": ["x"]}}, FILES)[0])
+
+
+_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=12)
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=20,
+)
+_keys = st.sampled_from(
+    ["build", "image", "ports", "volumes", "cap_add", "security_opt", "privileged", "network_mode",
+     "env_file", "pid", "devices", "context", "dockerfile", "args", "target", "services", "x"]
+)  # fmt: skip
+_services = st.dictionaries(_keys, _values, max_size=6)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), _services | _values, max_size=3), _values)
+def test_any_compose_and_manifest_give_issues_never_an_exception(services, ports):
+    compose = {"services": services, "volumes": services, "secrets": services}
+    raw = {
+        "name": "x",
+        "version": "1.0.0",
+        "instruction": "i",
+        "verification": {"script": "v"},
+        "ports": ports,
+    }
+    files = TaskFiles(
+        files={
+            "task.yaml": yaml.safe_dump(raw).encode(),
+            "docker-compose.yaml": yaml.safe_dump(compose).encode(),
+        }
+    )
+    try:
+        validate(files)
+    except TaskInvalid as invalid:
+        assert all(isinstance(issue.message, str) for issue in invalid.issues)
+    for name, service in services_of(compose).items():
+        if isinstance(service, dict):
+            service_plan(str(name), service)
