@@ -17,7 +17,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from taskenv.api import environments as env
-from taskenv.api import identity, observe, openapi
+from taskenv.api import identity, openapi, request_ids_and_metrics
+from taskenv.api.allowed_methods import allowed_methods
 from taskenv.api.client_version import MinimumClientVersion
 from taskenv.api.dispatch import Dispatcher
 from taskenv.api.exec_targets import TargetCache
@@ -25,8 +26,8 @@ from taskenv.api.health import healthz, readyz, sweep_forever
 from taskenv.api.lockout import AuthLockout
 from taskenv.api.metrics import ERRORS, metrics
 from taskenv.api.results import ResultListener
-from taskenv.api.routing import TrailingSlash, allowed_methods, without_slash_redirects
 from taskenv.api.state import AppState
+from taskenv.api.trailing_slash import TrailingSlash, without_slash_redirects
 from taskenv.shared.errors import ErrorType, TaskenvError, for_status
 from taskenv.shared.redis import arq_client, records_client
 from taskenv.shared.settings import Settings, get_settings
@@ -202,7 +203,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
         middleware=[
             Middleware(TrailingSlash),
-            *observe.middleware(),
+            *request_ids_and_metrics.middleware(),
             *(
                 [Middleware(MinimumClientVersion, minimums=settings.min_client_versions)]
                 if settings.min_client_versions

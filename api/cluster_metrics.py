@@ -26,7 +26,7 @@ def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
 
 
 async def exposition(redis: Redis, settings: Settings) -> bytes:
-    found = await hosts.hosts(redis, dead_after_sec=settings.host_dead_after_sec)
+    found = await hosts.list_hosts(redis, dead_after_sec=settings.host_dead_after_sec)
     queues = [keys.PROVISION_QUEUE, *(keys.host_queue(h.host) for h in found)]
     async with redis.pipeline(transaction=False) as pipe:
         for queue in queues:

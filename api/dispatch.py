@@ -12,7 +12,7 @@ from arq.jobs import serialize_job
 
 from taskenv.api.ratelimit import OrgRate, org_over_rate
 from taskenv.api.results import ResultListener
-from taskenv.shared import jobs, keys, quotas, scripts
+from taskenv.shared import commands, jobs, keys, quotas, scripts
 from taskenv.shared.errors import ErrorType, TaskenvError, rate_limited
 from taskenv.shared.jobs import JOB_TIMEOUT_SEC, JobResult
 from taskenv.shared.logs import REQUEST_ID
@@ -33,12 +33,13 @@ class Idempotency:
 @dataclass(frozen=True)
 class Admission:
     """Enqueue an execute only if its org is within its rate, `env_id` is ready and runs fewer
-    than `slots` commands, and its org and workspace run fewer than their `limits`; with an
-    idempotency key already used, answer as the first time."""
+    than `env_limit` commands, and its org and workspace run fewer than their `limits`; with an
+    idempotency key already used, answer as the first time. The command stays counted until
+    `command_until` at the latest (shared/commands.py)."""
 
     env_id: str
-    slots: int
-    slot_until: float
+    env_limit: int
+    command_until: float
     org: str
     rate: OrgRate
     idempotency: Idempotency | None = None
@@ -46,9 +47,10 @@ class Admission:
     limits: Limits = field(default_factory=Limits)
 
     @property
-    def command_slots(self) -> list[str]:
-        """The slots the command takes when admitted, and its job carries to be freed."""
-        return quotas.command_slots(self.env_id, self.org, self.workspace)
+    def commands(self) -> list[str]:
+        """The sets of running commands the command joins when admitted, which its job lists
+        for its worker to remove it from."""
+        return commands.sets_of(self.env_id, self.org, self.workspace)
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,8 @@ class Dispatcher:
         enqueued_ms = int(now * 1000)
         reply_to = self.listener.channel if reply else None
         if admission is not None:
-            # The worker frees exactly the slots the script takes (shared/quotas.py).
-            payload = {**payload, "slots": admission.command_slots}
+            # The worker removes the command from exactly the sets the script adds it to.
+            payload = {**payload, "slots": admission.commands}
         job = serialize_job(
             function,
             (payload,),
@@ -164,7 +166,7 @@ class Dispatcher:
 
     def _admission_arguments(self, admission: Admission, now: float) -> dict[str, Any]:
         idempotency = admission.idempotency
-        in_env, in_org, in_workspace = admission.command_slots
+        in_env, in_org, in_workspace = admission.commands
         return {
             "environment": keys.environment(admission.env_id),
             "env_commands": in_env,
@@ -173,8 +175,8 @@ class Dispatcher:
             "org_commands": in_org,
             "workspace_commands": in_workspace,
             "now": now,
-            "command_until": admission.slot_until,
-            "env_limit": admission.slots,
+            "command_until": admission.command_until,
+            "env_limit": admission.env_limit,
             "org_rate": admission.rate.per_sec,
             "org_burst": admission.rate.burst,
             "fingerprint": idempotency.fingerprint if idempotency else "",

@@ -10,12 +10,13 @@ from starlette.responses import Response
 
 from taskenv.api.auth import Workspace, require_execute_token, require_workspace
 from taskenv.api.body import parse_json, parse_query
-from taskenv.api.dispatch import Admission, Idempotency, NotAdmitted
+from taskenv.api.dispatch import Admission, Idempotency, NotAdmitted, Refusal
 from taskenv.api.metrics import EXECUTE_SECONDS
 from taskenv.api.ratelimit import OrgRate
 from taskenv.api.state import AppState, app_state
 from taskenv.api.teardown import Teardown, remove_container
-from taskenv.shared import jobs, keys, quotas, store
+from taskenv.shared import commands, jobs, keys, quotas, store
+from taskenv.shared.environment_record import EnvironmentRecord
 from taskenv.shared.errors import (
     ErrorType,
     Reason,
@@ -38,6 +39,7 @@ from taskenv.shared.models import (
     ProvisionRequest,
 )
 from taskenv.shared.quotas import Limits
+from taskenv.shared.scripts import AdmissionOutcome
 from taskenv.shared.secrets import hash_secret, new_execute_token
 
 log = logging.getLogger("taskenv.api")
@@ -53,19 +55,19 @@ class ListQuery(BaseModel):
     state: list[EnvironmentState] = Field(default_factory=list)
 
 
-async def _record_in(state: AppState, scope: Workspace, env_id: str) -> store.Record:
-    record = await store.get(state.records, env_id)
-    if record is None or (record["org"], record["workspace"]) != (scope.org, scope.workspace):
+async def _record_in(state: AppState, scope: Workspace, env_id: str) -> EnvironmentRecord:
+    record = await store.load(state.records, env_id)
+    if record is None or (record.org, record.workspace) != (scope.org, scope.workspace):
         raise environment_not_found(env_id)
     return record
 
 
-def _require_state(record: store.Record, action: str, *allowed: EnvironmentState) -> None:
-    if record["state"] not in allowed:
+def _require_state(record: EnvironmentRecord, action: str, *allowed: EnvironmentState) -> None:
+    if record.state not in allowed:
         raise TaskenvError(
             ErrorType.CONFLICT,
-            f"Cannot {action} environment {record['id']} in state {record['state']!r}"
-            + (f": {record['error']}" if record.get("error") else ""),
+            f"Cannot {action} environment {record.id} in state {record.state.value!r}"
+            + (f": {record.error}" if record.error else ""),
         )
 
 
@@ -147,22 +149,22 @@ async def delete_environment(request: Request) -> Response:
     state = app_state(request)
     scope = await require_workspace(state.records, request)
     record = await _record_in(state, scope, request.path_params["env_id"])
-    if record["state"] != EnvironmentState.TORN_DOWN:
+    if record.state != EnvironmentState.TORN_DOWN:
         await store.tear_down(state.records, record, retention_sec=state.settings.record_retention_sec)
         # A provision may have claimed a host since the read: ask again where the container is.
-        record = await _record_in(state, scope, record["id"])
-    if not record.get("host") or record.get("lost_host"):
+        record = await _record_in(state, scope, record.id)
+    if not record.host or record.lost_host:
         # No host took the provision (no container exists, and none will: it is torn down), or
         # its host is lost (if it comes back, its reaper removes the container).
         return Response(status_code=204)
     # Remove the container now, so that 204 means it is gone (this also retries a failed earlier
     # removal). When no worker of the host is alive to do it, the record is torn down already
     # and the host's reaper removes the container when a worker of it is back.
-    outcome = await remove_container(state, record["id"], record["host"])
+    outcome = await remove_container(state, record.id, record.host)
     if outcome != Teardown.REMOVED:
         log.warning(
             "teardown of %s not confirmed by host %s (%s); left to its reaper",
-            record["id"], record["host"], outcome,
+            record.id, record.host, outcome,
         )  # fmt: skip
     return Response(status_code=204)
 
@@ -174,8 +176,8 @@ async def get_logs(request: Request) -> Response:
     _require_state(record, "read logs of", EnvironmentState.READY)
     value = await state.dispatcher.call(
         jobs.LOGS,
-        jobs.EnvJob(env_id=record["id"]),
-        queue=keys.host_queue(record["host"]),
+        jobs.EnvJob(env_id=record.id),
+        queue=keys.host_queue(record.host),
         wait_sec=state.settings.control_timeout_sec,
     )
     return json_response(LogsResponse(logs=value["logs"]))
@@ -200,7 +202,7 @@ async def execute(request: Request) -> Response:
         raise body_error or TaskenvError(ErrorType.INVALID_REQUEST, "Missing body")
     if not target.host:
         # No host has taken its provision yet, so it cannot be ready.
-        raise await _refusal(state, env_id, "provisioning", state.settings.max_execs_per_env)
+        raise await _refusal(state, env_id, EnvironmentState.PROVISIONING, state.settings.max_execs_per_env)
     once = _idempotency(request, body, env_id, state.settings.idempotency_ttl_sec)
     deadline_at = time.time() + body.timeout_sec
     wait_sec = body.timeout_sec + state.settings.result_grace_sec
@@ -220,7 +222,7 @@ async def execute(request: Request) -> Response:
     admission = Admission(
         env_id,
         per_env,
-        slot_until=time.time() + wait_sec,
+        command_until=time.time() + wait_sec,
         org=target.org,
         rate=OrgRate.of(state.settings),
         idempotency=once,
@@ -239,9 +241,9 @@ async def execute(request: Request) -> Response:
     except NotAdmitted as refused:
         raise await _refusal(state, env_id, refused.reason, per_env) from None
     except TaskenvError:
-        # The worker frees the slots with its answer; with no answer (timeout, lost worker) they
-        # would last until the command's deadline: free them now.
-        state.after_response(quotas.release_command(state.records, admission.command_slots, job_id))
+        # The worker removes the command with its answer; with no answer (timeout, lost worker)
+        # it would count until its deadline: remove it now.
+        state.after_response(commands.release(state.records, admission.commands, job_id))
         raise
     EXECUTE_SECONDS.observe(time.perf_counter() - started)
     return json_response(ExecuteResponse.model_validate(value))
@@ -262,13 +264,13 @@ def _idempotency(request: Request, body: ExecuteRequest, env_id: str, ttl_sec: i
     return Idempotency(keys.idempotency(env_id, hash_secret(key)), fingerprint(body), ttl_sec)
 
 
-async def _refusal(state: AppState, env_id: str, reason: str, slots: int) -> TaskenvError:
-    if reason == "busy":
+async def _refusal(state: AppState, env_id: str, reason: Refusal, env_limit: int) -> TaskenvError:
+    if reason == AdmissionOutcome.BUSY:
         return rate_limited(
-            f"Environment {env_id} already runs {slots} commands at once; retry when one finishes",
+            f"Environment {env_id} already runs {env_limit} commands at once; retry when one finishes",
             state.settings.busy_retry_after_sec,
         )
-    if reason == "mismatch":
+    if reason == AdmissionOutcome.MISMATCH:
         # A valid request that conflicts with what the service holds (the key's first request),
         # as a wrong state does: 409, not 422 (the IETF draft's choice), for the body is valid.
         return TaskenvError(
@@ -276,16 +278,16 @@ async def _refusal(state: AppState, env_id: str, reason: str, slots: int) -> Tas
             f"{IDEMPOTENCY_HEADER} was used with another command or timeout in this environment;"
             " use a new key",
         )
-    record = await store.get(state.records, env_id)
+    record = await store.load(state.records, env_id)
     if record is None:
         state.targets.forget(env_id)
         return environment_not_found(env_id)
-    if record["state"] == EnvironmentState.FAILED and record.get("container_gone"):
+    if record.state == EnvironmentState.FAILED and record.container_gone:
         # Its container was removed or stopped outside taskenv: as answered when that was found.
-        return TaskenvError(ErrorType.BAD_GATEWAY, record["error"], reason=Reason.CONTAINER_GONE)
-    if record["state"] == EnvironmentState.FAILED and record.get("lost_host"):
+        return TaskenvError(ErrorType.BAD_GATEWAY, record.error, reason=Reason.CONTAINER_GONE)
+    if record.state == EnvironmentState.FAILED and record.lost_host:
         # Its host is gone with its container: a gateway failure, as for a waiting command.
-        return because(Reason.HOST_LOST, record["error"])
+        return because(Reason.HOST_LOST, record.error)
     try:
         _require_state(record, "execute in", EnvironmentState.READY)
     except TaskenvError as exc:

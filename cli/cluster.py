@@ -18,7 +18,7 @@ from taskenv.shared.settings import Settings
 async def list_hosts(settings: Settings, as_json: bool) -> str:
     redis = records_client(settings)
     try:
-        found = await hosts.hosts(redis, dead_after_sec=settings.host_dead_after_sec)
+        found = await hosts.list_hosts(redis, dead_after_sec=settings.host_dead_after_sec)
     finally:
         await redis.aclose()
     if as_json:
@@ -61,7 +61,8 @@ async def set_draining(settings: Settings, host: str, *, drain: bool) -> int:
         # One heartbeat first, so the counts read below were made after the drain began.
         await asyncio.sleep(settings.heartbeat_sec * 1.5)
         while time.monotonic() < deadline:
-            found = {h.host: h for h in await hosts.hosts(redis, dead_after_sec=settings.host_dead_after_sec)}
+            listed = await hosts.list_hosts(redis, dead_after_sec=settings.host_dead_after_sec)
+            found = {h.host: h for h in listed}
             running = found[host].running if host in found else 0
             if running == 0:
                 typer.echo(f"host {host} drained: nothing running (its environments are still served)")

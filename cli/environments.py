@@ -17,7 +17,7 @@ from taskenv.api.ratelimit import OrgRate
 from taskenv.cli.failures import Refused
 from taskenv.cli.jobs import dispatcher
 from taskenv.cli.table import table
-from taskenv.shared import jobs, keys, store
+from taskenv.shared import commands, jobs, keys, store
 from taskenv.shared.errors import ErrorType, TaskenvError
 from taskenv.shared.models import EnvironmentState, ExecuteRequest, ExecuteResponse
 from taskenv.shared.redis import records_client
@@ -189,7 +189,7 @@ async def execute(settings: Settings, env_id: str, command: str, timeout_sec: in
                 raise Refused(f"environment {env_id} already runs {slots} commands at once") from None
             raise Refused(f"environment {env_id} is {refused.reason}, not ready") from None
         except TaskenvError:
-            await store.release_exec(jobs_path.redis, env_id, job_id)
+            await commands.release(jobs_path.redis, admission.commands, job_id)
             raise
     return ExecuteResponse.model_validate(value)
 

@@ -24,7 +24,7 @@ def _runs_here(pid: int) -> bool:
 async def check_worker(settings: Settings) -> str:
     redis = records_client(settings)
     try:
-        found = await hosts.workers(redis)
+        found = await hosts.list_workers(redis)
     finally:
         await redis.aclose()
     mine = [w for w in found if w.host == settings.host_id and _runs_here(w.pid)]

@@ -182,7 +182,7 @@ class HostInfo:
         return sum(w.max_jobs for w in self.workers)
 
 
-async def workers(redis: Redis) -> list[WorkerInfo]:
+async def list_workers(redis: Redis) -> list[WorkerInfo]:
     """Every worker process that has not been swept, with its last beat."""
     ids = [_text(w) for w in await redis.zrange(keys.WORKERS, 0, -1)]
     async with redis.pipeline(transaction=False) as pipe:
@@ -203,7 +203,7 @@ async def workers(redis: Redis) -> list[WorkerInfo]:
     return found
 
 
-async def hosts(redis: Redis, *, dead_after_sec: float) -> list[HostInfo]:
+async def list_hosts(redis: Redis, *, dead_after_sec: float) -> list[HostInfo]:
     """Every host that ever heartbeated, with its workers, environments and load."""
     names = sorted(_text(h) for h in await redis.smembers(keys.KNOWN_HOSTS))  # type: ignore[misc]
     async with redis.pipeline(transaction=False) as pipe:
@@ -211,7 +211,7 @@ async def hosts(redis: Redis, *, dead_after_sec: float) -> list[HostInfo]:
             pipe.hmget(keys.host(name), ["state", "draining", "cap", "ready", "provisioning", "beat_at"])
         rows = await pipe.execute()
     by_host: dict[str, list[WorkerInfo]] = {}
-    for info in await workers(redis):
+    for info in await list_workers(redis):
         by_host.setdefault(info.host, []).append(info)
     now = time.time()
     found = []

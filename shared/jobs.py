@@ -32,7 +32,8 @@ class ExecJob(TypedDict):
     output_limit: int
     # With an Idempotency-Key: the record that keeps the answer for retries (shared/idempotency.py).
     idempotency: NotRequired[str]
-    # Every slot the command holds (shared/quotas.py): freed with its answer.
+    # The sets of running commands it joined when admitted (shared/commands.py), which its
+    # answer removes it from. The field keeps its first name: jobs queued by an older API.
     slots: NotRequired[list[str]]
 
 

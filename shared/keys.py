@@ -68,12 +68,12 @@ def workspace_environments(org: str, workspace: str) -> str:
 
 
 def org_commands(org: str) -> str:
-    """Sorted set of an org's running exec job ids, scored by their deadline (shared/quotas.py)."""
+    """Sorted set of an org's running commands' job ids, scored by their deadline (shared/commands.py)."""
     return f"{PREFIX}quota:org-cmds:{org}"
 
 
 def workspace_commands(org: str, workspace: str) -> str:
-    """Sorted set of a workspace's running exec job ids, scored by their deadline."""
+    """Sorted set of a workspace's running commands' job ids, scored by their deadline."""
     return f"{PREFIX}quota:ws-cmds:{org}:{workspace}"
 
 
@@ -81,9 +81,10 @@ def workspace_commands(org: str, workspace: str) -> str:
 READY_PROBE = f"{PREFIX}readyz"
 
 
-def inflight(env_id: str) -> str:
-    """Sorted set of an environment's running exec job ids, scored by their deadline."""
-    return f"{PREFIX}inflight:{env_id}"
+def env_commands(env_id: str) -> str:
+    """Sorted set of an environment's running commands' job ids, scored by their deadline
+    (shared/commands.py)."""
+    return f"{PREFIX}env-cmds:{env_id}"
 
 
 def arq_queue(queue: str) -> str:

@@ -7,18 +7,13 @@ process shares one exact count, and two requests cannot both take the last place
   scored by their expiry, added by `shared.store.create`. They clean themselves when counted:
   an entry past its expiry, or whose record is no longer `provisioning` or `ready` (failed,
   torn down, gone), is dropped. Nothing else has to remember to remove it.
-- running commands (`keys.org_commands`, `keys.workspace_commands`): exec job ids scored by the
-  command's deadline, added by the execute admission script next to the environment's own
-  slots (`keys.inflight`) and freed with them: by the worker with its answer, by the API when
-  no answer came, or at the deadline by themselves.
+- running commands (`keys.org_commands`, `keys.workspace_commands`): see shared/commands.py.
 
 A limit of 0 is no limit. A refusal is 429 `rate_limit_error` naming the limit and its setting.
 """
 
 from dataclasses import dataclass
 from enum import StrEnum
-
-from redis.asyncio import Redis
 
 from taskenv.shared import keys
 from taskenv.shared.errors import TaskenvError, rate_limited
@@ -89,16 +84,3 @@ def exceeded(quota: Quota, limit: int, org: str, workspace: str, retry_after_sec
 def environment_sets(org: str, workspace: str) -> list[str]:
     """The quota sets a new environment joins: its org's, its workspace's."""
     return [keys.org_environments(org), keys.workspace_environments(org, workspace)]
-
-
-def command_slots(env_id: str, org: str, workspace: str) -> list[str]:
-    """Every slot a running command holds: its environment's, its org's, its workspace's."""
-    return [keys.inflight(env_id), keys.org_commands(org), keys.workspace_commands(org, workspace)]
-
-
-async def release_command(redis: Redis, slots: list[str], job_id: str) -> None:
-    """Free a command's slots (the worker frees them itself when it answers)."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for slot in slots:
-            pipe.zrem(slot, job_id)
-        await pipe.execute()

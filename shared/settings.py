@@ -71,7 +71,8 @@ class Settings(BaseSettings):
     default_lifetime_sec: int = Field(3600, ge=1)
     max_lifetime_sec: int = Field(24 * 3600, ge=1)
     # Admission control: past these bounds requests get 429 with Retry-After, so no queue grows
-    # without limit. Commands running at once in one environment:
+    # without limit. Commands running at once in one environment (shared/commands.py); the
+    # setting keeps the name operators already set, TASKENV_MAX_EXECS_PER_ENV:
     max_execs_per_env: int = Field(8, ge=1)
     # Requests per second one org may make, all API processes and routes together (execute
     # included), and the burst it may spend at once: a token bucket in Redis. 0: no limit.

@@ -13,11 +13,19 @@ from typing import Any
 from redis.asyncio import Redis
 
 from taskenv.shared import keys, quotas, scripts
+from taskenv.shared.environment_record import EnvironmentRecord
 from taskenv.shared.models import Environment, EnvironmentPage, EnvironmentState, EnvironmentStatus
 from taskenv.shared.quotas import NO_LIMITS, Limits, Quota
 from taskenv.shared.tasks import TaskSpec
 
 Record = dict[str, str]
+# The typed record, or its fields as Redis holds them (callers not moved to the schema yet).
+AnyRecord = EnvironmentRecord | dict[str, Any]
+
+
+def _fields(record: AnyRecord) -> dict[str, Any]:
+    return record.to_hash() if isinstance(record, EnvironmentRecord) else record
+
 
 _ENV_PREFIX = keys.environment("")
 
@@ -46,21 +54,18 @@ async def create(
     """The environment's record, made with its indexes in one script; `OverQuota` (and nothing
     written) when its org or workspace already holds its limit of live environments."""
     now = time.time()
-    record: Record = {
-        "id": env_id,
-        "org": org,
-        "workspace": workspace,
-        "task_ref": task_ref,
-        "state": EnvironmentState.PROVISIONING,
-        "created_at": repr(now),
-        "expires_at": repr(now + lifetime_sec),
-        "error": "",
-        "instruction": spec.instruction or "",
-        "token_hash": token_hash,
-        # The host whose worker takes the provision writes itself here (`claim_provision`).
-        "host": "",
-        "spec": spec.model_dump_json(),
-    }
+    record = EnvironmentRecord(
+        id=env_id,
+        org=org,
+        workspace=workspace,
+        task_ref=task_ref,
+        state=EnvironmentState.PROVISIONING,
+        created_at=now,
+        expires_at=now + lifetime_sec,
+        instruction=spec.instruction or "",
+        token_hash=token_hash,
+        spec=spec.model_dump_json(),
+    ).to_hash()
     fields = [item for pair in record.items() for item in pair]
     org_environments, workspace_environments = quotas.environment_sets(org, workspace)
     outcome = await scripts.CREATE_ENVIRONMENT.run(
@@ -105,8 +110,14 @@ def container_name(env_id: str) -> str:
 
 
 async def get(redis: Redis, env_id: str) -> Record | None:
+    """The record's fields as Redis holds them (`load` for the typed record)."""
     record = await redis.hgetall(keys.environment(env_id))  # type: ignore[misc]
     return record or None
+
+
+async def load(redis: Redis, env_id: str) -> EnvironmentRecord | None:
+    record = await get(redis, env_id)
+    return EnvironmentRecord.model_validate(record) if record else None
 
 
 async def states(redis: Redis, env_ids: list[str]) -> dict[str, str | None]:
@@ -118,10 +129,6 @@ async def states(redis: Redis, env_ids: list[str]) -> dict[str, str | None]:
     return dict(zip(env_ids, found, strict=True))
 
 
-async def release_exec(redis: Redis, env_id: str, job_id: str) -> None:
-    await redis.zrem(keys.inflight(env_id), job_id)
-
-
 async def set_if_state(redis: Redis, env_id: str, expected: EnvironmentState, **fields: str) -> bool:
     """Write `fields` only if the record is still in state `expected`."""
     pairs = [item for pair in fields.items() for item in pair]
@@ -131,15 +138,16 @@ async def set_if_state(redis: Redis, env_id: str, expected: EnvironmentState, **
     return bool(changed)
 
 
-async def tear_down(redis: Redis, record: Record, *, error: str = "", retention_sec: int) -> str | None:
+async def tear_down(redis: Redis, record: AnyRecord, *, error: str = "", retention_sec: int) -> str | None:
     """Mark torn down and drop it from the live indexes; returns the state it was in before."""
+    record = _fields(record)
     env_id = record["id"]
     previous = await scripts.TEAR_DOWN.run(redis, environment=keys.environment(env_id), reason=error)
     async with redis.pipeline(transaction=False) as pipe:
         if record.get("host"):
             pipe.zrem(keys.expiry_index(record["host"]), env_id)
         pipe.zrem(keys.PROVISIONING, env_id)
-        pipe.delete(keys.inflight(env_id))
+        pipe.delete(keys.env_commands(env_id))
         if retention_sec:
             pipe.expire(keys.environment(env_id), retention_sec)
             pipe.expire(keys.execute_token(record["token_hash"]), retention_sec)
@@ -219,7 +227,8 @@ def _when(value: str | None) -> datetime | None:
     return datetime.fromtimestamp(float(value), UTC) if value else None
 
 
-def to_status(record: dict[str, Any]) -> EnvironmentStatus:
+def to_status(record: AnyRecord) -> EnvironmentStatus:
+    record = _fields(record)
     return EnvironmentStatus(
         id=record["id"],
         state=EnvironmentState(record["state"]),
@@ -228,7 +237,8 @@ def to_status(record: dict[str, Any]) -> EnvironmentStatus:
     )
 
 
-def to_environment(record: dict[str, Any]) -> Environment:
+def to_environment(record: AnyRecord) -> Environment:
+    record = _fields(record)
     created_at = _when(record.get("created_at"))
     assert created_at is not None
     return Environment(

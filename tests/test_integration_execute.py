@@ -200,6 +200,6 @@ async def test_a_command_frees_its_slot_with_its_answer(client, env, service):
             assert response.status_code == 200, response.text
         # The worker frees the slot in the same round trip as the answer: none is held, well
         # before any slot's own expiry at its command's deadline.
-        assert await redis.zcard(keys.inflight(env.id)) == 0
+        assert await redis.zcard(keys.env_commands(env.id)) == 0
     finally:
         await redis.aclose()

@@ -7,7 +7,7 @@ import pytest
 
 from taskenv.api.dispatch import Admission, Dispatcher, Idempotency, NotAdmitted, Replay
 from taskenv.api.ratelimit import OrgRate
-from taskenv.shared import jobs, keys, quotas, scripts
+from taskenv.shared import commands, jobs, keys, scripts
 from taskenv.shared.errors import ErrorType, TaskenvError
 
 
@@ -42,7 +42,7 @@ async def _submit(
         expires_sec=30,
         reply=True,
         admission=Admission(
-            "e1", slots, slot_until=time.time() + 30, org="acme", rate=rate, idempotency=idempotency
+            "e1", slots, command_until=time.time() + 30, org="acme", rate=rate, idempotency=idempotency
         ),
     )
 
@@ -58,10 +58,10 @@ async def test_a_ready_environment_takes_commands_up_to_its_slots(redis):
     # Admitted jobs are arq jobs in the queue, announced on the wake list, holding a slot.
     assert await redis.zrange(keys.arq_queue("q"), 0, -1) == [b"j1", b"j2"]
     assert await redis.lrange(keys.wake("q"), 0, -1) == [b"j1", b"j2"]
-    assert await redis.zcard(keys.inflight("e1")) == 2
+    assert await redis.zcard(keys.env_commands("e1")) == 2
     assert await redis.exists("arq:job:j3") == 0  # a refused command is not enqueued
     # A slot whose deadline passed frees itself.
-    await redis.zadd(keys.inflight("e1"), {"j1": time.time() - 1})
+    await redis.zadd(keys.env_commands("e1"), {"j1": time.time() - 1})
     await _submit(dispatcher, "j4")
 
 
@@ -104,7 +104,7 @@ async def test_a_retry_of_the_same_call_after_a_lost_reply_is_queued_once(redis)
     # The same job id again (redis-py retrying the script): queued, not refused as busy.
     assert await _submit(dispatcher, "j1", slots=1) is None
     assert await redis.zrange(keys.arq_queue("q"), 0, -1) == [b"j1"]
-    assert await redis.zcard(keys.inflight("e1")) == 1
+    assert await redis.zcard(keys.env_commands("e1")) == 1
 
 
 async def test_an_org_over_its_rate_gets_429_with_retry_after(redis):
@@ -140,7 +140,7 @@ async def test_a_full_queue_refuses_every_kind_of_job(redis):
                 )
         assert refused.value.status == 429 and refused.value.headers == {"Retry-After": "1"}
     assert await redis.zcard(keys.arq_queue("q")) == 2
-    assert await redis.zcard(keys.inflight("e1")) == 1  # the refused execute took no slot
+    assert await redis.zcard(keys.env_commands("e1")) == 1  # the refused execute took no slot
 
 
 async def test_every_kind_of_job_expires(redis):
@@ -212,5 +212,5 @@ async def test_an_admitted_command_carries_the_slots_it_took_for_its_worker_to_f
     await redis.hset(keys.environment("e1"), "state", "ready")
     await _submit(_dispatcher(redis), "j1")
     payload = jobs.deserialize(await redis.get("arq:job:j1"))["a"][0]
-    taken = [slot for slot in quotas.command_slots("e1", "acme", "") if await redis.zscore(slot, "j1")]
-    assert payload["slots"] == taken == quotas.command_slots("e1", "acme", "")
+    taken = [slot for slot in commands.sets_of("e1", "acme", "") if await redis.zscore(slot, "j1")]
+    assert payload["slots"] == taken == commands.sets_of("e1", "acme", "")

@@ -8,7 +8,9 @@ import pytest
 
 from taskenv.shared import jobs
 from taskenv.shared.errors import ErrorType, TaskenvError
+from taskenv.worker import context
 from taskenv.worker.arq_worker import _publish_result
+from taskenv.worker.context import JobAnswer
 from taskenv.worker.execute import run_command
 from taskenv.worker.job_functions import job
 
@@ -46,8 +48,9 @@ async def test_an_answer_msgpack_cannot_carry_becomes_an_internal_error():
     ctx: dict = {"job_id": "j1"}
     result = await forged(ctx, {"env_id": "e"}, "reply-channel")
     assert result["error"]["type"] == ErrorType.APP
-    reply_to, encoded = ctx["reply"]
-    assert reply_to == "reply-channel" and jobs.deserialize(encoded) == result
+    answer = context.answer_of(ctx)
+    assert answer is not None and answer.reply_to == "reply-channel"
+    assert jobs.deserialize(answer.encoded) == result
 
 
 async def test_the_end_hook_swallows_any_failure_and_still_accounts():
@@ -56,12 +59,8 @@ async def test_the_end_hook_swallows_any_failure_and_still_accounts():
             raise ValueError("not a Redis error")
 
     accounted: list[bool] = []
-    ctx = {
-        "job_id": "j2",
-        "redis": Broken(),
-        "reply": ("chan", b"x"),
-        "account": lambda: accounted.append(True),
-    }
+    ctx = {"job_id": "j2", "redis": Broken()}
+    context.set_answer(ctx, JobAnswer("chan", b"x", account=lambda: accounted.append(True)))
     await _publish_result(ctx)
     assert accounted == [True]
 
@@ -71,9 +70,9 @@ async def test_the_end_hook_swallows_any_failure_and_still_accounts():
     redis = fakeredis.FakeAsyncRedis()
     pubsub = redis.pubsub()
     await pubsub.subscribe("chan")
-    await _publish_result(
-        {"job_id": "j3", "redis": redis, "reply": ("chan", b"answer"), "account": broken_account}
-    )
+    ctx = {"job_id": "j3", "redis": redis}
+    context.set_answer(ctx, JobAnswer("chan", b"answer", account=broken_account))
+    await _publish_result(ctx)
     message = None
     for _ in range(100):
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.01)

@@ -6,9 +6,11 @@ import fakeredis
 import pytest
 
 from taskenv.shared import hosts, keys, store
+from taskenv.shared.environment_record import FIELDS, EnvironmentRecord
 from taskenv.shared.models import EnvironmentState
 from taskenv.shared.scripts import LossKind
 from taskenv.shared.tasks import TaskSpec
+from taskenv.worker.job_functions import fail_gone
 
 
 class Clock:
@@ -70,7 +72,7 @@ async def test_a_silent_host_is_lost_once_its_environments_fail_and_the_loss_is_
             events.append(hosts.parse_event(message["data"]))
     assert [e["kind"] for e in events] == ["host_lost", "worker_lost"]
     assert events[1]["jobs"] == "job1 job2" and events[1]["host"] == "b"
-    listed = {h.host: h for h in await hosts.hosts(redis, dead_after_sec=10)}
+    listed = {h.host: h for h in await hosts.list_hosts(redis, dead_after_sec=10)}
     assert listed["b"].state == "lost" and listed["a"].state == "up" and listed["a"].ready == 1
 
 
@@ -93,7 +95,7 @@ async def test_a_clean_exit_of_the_last_worker_stops_the_host_without_losing_it(
     assert await hosts.sweep(redis, dead_after_sec=10) == hosts.Loss([], {})
     env = await store.get(redis, "e1")
     assert env is not None and env["state"] == "ready"
-    assert (await hosts.hosts(redis, dead_after_sec=10))[0].state == "stopped"
+    assert (await hosts.list_hosts(redis, dead_after_sec=10))[0].state == "stopped"
 
 
 async def test_drain_is_a_host_flag_that_every_beat_reports(redis, clock):
@@ -199,3 +201,39 @@ async def test_a_request_watching_a_host_hears_each_loss_on_it():
         listener._loss(json.dumps({"kind": "host_lost", "host": "b", "error": "…"}).encode())
         assert on_b.result() == LossKind.HOST_LOST
     assert listener._watching == {}
+
+
+async def test_every_field_scripts_and_workers_write_is_on_the_record_schema(redis, clock):
+    await _env_on(redis, "lost-with-host", "b")
+    await store.create(
+        redis, env_id="claimed", org="o", workspace="w", task_ref="t", spec=TaskSpec(name="t"),
+        token_hash="h-claimed", lifetime_sec=3600, provision_timeout_sec=60,
+    )  # fmt: skip
+    await store.claim_provision(redis, "claimed", "a", cap=5, worker="w1")
+    await _env_on(redis, "gone", "a")
+    await fail_gone(redis, "gone", "container removed")
+    await _env_on(redis, "ended", "a")
+    ended = await store.get(redis, "ended")
+    assert ended is not None
+    await store.tear_down(redis, ended, error="expired", retention_sec=60)
+    await _beat(redis, "w1", "a", jobs=["j1"])
+    await _beat(redis, "w2", "a")
+    await _beat(redis, "wb", "b")
+    clock.now += 6
+    await _beat(redis, "w2", "a")
+    clock.now += 5
+    assert await hosts.sweep(redis, dead_after_sec=10) == hosts.Loss(["w1", "wb"], {"b": 1}, {"w1": 1})
+    for env_id in ("lost-with-host", "claimed", "gone", "ended"):
+        written = await redis.hgetall(keys.environment(env_id))
+        assert set(written) <= FIELDS, f"{env_id}: not on the schema: {set(written) - FIELDS}"
+        record = EnvironmentRecord.model_validate(written)
+        assert record.to_hash() == {name: written.get(name, "") for name in FIELDS} | {
+            "created_at": written["created_at"], "expires_at": written["expires_at"],
+        }  # fmt: skip
+    typed = {e: await store.load(redis, e) for e in ("lost-with-host", "claimed", "gone", "ended")}
+    assert typed["lost-with-host"] is not None and typed["lost-with-host"].lost_host == "b"
+    assert typed["claimed"] is not None and typed["claimed"].provisioner == "w1"
+    assert typed["claimed"].state == EnvironmentState.FAILED and "worker w1 lost" in typed["claimed"].error
+    assert typed["gone"] is not None and typed["gone"].container_gone
+    assert typed["ended"] is not None and typed["ended"].state == EnvironmentState.TORN_DOWN
+    assert await store.load(redis, "never") is None

@@ -8,7 +8,7 @@ import pytest
 
 from taskenv.api.dispatch import Admission, Dispatcher
 from taskenv.api.ratelimit import OrgRate
-from taskenv.shared import jobs, keys, quotas, store
+from taskenv.shared import commands, jobs, keys, quotas, store
 from taskenv.shared.errors import TaskenvError
 from taskenv.shared.quotas import Limits, Quota
 from taskenv.shared.tasks import TaskSpec
@@ -113,7 +113,7 @@ async def _submit(
         admission=Admission(
             env_id,
             8,
-            slot_until=time.time() + 30,
+            command_until=time.time() + 30,
             org=org,
             rate=OrgRate(0, 1),
             workspace=ws,
@@ -136,15 +136,15 @@ async def test_running_commands_are_limited_per_workspace_and_per_org(redis):
         await _submit(dispatcher, "e3", "j4", ws="third")
     assert "TASKENV_ORG_MAX_RUNNING_COMMANDS=2" in org_full.value.detail and "'acme'" in org_full.value.detail
     # A refused command holds no slot and is not queued.
-    assert await redis.zcard(keys.inflight("e3")) == 0
+    assert await redis.zcard(keys.env_commands("e3")) == 0
     assert await redis.exists("arq:job:j2", "arq:job:j4") == 0
     # Another org is not held back.
     await _submit(dispatcher, "o1", "j5", org="other")
     # Each admitted command holds its environment's, org's and workspace's slot...
-    slots = quotas.command_slots("e1", "acme", "main")
+    slots = commands.sets_of("e1", "acme", "main")
     assert [await redis.zscore(slot, "j1") is not None for slot in slots] == [True, True, True]
     # ...until freed (by its worker, or here by the API when no answer came).
-    await quotas.release_command(redis, slots, "j1")
+    await commands.release(redis, slots, "j1")
     await _submit(dispatcher, "e3", "j6", ws="third")
 
 

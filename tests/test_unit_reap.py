@@ -12,7 +12,8 @@ from taskenv.shared import deployment, keys, store
 from taskenv.shared.models import EnvironmentState
 from taskenv.shared.settings import Settings
 from taskenv.shared.tasks import TaskSpec
-from taskenv.worker import containers, reaper
+from taskenv.worker import containers, context, reaper
+from taskenv.worker.context import WorkerContext
 
 
 class FakeContainer:
@@ -80,20 +81,33 @@ class FakeEngine:
 @pytest.fixture
 async def ctx() -> dict:
     records = fakeredis.FakeAsyncRedis(decode_responses=True)
-    return {
-        "records": records,
-        "docker": FakeEngine(),
-        "settings": Settings(host_id="q", record_retention_sec=60),
-        # As the worker's start-up does: the deployment it joined, remembered.
-        "deployment": await deployment.join(records, "d1"),
-    }
+    ctx: dict = {}
+    # As the worker's start-up does, with the deployment it joined remembered.
+    context.install(
+        ctx,
+        WorkerContext(
+            Settings(host_id="q", record_retention_sec=60),
+            records,
+            FakeEngine(),  # type: ignore[arg-type]
+            await deployment.join(records, "d1"),
+        ),
+    )
+    return ctx
+
+
+def _records(ctx: dict) -> fakeredis.FakeAsyncRedis:
+    return context.of(ctx).records
+
+
+def _engine(ctx: dict) -> FakeEngine:
+    return context.of(ctx).docker  # type: ignore[return-value]
 
 
 async def _create(
     ctx: dict, env_id: str, *, lifetime: int = 3600, provision_timeout: float = 60, claim: bool = True
 ) -> None:
     await store.create(
-        ctx["records"],
+        _records(ctx),
         env_id=env_id,
         org="acme",
         workspace="main",
@@ -104,69 +118,67 @@ async def _create(
         provision_timeout_sec=provision_timeout,
     )
     if claim:
-        await store.claim_provision(ctx["records"], env_id, "q", cap=100)
+        await store.claim_provision(_records(ctx), env_id, "q", cap=100)
 
 
 async def test_a_provision_no_worker_ran_fails_with_a_reason(ctx):
     await _create(ctx, "stalled", provision_timeout=-1, claim=False)
     await _create(ctx, "fresh", claim=False)
     await reaper.reap(ctx)
-    stalled = await store.get(ctx["records"], "stalled")
+    stalled = await store.get(_records(ctx), "stalled")
     assert stalled is not None and stalled["state"] == EnvironmentState.FAILED
     assert "not provisioned in time" in stalled["error"]
-    fresh = await store.get(ctx["records"], "fresh")
+    fresh = await store.get(_records(ctx), "fresh")
     assert fresh is not None and fresh["state"] == EnvironmentState.PROVISIONING
-    assert await ctx["records"].zrange(keys.PROVISIONING, 0, -1) == ["fresh"]
+    assert await _records(ctx).zrange(keys.PROVISIONING, 0, -1) == ["fresh"]
 
 
 async def test_a_provision_that_ran_is_not_failed_later(ctx):
     await _create(ctx, "done", provision_timeout=-1)
     await store.set_if_state(
-        ctx["records"], "done", EnvironmentState.PROVISIONING, state=EnvironmentState.READY
+        _records(ctx), "done", EnvironmentState.PROVISIONING, state=EnvironmentState.READY
     )
-    await store.provision_ran(ctx["records"], "done")
-    ctx["docker"].run("done")
+    await store.provision_ran(_records(ctx), "done")
+    _engine(ctx).run("done")
     await reaper.reap(ctx)
-    done = await store.get(ctx["records"], "done")
+    done = await store.get(_records(ctx), "done")
     assert done is not None and done["state"] == EnvironmentState.READY
 
 
 async def test_expired_environments_are_torn_down_and_their_containers_removed(ctx):
     await _create(ctx, "old", lifetime=-1)
-    ctx["docker"].run("old")
+    _engine(ctx).run("old")
     counts = await reaper.reap(ctx)
-    old = await store.get(ctx["records"], "old")
+    old = await store.get(_records(ctx), "old")
     assert old is not None and old["state"] == EnvironmentState.TORN_DOWN and "expired" in old["error"]
-    assert ctx["docker"].removed == ["taskenv-old"] and counts["expired"] == 1
-    assert await store.expired(ctx["records"], "q", time.time()) == []
+    assert _engine(ctx).removed == ["taskenv-old"] and counts["expired"] == 1
+    assert await store.expired(_records(ctx), "q", time.time()) == []
 
 
 async def test_containers_without_a_live_record_are_removed(ctx):
     await _create(ctx, "live")
     await store.set_if_state(
-        ctx["records"], "live", EnvironmentState.PROVISIONING, state=EnvironmentState.READY
+        _records(ctx), "live", EnvironmentState.PROVISIONING, state=EnvironmentState.READY
     )
     await _create(ctx, "dead")
-    await store.tear_down(ctx["records"], await store.get(ctx["records"], "dead"), retention_sec=60)
-    ctx["docker"].run("live", "dead", "unknown")
+    await store.tear_down(_records(ctx), await store.get(_records(ctx), "dead"), retention_sec=60)
+    _engine(ctx).run("live", "dead", "unknown")
     counts = await reaper.reap(ctx)
-    assert sorted(ctx["docker"].removed) == ["taskenv-dead", "taskenv-unknown"] and counts["orphans"] == 2
+    assert sorted(_engine(ctx).removed) == ["taskenv-dead", "taskenv-unknown"] and counts["orphans"] == 2
 
 
 async def test_ready_environments_whose_container_vanished_are_failed(ctx):
     for env_id in ("removed", "killed", "fine"):
         await _create(ctx, env_id)
         await store.set_if_state(
-            ctx["records"], env_id, EnvironmentState.PROVISIONING, state=EnvironmentState.READY
+            _records(ctx), env_id, EnvironmentState.PROVISIONING, state=EnvironmentState.READY
         )
     await _create(ctx, "starting")  # still provisioning: it has no container yet
-    ctx["docker"].run("fine")
-    ctx["docker"].run("killed", running=False)
+    _engine(ctx).run("fine")
+    _engine(ctx).run("killed", running=False)
     counts = await reaper.reap(ctx)
     assert counts["vanished"] == 2
-    states = {
-        e: (await store.get(ctx["records"], e)) or {} for e in ("removed", "killed", "fine", "starting")
-    }
+    states = {e: (await store.get(_records(ctx), e)) or {} for e in ("removed", "killed", "fine", "starting")}
     assert states["removed"]["state"] == states["killed"]["state"] == EnvironmentState.FAILED
     assert states["removed"]["error"] == "container_gone: container removed outside taskenv"
     assert states["killed"]["error"] == "container_gone: container stopped outside taskenv (exit code 137)"
@@ -174,7 +186,7 @@ async def test_ready_environments_whose_container_vanished_are_failed(ctx):
     assert states["starting"]["state"] == EnvironmentState.PROVISIONING
     # Failed, the stopped container is an orphan: the next pass removes it.
     await reaper.reap(ctx)
-    assert ctx["docker"].removed == ["taskenv-killed"]
+    assert _engine(ctx).removed == ["taskenv-killed"]
 
 
 # A store that looks wiped: containers without a record are kept, loudly.
@@ -184,9 +196,9 @@ async def _ready(ctx: dict, *env_ids: str) -> None:
     for env_id in env_ids:
         await _create(ctx, env_id)
         await store.set_if_state(
-            ctx["records"], env_id, EnvironmentState.PROVISIONING, state=EnvironmentState.READY
+            _records(ctx), env_id, EnvironmentState.PROVISIONING, state=EnvironmentState.READY
         )
-    ctx["docker"].run(*env_ids)
+    _engine(ctx).run(*env_ids)
 
 
 def _kept() -> float:
@@ -205,18 +217,18 @@ def _refusals(reason: reaper.Wiped) -> float:
 async def test_a_wiped_store_keeps_every_container_and_says_so(ctx, caplog, held, reason):
     await _ready(ctx, "a", "b")
     await _create(ctx, "ended")
-    await store.tear_down(ctx["records"], await store.get(ctx["records"], "ended"), retention_sec=60)
-    ctx["docker"].run("ended")
-    await ctx["records"].flushall()  # Redis restarted empty...
+    await store.tear_down(_records(ctx), await store.get(_records(ctx), "ended"), retention_sec=60)
+    _engine(ctx).run("ended")
+    await _records(ctx).flushall()  # Redis restarted empty...
     if held is not None:
-        await ctx["records"].set(keys.DEPLOYMENT, held)  # ...or another deployment's
+        await _records(ctx).set(keys.DEPLOYMENT, held)  # ...or another deployment's
     await _create(ctx, "ended")  # a record the store still has: its end is known
-    await store.tear_down(ctx["records"], await store.get(ctx["records"], "ended"), retention_sec=60)
+    await store.tear_down(_records(ctx), await store.get(_records(ctx), "ended"), retention_sec=60)
     refused = _refusals(reason)
     with caplog.at_level(logging.ERROR, logger="taskenv.worker"):
         counts = await reaper.reap(ctx)
-    assert ctx["docker"].removed == ["taskenv-ended"] and counts["orphans"] == 1
-    assert sorted(ctx["docker"].found) == ["a", "b"]
+    assert _engine(ctx).removed == ["taskenv-ended"] and counts["orphans"] == 1
+    assert sorted(_engine(ctx).found) == ["a", "b"]
     assert _kept() == 2 and _refusals(reason) == refused + 1
     [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert f"the store looks wiped ({reason})" in line and "2 containers of deployment d1 on host q" in line
@@ -230,7 +242,7 @@ async def test_a_wiped_store_keeps_every_container_and_says_so(ctx, caplog, held
 async def test_more_unknown_containers_than_a_crash_leaves_are_kept(ctx, records, unknown, kept):
     for i in range(records):
         await _create(ctx, f"r{i}")
-    ctx["docker"].run(*(f"r{i}" for i in range(records)), *(f"x{i}" for i in range(unknown)))
+    _engine(ctx).run(*(f"r{i}" for i in range(records)), *(f"x{i}" for i in range(unknown)))
     counts = await reaper.reap(ctx)
     assert counts["orphans"] == (0 if kept else unknown)
     assert _kept() == (unknown if kept else 0)
@@ -241,15 +253,15 @@ async def test_more_unknown_containers_than_a_crash_leaves_are_kept(ctx, records
 
 async def test_another_deployments_containers_are_never_touched(ctx):
     """Same host id, same engine, another Redis: its containers have no record here."""
-    ctx["docker"].run(*(f"theirs{i}" for i in range(20)), owner="d2")
-    ctx["docker"].run("stopped", running=False, owner="d2")
+    _engine(ctx).run(*(f"theirs{i}" for i in range(20)), owner="d2")
+    _engine(ctx).run("stopped", running=False, owner="d2")
     counts = await reaper.reap(ctx)
-    assert counts == {"expired": 0, "orphans": 0, "vanished": 0} and ctx["docker"].removed == []
+    assert counts == {"expired": 0, "orphans": 0, "vanished": 0} and _engine(ctx).removed == []
     assert _kept() == 0  # not even seen: no refusal
     # Nor removed by name (a teardown, an expiry of the same id).
-    assert await containers.remove(ctx["docker"], "taskenv-theirs0", "d1") is False
-    assert ctx["docker"].removed == []
-    assert await containers.remove(ctx["docker"], "taskenv-theirs0", "d2") is True
+    assert await containers.remove(_engine(ctx), "taskenv-theirs0", "d1") is False
+    assert _engine(ctx).removed == []
+    assert await containers.remove(_engine(ctx), "taskenv-theirs0", "d2") is True
 
 
 async def test_the_deployment_is_joined_once_and_an_explicit_one_must_match():

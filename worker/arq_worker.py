@@ -21,13 +21,17 @@ from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
-from taskenv.shared import jobs, keys, scripts
+from taskenv.shared import commands, jobs, keys, scripts
 from taskenv.shared.jobs import JOB_TIMEOUT_SEC
 from taskenv.shared.redis import arq_client, records_client
 from taskenv.shared.settings import Settings
-from taskenv.worker import docker, job_functions, reaper
+from taskenv.worker import context, docker, job_functions, reaper
+from taskenv.worker.context import JobAnswer, WorkerContext
 
 log = logging.getLogger("taskenv.worker")
+
+# The one key of the workers' shared ctx before `startup` builds the typed context from it.
+_SETTINGS = "settings"
 
 
 class WakeableWorker(Worker):
@@ -37,7 +41,7 @@ class WakeableWorker(Worker):
         super().__init__(*args, **kwargs)
         self.wake_key = wake_key
         self.idle_wait_sec = idle_wait_sec
-        self._slot_freed = asyncio.Event()
+        self._job_ended = asyncio.Event()
         self._stopping = False
         # The jobs running now, for the heartbeat's thread: replaced whole, never changed.
         self.running: frozenset[str] = frozenset()
@@ -72,7 +76,7 @@ class WakeableWorker(Worker):
         without stopping: running jobs go on, and taking resumes at once when unpaused."""
         if paused != (not self.allow_pick_jobs) and not self._stopping:
             self.allow_pick_jobs = not paused
-            self._slot_freed.set()
+            self._job_ended.set()
 
     def stop_taking(self) -> None:
         """Take no more jobs. `main` returns after its current wait for a wake (at most
@@ -83,11 +87,11 @@ class WakeableWorker(Worker):
 
     async def _next_woken(self, wait_sec: float) -> bytes | None:
         """The next job id pushed by an enqueuer, or None after `wait_sec`."""
-        self._slot_freed.clear()
+        self._job_ended.clear()
         if self.job_counter >= self.max_jobs or not self.allow_pick_jobs:
             # Full or paused: leave the ids queued in the list until a running job ends.
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._slot_freed.wait(), wait_sec)
+                await asyncio.wait_for(self._job_ended.wait(), wait_sec)
             return None
         # BLPOP's timeout 0 would mean forever.
         popped = await self.pool.blpop([self.wake_key], timeout=max(wait_sec, 0.01))  # type: ignore[misc, arg-type]
@@ -95,7 +99,7 @@ class WakeableWorker(Worker):
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
-        self._slot_freed.set()
+        self._job_ended.set()
 
     async def _run_woken(self, job_id: str) -> None:
         """Run a job whose enqueuer claimed it for the worker that popped its wake: this one."""
@@ -145,7 +149,7 @@ class WakeableWorker(Worker):
                     claim_ms=int(self.in_progress_timeout_s * 1000),
                 )
             except BaseException:
-                # Redis failed mid-claim: give the slot back (`main` tries the pass again).
+                # Redis failed mid-claim: give the job place back (`main` tries the pass again).
                 self.job_counter -= 1
                 self.sem.release()
                 raise
@@ -160,38 +164,42 @@ class WakeableWorker(Worker):
 
 async def startup(ctx: dict[str, Any]) -> None:
     """Open what the job functions of both of a process's workers share, and reconcile."""
-    settings: Settings = ctx["settings"]
-    ctx["records"] = records_client(settings)
-    ctx["deployment"] = await reaper.join_deployment(ctx["records"], settings)
-    ctx["docker"] = docker.connect()
-    await reaper.reap(ctx)
+    settings: Settings = ctx[_SETTINGS]
+    records = records_client(settings)
+    joined = await reaper.join_deployment(records, settings)
+    worker = WorkerContext(settings, records, docker.connect(), joined)
+    context.install(ctx, worker)
+    await reaper.reap_with(worker)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    await docker.disconnect(ctx["docker"])
-    await ctx["records"].aclose()
+    worker = context.of(ctx)
+    await docker.disconnect(worker.docker)
+    await worker.records.aclose()
 
 
 async def _publish_result(ctx: dict[str, Any]) -> None:
-    """Send a job's answer to the API process waiting for it and, for an execute, free its
-    command slot; for an execute with an Idempotency-Key, also keep the answer for retries and
-    send it to those waiting: all in one round trip. A failure here must not keep arq from
-    recording the job's end: a waiter that missed the message reads arq's stored result at its
-    deadline, and a slot not freed here ends at the command's deadline. The job's log line and
-    metric come after the answer has left."""
-    reply_to, encoded = ctx.get("reply", (None, b""))
-    record, slots = ctx.get("idempotency"), ctx.get("slots") or ()
+    """Send a job's answer to the API process waiting for it and, for an execute, remove it
+    from its sets of running commands; for an execute with an Idempotency-Key, also keep the
+    answer for retries and send it to those waiting: all in one round trip. A failure here must
+    not keep arq from recording the job's end: a waiter that missed the message reads arq's
+    stored result at its deadline, and a command not removed here stops counting at its
+    deadline. The job's log line and metric come after the answer has left."""
+    answer = context.answer_of(ctx) or JobAnswer(None, b"")
     redis = ctx["redis"]
     try:
         async with redis.pipeline(transaction=False) as pipe:
-            if record:
+            if answer.idempotency:
                 await scripts.STORE_AND_PUBLISH.run(
-                    redis, pipeline=pipe, idempotency=record, reply_channel=reply_to or "", answer=encoded
+                    redis,
+                    pipeline=pipe,
+                    idempotency=answer.idempotency,
+                    reply_channel=answer.reply_to or "",
+                    answer=answer.encoded,
                 )
-            elif reply_to:
-                pipe.publish(reply_to, encoded)
-            for slot in slots:
-                pipe.zrem(slot, ctx["job_id"])
+            elif answer.reply_to:
+                pipe.publish(answer.reply_to, answer.encoded)
+            await commands.release(redis, answer.commands, ctx["job_id"], pipeline=pipe)
             await pipe.execute()
     except RedisError as exc:
         log.warning("could not send the answer of job %s: %s", ctx.get("job_id"), exc)
@@ -199,9 +207,9 @@ async def _publish_result(ctx: dict[str, Any]) -> None:
         # Nothing may escape arq's end hook: arq re-raises it in its main loop, which ends the
         # worker process and every command running in it.
         log.exception("could not send the answer of job %s", ctx.get("job_id"))
-    if account := ctx.get("account"):
+    if answer.account:
         try:
-            account()
+            answer.account()
         except Exception:
             log.exception("could not account for job %s", ctx.get("job_id"))
 
@@ -211,7 +219,7 @@ def create_workers(settings: Settings) -> tuple[WakeableWorker, WakeableWorker]:
     opened by `startup`): one for this host's own queue (execs, logs, teardowns and the
     reaper), one for the provision queue shared by all hosts, paused while this host is
     draining or full."""
-    ctx: dict[str, Any] = {"settings": settings}
+    ctx: dict[str, Any] = {_SETTINGS: settings}
     reap_seconds = set(range(0, 60, settings.reap_interval_sec))
     host_queue = keys.host_queue(settings.host_id)
     own = _worker(

@@ -10,14 +10,14 @@ from typing import Any
 import aiodocker
 from redis.asyncio import Redis
 
-from taskenv.shared import jobs, keys, store
+from taskenv.shared import commands, jobs, keys, store
 from taskenv.shared.errors import ErrorType, Reason, TaskenvError, because
 from taskenv.shared.jobs import EnvJob, ExecJob, JobResult
 from taskenv.shared.logs import REQUEST_ID
 from taskenv.shared.models import EnvironmentState
-from taskenv.shared.settings import Settings
 from taskenv.shared.tasks import TaskSpec
-from taskenv.worker import containers
+from taskenv.worker import containers, context
+from taskenv.worker.context import JobAnswer
 from taskenv.worker.docker import bad_gateway, docker_errors
 from taskenv.worker.execute import run_command
 from taskenv.worker.metrics import DOCKER_SECONDS, JOB_SECONDS, QUEUE_WAIT_SECONDS
@@ -51,12 +51,14 @@ def job(fn: JobFunction) -> Callable[..., Coroutine[Any, Any, JobResult]]:
             log.exception("job %s (%s) failed", job_id, fn.__name__)
             result = jobs.failed(job_id, TaskenvError(ErrorType.APP, "Internal error in the worker"))
         result, encoded = _encoded(job_id, result)
-        ctx["reply"] = (reply_to, encoded)
+        answer = context.answer_of(ctx) or JobAnswer(reply_to, encoded)
+        answer.reply_to, answer.encoded = reply_to, encoded
+        answer.idempotency = payload.get("idempotency") if isinstance(payload, dict) else None
         # Logged and counted by `on_job_end` once the answer is on its way, not before it.
-        ctx["account"] = functools.partial(
+        answer.account = functools.partial(
             _account, fn.__name__, job_id, payload, result, time.perf_counter() - started, request_id
         )
-        ctx["idempotency"] = payload.get("idempotency") if isinstance(payload, dict) else None
+        context.set_answer(ctx, answer)
         return result
 
     return run
@@ -73,10 +75,6 @@ def _encoded(job_id: str, result: JobResult) -> tuple[JobResult, bytes]:
         error = TaskenvError(ErrorType.APP, "Internal error in the worker: its answer could not be encoded")
         failed = jobs.failed(job_id, error)
         return failed, jobs.serialize(failed)
-
-
-def _docker(ctx: Ctx) -> aiodocker.Docker:
-    return ctx["docker"]  # type: ignore[no-any-return]
 
 
 def _account(
@@ -103,25 +101,12 @@ def _account(
     )
 
 
-def _records(ctx: Ctx) -> Redis:
-    return ctx["records"]  # type: ignore[no-any-return]
-
-
-def _settings(ctx: Ctx) -> Settings:
-    return ctx["settings"]  # type: ignore[no-any-return]
-
-
-def _deployment(ctx: Ctx) -> str:
-    """The deployment this worker joined at start (`runner.startup`): its containers' label."""
-    return ctx["deployment"]  # type: ignore[no-any-return]
-
-
 @job
 async def execute(ctx: Ctx, payload: ExecJob) -> dict[str, Any]:
-    # The command's slots (its environment's, org's, workspace's) are freed with the answer, in
-    # the same round trip. A job enqueued without its list (an older API) holds just the first.
-    ctx["slots"] = payload.get("slots") or [keys.inflight(payload["env_id"])]
-    docker = _docker(ctx)
+    # The command leaves its sets of running commands with its answer, in the same round trip.
+    context.set_answer(ctx, JobAnswer(None, b"", commands=commands.held_by(payload)))
+    worker = context.of(ctx)
+    docker = worker.docker
     try:
         with DOCKER_SECONDS.labels("exec").time():
             return await run_command(docker, payload)
@@ -136,7 +121,7 @@ async def execute(ctx: Ctx, payload: ExecJob) -> dict[str, Any]:
             raise TaskenvError(exc.type, exc.detail, reason=exc.reason) from None
         if why is None:
             raise TaskenvError(exc.type, exc.detail, reason=exc.reason) from None
-        raise await _gone_during(_records(ctx), payload["env_id"], why, exc) from None
+        raise await _gone_during(worker.records, payload["env_id"], why, exc) from None
 
 
 async def _gone_during(redis: Redis, env_id: str, why: str, exc: TaskenvError) -> TaskenvError:
@@ -145,12 +130,12 @@ async def _gone_during(redis: Redis, env_id: str, why: str, exc: TaskenvError) -
     environment fails)."""
     if await fail_gone(redis, env_id, why):
         return because(Reason.CONTAINER_GONE, why)
-    record = await store.get(redis, env_id)
-    if record is not None and record["state"] == EnvironmentState.TORN_DOWN:
+    record = await store.load(redis, env_id)
+    if record is not None and record.state == EnvironmentState.TORN_DOWN:
         return TaskenvError(
             ErrorType.CONFLICT,
             f"Environment {env_id} was torn down while the command ran"
-            + (f" ({record['error']})" if record.get("error") else ""),
+            + (f" ({record.error})" if record.error else ""),
             extra={"output": str(exc.extra.get("output", ""))},
             reason=Reason.TORN_DOWN,
         )
@@ -170,12 +155,13 @@ async def fail_gone(redis: Redis, env_id: str, why: str) -> bool:
 async def provision(ctx: Ctx, payload: EnvJob) -> dict[str, Any]:
     """Taken from the shared provision queue by a worker of any host with room: that host
     claims the environment, then creates its container."""
-    redis, settings, env_id = _records(ctx), _settings(ctx), payload["env_id"]
-    if "membership" in ctx and ctx["membership"].draining:
+    worker = context.of(ctx)
+    redis, settings, membership = worker.records, worker.settings, worker.membership
+    env_id = payload["env_id"]
+    if membership and membership.draining:
         # Taken in the moment the drain began: another host provisions it.
         await _hand_back(ctx, payload)
         return {"state": EnvironmentState.PROVISIONING, "handed_back": True}
-    membership = ctx.get("membership")
     outcome, count = await store.claim_provision(
         redis,
         env_id,
@@ -192,7 +178,7 @@ async def provision(ctx: Ctx, payload: EnvJob) -> dict[str, Any]:
     try:
         if outcome != "claimed":
             return {"state": outcome}
-        return await _provision(redis, _docker(ctx), env_id, _deployment(ctx))
+        return await _provision(redis, worker.docker, env_id, worker.deployment)
     finally:
         # Ran, whatever came of it: the reaper no longer needs to watch for it. (A worker that
         # dies before this line leaves the entry, and the reaper then fails the environment.)
@@ -202,7 +188,7 @@ async def provision(ctx: Ctx, payload: EnvJob) -> dict[str, Any]:
 async def _hand_back(ctx: Ctx, payload: EnvJob) -> None:
     """Re-enqueue a provision for other hosts, unannounced (no wake): a worker with room finds
     it on its next pass over the queue. It keeps its original expiry."""
-    expires_at = await _records(ctx).zscore(keys.PROVISIONING, payload["env_id"])
+    expires_at = await context.of(ctx).records.zscore(keys.PROVISIONING, payload["env_id"])
     left = (expires_at or 0) - time.time()
     if left > 0:
         await ctx["redis"].enqueue_job(
@@ -236,18 +222,20 @@ async def _provision(redis: Redis, docker: aiodocker.Docker, env_id: str, deploy
 
 @job
 async def teardown(ctx: Ctx, payload: EnvJob) -> dict[str, Any]:
+    worker = context.of(ctx)
     with docker_errors("teardown"), DOCKER_SECONDS.labels("remove").time():
         removed = await containers.remove(
-            _docker(ctx), store.container_name(payload["env_id"]), _deployment(ctx)
+            worker.docker, store.container_name(payload["env_id"]), worker.deployment
         )
     return {"removed": removed}
 
 
 @job
 async def logs(ctx: Ctx, payload: EnvJob) -> dict[str, Any]:
+    worker = context.of(ctx)
     with docker_errors("logs"):
         text = await containers.tail_logs(
-            _docker(ctx), store.container_name(payload["env_id"]), _settings(ctx).logs_tail_lines
+            worker.docker, store.container_name(payload["env_id"]), worker.settings.logs_tail_lines
         )
     return {"logs": text}
 

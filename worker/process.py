@@ -9,7 +9,7 @@ from contextlib import suppress
 
 from taskenv.shared.jobs import JOB_TIMEOUT_SEC
 from taskenv.shared.settings import Settings
-from taskenv.worker import metrics
+from taskenv.worker import context, metrics
 from taskenv.worker.arq_worker import create_workers, shutdown, startup
 from taskenv.worker.heartbeat import Heartbeat
 from taskenv.worker.membership import Membership
@@ -29,7 +29,7 @@ async def serve(settings: Settings) -> None:
     ctx = own.ctx
     await startup(ctx)
     membership = Membership(settings, [own, provisions], provisions, metrics.exposition)
-    ctx["membership"] = membership
+    context.of(ctx).membership = membership
     heart = Heartbeat(settings, membership)
     # Alive (and paused if draining or full) before the first job is taken.
     await heart.start()
@@ -54,7 +54,7 @@ async def serve(settings: Settings) -> None:
         await asyncio.wait(running, timeout=JOB_TIMEOUT_SEC)
     await heart.stop()
     try:
-        await membership.leave(ctx["records"])
+        await membership.leave(context.of(ctx).records)
     finally:
         for worker in (provisions, own):
             await worker.close()

@@ -19,13 +19,10 @@ from redis.asyncio import Redis
 from taskenv.shared import deployment, keys, store
 from taskenv.shared.models import EnvironmentState
 from taskenv.shared.settings import Settings
-from taskenv.worker import containers
+from taskenv.worker import containers, context
+from taskenv.worker.context import WorkerContext
 from taskenv.worker.job_functions import (
     Ctx,
-    _deployment,
-    _docker,
-    _records,
-    _settings,
     fail_gone,
     remove_quietly,
 )
@@ -87,15 +84,20 @@ async def join_deployment(redis: Redis, settings: Settings) -> str:
 
 
 async def reap(ctx: Ctx) -> dict[str, int]:
+    """The cron job: `reap_with` the process's context."""
+    return await reap_with(context.of(ctx))
+
+
+async def reap_with(worker: WorkerContext) -> dict[str, int]:
     """Cron: fail environments whose provision job never ran, tear down expired ones, and
     remove containers whose record is gone, failed or torn down (left by a crash or a lost
     teardown job)."""
     PASSES.inc()
-    redis, settings = _records(ctx), _settings(ctx)
+    redis, settings = worker.records, worker.settings
     now = time.time()
     await _fail_stalled_provisions(redis, settings, now)
-    expired = await _tear_down_expired(ctx, now)
-    orphans, vanished = await _reconcile(ctx)
+    expired = await _tear_down_expired(worker, now)
+    orphans, vanished = await _reconcile(worker)
     if expired or orphans or vanished:
         log.info(
             "reaped %d expired environments and %d orphaned containers; %d environments failed"
@@ -119,8 +121,8 @@ async def _fail_stalled_provisions(redis: Redis, settings: Settings, now: float)
         await store.provision_ran(redis, env_id)
 
 
-async def _tear_down_expired(ctx: Ctx, now: float) -> int:
-    redis, docker, settings = _records(ctx), _docker(ctx), _settings(ctx)
+async def _tear_down_expired(worker: WorkerContext, now: float) -> int:
+    redis, docker, settings = worker.records, worker.docker, worker.settings
     expired = 0
     for env_id in await store.expired(redis, settings.host_id, now):
         record = await store.get(redis, env_id)
@@ -130,16 +132,16 @@ async def _tear_down_expired(ctx: Ctx, now: float) -> int:
             )
         else:
             await redis.zrem(keys.expiry_index(settings.host_id), env_id)
-        await remove_quietly(docker, store.container_name(env_id), _deployment(ctx))
+        await remove_quietly(docker, store.container_name(env_id), worker.deployment)
         expired += 1
     return expired
 
 
-async def _reconcile(ctx: Ctx) -> tuple[int, int]:
+async def _reconcile(worker: WorkerContext) -> tuple[int, int]:
     """Remove this deployment's containers on this host whose environment ended (or whose
     record is gone, unless the store looks wiped), and fail ready environments whose container
     vanished. Returns (containers removed, environments failed)."""
-    redis, docker, host, mine = _records(ctx), _docker(ctx), _settings(ctx).host_id, _deployment(ctx)
+    redis, docker, host, mine = worker.records, worker.docker, worker.settings.host_id, worker.deployment
     # The host's live environments are read before its containers are listed: one whose
     # provision ends in between is then listed with its container, never taken for vanished.
     indexed = list(await redis.zrange(keys.expiry_index(host), 0, -1))

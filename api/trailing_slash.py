@@ -1,13 +1,8 @@
-"""Paths to routes: trailing slashes, and what the routes allow on a path (a 405's `Allow`).
-
-Starlette names only the methods of the first route whose path matched, but a path here can
-have one route per method (GET and POST /environments), so the header is built from all of them.
-"""
+"""Trailing slashes: `/environments/` is served as `/environments`, never redirected."""
 
 from collections.abc import Sequence
-from typing import Any
 
-from starlette.routing import BaseRoute, Match, Mount, Route, Router
+from starlette.routing import BaseRoute, Mount, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 
@@ -36,16 +31,3 @@ def without_slash_redirects(routes: Sequence[BaseRoute]) -> None:
         if isinstance(route, Mount) and isinstance(route.app, Router):
             route.app.redirect_slashes = False
             without_slash_redirects(route.app.routes)
-
-
-def allowed_methods(routes: Sequence[BaseRoute], scope: dict[str, Any]) -> set[str]:
-    methods: set[str] = set()
-    for route in routes:
-        match, child = route.matches(scope)
-        if match is Match.NONE:
-            continue
-        if isinstance(route, Mount):
-            methods |= allowed_methods(route.routes, {**scope, **child})
-        elif isinstance(route, Route) and route.methods:
-            methods |= route.methods
-    return methods
