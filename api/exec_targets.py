@@ -33,15 +33,15 @@ class TargetCache:
     async def get(self, env_id: str) -> ExecTarget | None:
         target = self._targets.get(env_id)
         if target is None:
-            record = await store.get(self.redis, env_id)
+            record = await store.load(self.redis, env_id)
             if record is None:
                 return None
-            spec = TaskSpec.model_validate_json(record["spec"])
+            spec = TaskSpec.model_validate_json(record.spec)
             target = ExecTarget(
-                org=record["org"],
-                workspace=record["workspace"],
-                token_hash=record["token_hash"],
-                host=record.get("host", ""),
+                org=record.org,
+                workspace=record.workspace,
+                token_hash=record.token_hash,
+                host=record.host,
                 user=spec.user,
                 workdir=spec.workdir,
             )

@@ -16,6 +16,7 @@ from taskenv.shared import keys, quotas, scripts
 from taskenv.shared.environment_record import EnvironmentRecord
 from taskenv.shared.models import Environment, EnvironmentPage, EnvironmentState, EnvironmentStatus
 from taskenv.shared.quotas import NO_LIMITS, Limits, Quota
+from taskenv.shared.scripts import ClaimOutcome
 from taskenv.shared.tasks import TaskSpec
 
 Record = dict[str, str]
@@ -169,10 +170,11 @@ async def provision_ran(redis: Redis, env_id: str) -> None:
 
 async def claim_provision(
     redis: Redis, env_id: str, host: str, cap: int, *, worker: str = ""
-) -> tuple[str, int]:
+) -> tuple[ClaimOutcome | EnvironmentState, int]:
     """Make `host` the environment's host, and `worker` its provisioner, if it is still
-    unclaimed and the host holds fewer than `cap` live environments. Returns ("claimed", count
-    after), ("full", count) or (state, count) when there is nothing to provision any more."""
+    unclaimed and the host holds fewer than `cap` live environments. Returns (CLAIMED, count
+    after), (FULL, count), (TAKEN or MISSING, count), or (its state, count) when it is no longer
+    provisioning."""
     outcome, count = await scripts.CLAIM_PROVISION.run(
         redis,
         environment=keys.environment(env_id),
@@ -183,7 +185,9 @@ async def claim_provision(
         env_prefix=_ENV_PREFIX,
         worker=worker,
     )
-    return str(outcome), int(count)
+    text = str(outcome)
+    claim = ClaimOutcome(text) if text in tuple(ClaimOutcome) else EnvironmentState(text)
+    return claim, int(count)
 
 
 _LIST_FIELDS = ("id", "state", "task_ref", "created_at", "expires_at", "error", "instruction")

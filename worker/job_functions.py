@@ -15,6 +15,7 @@ from taskenv.shared.errors import ErrorType, Reason, TaskenvError, because
 from taskenv.shared.jobs import EnvJob, ExecJob, JobResult
 from taskenv.shared.logs import REQUEST_ID
 from taskenv.shared.models import EnvironmentState
+from taskenv.shared.scripts import ClaimOutcome
 from taskenv.shared.tasks import TaskSpec
 from taskenv.worker import containers, context
 from taskenv.worker.context import JobAnswer
@@ -171,12 +172,12 @@ async def provision(ctx: Ctx, payload: EnvJob) -> dict[str, Any]:
     )
     if membership:
         membership.saw_environments(count)
-    if outcome == "full":
+    if outcome == ClaimOutcome.FULL:
         # Another worker of this host filled it meanwhile: hand the provision back to the queue.
         await _hand_back(ctx, payload)
         return {"state": EnvironmentState.PROVISIONING, "handed_back": True}
     try:
-        if outcome != "claimed":
+        if outcome != ClaimOutcome.CLAIMED:
             return {"state": outcome}
         return await _provision(redis, worker.docker, env_id, worker.deployment)
     finally:
