@@ -10,4 +10,8 @@ scripts/sdk-venv.sh
 .venv/bin/ruff format --check .
 .venv/bin/mypy taskenv
 TASKENV_REDIS_PASSWORD=validate docker-compose -f compose.yaml config -q
-exec .venv/bin/pytest -q -ra "$@"
+# In parallel: the integration tests mostly wait on Docker and Redis, so more workers than the
+# machine's cores pay (each starts its own Redis, API and worker processes, on its own host id).
+# Tests sharing a module-scoped fixture run in one worker (tests/conftest.py). TASKENV_TEST_WORKERS=0
+# runs in one process; later options (e.g. -n 1) override these.
+exec .venv/bin/pytest -q -ra -n "${TASKENV_TEST_WORKERS:-4}" --dist loadgroup "$@"

@@ -4,11 +4,8 @@ containers labelled by host). `cluster_factory` starts one with the hosts and se
 asks for; the test can then kill, signal, drain or add workers by host."""
 
 import asyncio
-import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
@@ -22,12 +19,13 @@ import redis
 import redis.asyncio as aioredis
 
 from taskenv.shared import keys
-from taskenv.shared.settings import DEFAULT_TASKS_DIR
-from tests.conftest import _docker_ready, _free_port, _remove_containers, _wait, start_redis, wait_for_state
+from tests import harness
+from tests.harness import FAST_TIMINGS, PYTHON, free_port, new_host_id, settings_env, start_redis, tasks_dir
+from tests.helpers import envs_url, wait_for_state
 
-PYTHON = [sys.executable, "-m", "taskenv"]
-# Fast membership for tests: a host is lost after 3 s without a heartbeat.
-FAST = {"TASKENV_HOST_DEAD_AFTER_SEC": "3", "TASKENV_HEARTBEAT_SEC": "0.5", "TASKENV_REAP_INTERVAL_SEC": "1"}
+__all__ = ["FAST", "PYTHON", "Cluster", "timed"]
+
+FAST = FAST_TIMINGS
 
 
 @dataclass
@@ -46,7 +44,7 @@ class Cluster:
         return f"{self.prefix}-{name}"
 
     def envs_url(self) -> str:
-        return f"{self.base_url}/api/v1/org/acme/ws/main/environments"
+        return envs_url(self.base_url)
 
     def log_path(self, name: str) -> Path:
         return self.home / f"worker-{name}.log"
@@ -59,7 +57,7 @@ class Cluster:
         self.host_settings.setdefault(name, {}).update(settings)
         env = {**self.env, **self.host_settings[name], "TASKENV_HOST_ID": self.host_id(name)}
         out = open(self.log_path(name), "ab")  # noqa: SIM115 (the child owns it)
-        proc = subprocess.Popen([*PYTHON, "worker"], env=env, stdout=out, stderr=out)
+        proc = harness.spawn("worker", env, out)
         self.workers.setdefault(name, []).append(proc)
         return proc
 
@@ -69,7 +67,7 @@ class Cluster:
     def _wait_live(self, name: str, timeout: float) -> None:
         client = redis.Redis.from_url(self.redis_url)
         live = lambda: client.zscore("taskenv:hosts", self.host_id(name)) is not None  # noqa: E731
-        _wait(live, f"host {name}", timeout=timeout)
+        harness.wait_until(live, f"host {name}", timeout=timeout)
         client.close()
 
     def worker_ids(self, name: str) -> list[str]:
@@ -92,15 +90,7 @@ class Cluster:
 
     def stop_all(self) -> None:
         procs = [self.api, *(p for ps in self.workers.values() for p in ps)]
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        harness.stop(*procs, timeout=harness.CLEANUP_GRACE_SEC)
 
 
 @pytest.fixture
@@ -111,25 +101,15 @@ def cluster_factory(
     started: list[tuple[Cluster, subprocess.Popen[bytes]]] = []
 
     def start(hosts: tuple[str, ...] = ("a", "b"), workers_per_host: int = 1, **settings: str) -> Cluster:
-        _docker_ready()
+        harness.docker_ready()
         home = tmp_path_factory.mktemp("cluster")
-        tasks = home / "tasks"
-        tasks.mkdir()
-        shutil.copy(DEFAULT_TASKS_DIR / "default.toml", tasks / "default.toml")
         redis_proc = start_redis(home, "--save", "")
-        sock = home / "redis.sock"
-        port = _free_port()
-        env = {
-            **os.environ,
-            **FAST,
-            **settings,
-            "TASKENV_REDIS_URL": f"unix://{sock}",
-            "TASKENV_API_PORT": str(port),
-            "TASKENV_TASKS_PATH": str(tasks),
-            "TASKENV_HOST_ID": f"api-{uuid.uuid4().hex[:6]}",
-        }
+        port = free_port()
+        env = settings_env(
+            home / "redis.sock", port, tasks_dir(home), new_host_id("api"), **{**FAST, **settings}
+        )
         api_log = open(home / "api.log", "ab")  # noqa: SIM115
-        api = subprocess.Popen([*PYTHON, "api"], env=env, stdout=api_log, stderr=api_log)
+        api = harness.spawn("api", env, api_log)
         cluster = Cluster(
             home,
             f"http://127.0.0.1:{port}",
@@ -143,16 +123,10 @@ def cluster_factory(
         for name in hosts:
             for _ in range(workers_per_host):
                 cluster.start_worker(name)
-        _wait(lambda: httpx.get(f"{cluster.base_url}/api/v1/health").is_success, "the API", api)
+        harness.wait_api(cluster.base_url, api)
         for name in hosts:
             cluster._wait_live(name, 30)
-        cluster.key = subprocess.run(
-            [*PYTHON, "keys", "create", "--org", "acme", "--workspace", "main"],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        cluster.key = harness.create_key(env)
         return cluster
 
     async def start_async(*args: Any, **kwargs: Any) -> Cluster:
@@ -161,10 +135,9 @@ def cluster_factory(
     yield start_async
     for cluster, redis_proc in started:
         cluster.stop_all()
-        redis_proc.terminate()
-        redis_proc.wait()
+        harness.stop(redis_proc)
         for name in cluster.host_settings:
-            _remove_containers(cluster.host_id(name))
+            harness.remove_containers(f"taskenv.host={cluster.host_id(name)}")
         print(f"\ncluster logs: {cluster.home}")
 
 

@@ -1,24 +1,31 @@
 """A real taskenv for integration tests: a private redis-server, a worker and the API as child
 processes (exactly as operators run them), against the machine's real Docker engine."""
 
-import asyncio
-import os
-import shutil
-import socket
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO
 
 import httpx
 import pytest
-import redis
 
-from taskenv.shared.settings import DEFAULT_TASKS_DIR
+from tests.harness import (
+    CLEANUP_GRACE_SEC,
+    create_key,
+    docker_ready,
+    free_port,
+    remove_containers,
+    settings_env,
+    spawn,
+    start_redis,
+    stop,
+    tasks_dir,
+    wait_api,
+)
+from tests.helpers import Env, envs_url, provision, wait_for_state
+
+# Names the test modules import from here.
+__all__ = ["Env", "Service", "provision", "wait_for_state"]
 
 BROKEN_TASK = '[[task]]\nname = "broken"\nimage = "taskenv/no-such-image:0"\n'
 # The default image run as root, with a small /tmp: per-task user and tmpfs size.
@@ -37,123 +44,44 @@ class Service:
     env: dict[str, str]
 
     def envs_url(self, org: str = "acme", workspace: str = "main") -> str:
-        return f"{self.base_url}/api/v1/org/{org}/ws/{workspace}/environments"
+        return envs_url(self.base_url, org, workspace)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait(check, what: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            if check():
-                return
-        except Exception:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} not ready after {timeout} s")
-
-
-def _docker_ready() -> None:
-    from taskenv.worker.docker import connect, disconnect
-    from taskenv.worker.image import build_default_image, image_exists
-
-    async def check() -> None:
-        docker = connect()
-        try:
-            await docker.version()
-            if not await image_exists(docker):
-                await build_default_image(docker)
-        finally:
-            await disconnect(docker)
-
-    try:
-        asyncio.run(check())
-    except Exception as exc:
-        pytest.fail(f"integration tests need a running Docker engine (see .ci/run): {exc!r}")
-
-
-def _remove_containers(queue: str) -> None:
-    ids = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=taskenv.host={queue}"], capture_output=True, text=True
-    ).stdout.split()
-    if ids:
-        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
-
-
-def start_redis(home: Path, *options: str, log: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
-    """A private redis-server on `home`/redis.sock (no TCP port), returned once it answers."""
-    if shutil.which("redis-server") is None:
-        pytest.fail("integration tests need redis-server (apt-get install redis-server)")
-    sock = home / "redis.sock"
-    proc = subprocess.Popen(
-        ["redis-server", "--port", "0", "--unixsocket", str(sock), "--dir", str(home), *options],
-        stdout=log or subprocess.DEVNULL,
-        stderr=log,
-    )
-    _wait(redis.Redis(unix_socket_path=str(sock)).ping, "redis-server", proc)
-    return proc
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, the tests that share a module-scoped fixture (a stack, a world of
+    environments, a fuzz target whose summary test runs last) run in one worker, in file
+    order: the fixture is started once, and tests that read what earlier ones left see it."""
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)
+        defs = fixtures.name2fixturedefs.values() if fixtures is not None else ()
+        if any(chain and chain[-1].scope == "module" for chain in defs):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else item.nodeid))
 
 
 @pytest.fixture(scope="session")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    _docker_ready()
+    """One service per session (per pytest-xdist worker) for the tests that share it."""
+    docker_ready()
     home = tmp_path_factory.mktemp("taskenv")
-    tasks = home / "tasks"
-    tasks.mkdir()
-    shutil.copy(DEFAULT_TASKS_DIR / "default.toml", tasks / "default.toml")
-    (tasks / "broken.toml").write_text(BROKEN_TASK)
-    (tasks / "rooted.toml").write_text(ROOT_TASK)
+    tasks = tasks_dir(home, broken=BROKEN_TASK, rooted=ROOT_TASK)
     redis_proc = start_redis(home, "--save", "")
-    sock = home / "redis.sock"
-
-    queue = f"test-{uuid.uuid4().hex[:8]}"
-    port = _free_port()
-    env = {
-        **os.environ,
-        "TASKENV_REDIS_URL": f"unix://{sock}",
-        "TASKENV_HOST_ID": queue,  # this test service's own "host": its containers, its reaper
-        "TASKENV_API_PORT": str(port),
-        "TASKENV_TASKS_PATH": str(tasks),
-        "TASKENV_REAP_INTERVAL_SEC": "1",
-        "TASKENV_MAX_LIFETIME_SEC": "3600",
-    }
-    python = [sys.executable, "-m", "taskenv"]
+    queue = f"test-{uuid.uuid4().hex[:8]}"  # this test service's own "host": its containers, its reaper
+    port = free_port()
+    env = settings_env(home / "redis.sock", port, tasks, queue, TASKENV_MAX_LIFETIME_SEC="3600")
     log = open(home / "service.log", "wb")  # noqa: SIM115
-    worker = subprocess.Popen([*python, "worker"], env=env, stdout=log, stderr=log)
-    api = subprocess.Popen([*python, "api"], env=env, stdout=log, stderr=log)
+    worker = spawn("worker", env, log)
+    api = spawn("api", env, log)
     base_url = f"http://127.0.0.1:{port}"
     try:
-        _wait(lambda: httpx.get(f"{base_url}/api/v1/health").is_success, "the API", api)
-        keys = [
-            subprocess.run(
-                [*python, "keys", "create", "--org", org, "--workspace", "main"],
-                env=env,
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout.strip()
-            for org in ("acme", "other")
-        ]
+        wait_api(base_url, api)
+        keys = [create_key(env, org) for org in ("acme", "other")]
         yield Service(base_url, env["TASKENV_REDIS_URL"], queue, keys[0], keys[1], api, worker, env)
     finally:
-        for proc in (api, worker):
-            proc.terminate()
-        for proc in (api, worker):
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        redis_proc.terminate()
-        redis_proc.wait()
+        stop(api, worker, timeout=CLEANUP_GRACE_SEC)
+        stop(redis_proc)
         log.close()
-        _remove_containers(queue)
+        remove_containers(f"taskenv.host={queue}")
         print(f"\nservice log: {home / 'service.log'}")
 
 
@@ -163,35 +91,6 @@ async def client(service: Service) -> AsyncIterator[httpx.AsyncClient]:
         headers={"X-API-Key": service.key}, timeout=httpx.Timeout(60, connect=5)
     ) as http:
         yield http
-
-
-async def wait_for_state(client: httpx.AsyncClient, url: str, *states: str, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        status = (await client.get(f"{url}/status")).json()
-        if status["state"] in states or time.monotonic() > deadline:
-            return status
-        await asyncio.sleep(0.05)
-
-
-@dataclass
-class Env:
-    id: str
-    token: str
-    url: str
-
-    def headers(self, token: str | None = None) -> dict[str, str]:
-        return {"X-Environment-Token": f"Bearer {token or self.token}"}
-
-
-async def provision(client: httpx.AsyncClient, service: Service, **body: object) -> Env:
-    response = await client.post(service.envs_url(), json={"task_ref": "default", **body})
-    assert response.status_code == 201, response.text
-    created = response.json()
-    env = Env(created["id"], created["execute_token"], f"{service.envs_url()}/{created['id']}")
-    status = await wait_for_state(client, env.url, "ready", "failed")
-    assert status["state"] == "ready", status
-    return env
 
 
 @pytest.fixture

@@ -2,49 +2,48 @@
 redis-server (append-only file on, as `taskenv up` runs it), worker and API child processes,
 its own host id, so its containers and queues are no other test's."""
 
-import os
 import signal
 import subprocess
-import sys
-import time
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from taskenv.shared import keys
-from taskenv.shared.settings import DEFAULT_TASKS_DIR
-from tests.conftest import _free_port, _wait, start_redis
+from tests import harness
+from tests.harness import (
+    PYTHON,
+    free_port,
+    new_host_id,
+    settings_env,
+    spawn,
+    start_redis,
+    tasks_dir,
+    wait_until,
+)
+from tests.helpers import envs_url, eventually
 
-PYTHON = [sys.executable, "-m", "taskenv"]
+__all__ = ["PYTHON", "Stack", "eventually"]
 
 
 class Stack:
     def __init__(self, home: Path, settings: dict[str, str] | None = None, host: str | None = None) -> None:
         self.home = home
         # Two stacks may share a host id on the one engine: they are two deployments.
-        self.host = host or f"test-{uuid.uuid4().hex[:8]}"
+        self.host = host or new_host_id()
         self.deployment = ""
         self.sock = home / "redis.sock"
-        self.port = _free_port()
+        self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        tasks = home / "tasks"
-        tasks.mkdir(exist_ok=True)
-        (tasks / "default.toml").write_text((DEFAULT_TASKS_DIR / "default.toml").read_text())
-        self.env = {
-            **os.environ,
-            "TASKENV_REDIS_URL": f"unix://{self.sock}",
-            "TASKENV_HOST_ID": self.host,
-            "TASKENV_QUEUE": self.host,
-            "TASKENV_API_PORT": str(self.port),
-            "TASKENV_TASKS_PATH": str(tasks),
-            "TASKENV_REAP_INTERVAL_SEC": "1",
-            "TASKENV_LOG_FORMAT": "text",
+        self.env = settings_env(
+            self.sock,
+            self.port,
+            tasks_dir(home),
+            self.host,
+            TASKENV_QUEUE=self.host,
+            TASKENV_LOG_FORMAT="text",
             **(settings or {}),
-        }
+        )
         self.redis: subprocess.Popen[bytes] | None = None
         self.worker: subprocess.Popen[bytes] | None = None
         self.api: subprocess.Popen[bytes] | None = None
@@ -63,13 +62,13 @@ class Stack:
         if not self.deployment:
             # The id its first worker made (shared/deployment.py): its containers carry it.
             client = self.client()
-            _wait(lambda: client.get(keys.DEPLOYMENT), "the deployment id", self.worker)
+            wait_until(lambda: client.get(keys.DEPLOYMENT), "the deployment id", self.worker)
             self.deployment = str(client.get(keys.DEPLOYMENT))
             client.close()
 
     def start_api(self) -> None:
         self.api = self._spawn("api")
-        _wait(lambda: httpx.get(f"{self.base_url}/api/v1/health").is_success, "the API", self.api)
+        harness.wait_api(self.base_url, self.api)
 
     def start(self) -> "Stack":
         self.start_redis()
@@ -78,40 +77,21 @@ class Stack:
         return self
 
     def _spawn(self, command: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([*PYTHON, command], env=self.env, stdout=self._log, stderr=self._log)
+        return spawn(command, self.env, self._log)
 
     @staticmethod
     def stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        harness.stop(proc, sig=sig, timeout=timeout)
 
     def key(self, org: str = "acme", workspace: str = "main") -> str:
-        return subprocess.run(
-            [*PYTHON, "keys", "create", "--org", org, "--workspace", workspace],
-            env=self.env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        return harness.create_key(self.env, org, workspace)
 
     def envs_url(self, org: str = "acme", workspace: str = "main") -> str:
-        return f"{self.base_url}/api/v1/org/{org}/ws/{workspace}/environments"
+        return envs_url(self.base_url, org, workspace)
 
     def containers(self) -> list[str]:
         """Ids of this stack's containers: its host's, of its deployment."""
-        labels = [f"taskenv.host={self.host}", f"taskenv.deployment={self.deployment}"]
-        found = subprocess.run(
-            ["docker", "ps", "-aq", *(f"--filter=label={label}" for label in labels)],
-            capture_output=True,
-            text=True,
-        )
-        return found.stdout.split()
+        return harness.containers_of(f"taskenv.host={self.host}", f"taskenv.deployment={self.deployment}")
 
     def worker_metric(self, name: str) -> float:
         """A sample of the worker processes' own metrics (summed), as their heartbeats carry them."""
@@ -132,20 +112,9 @@ class Stack:
         ]
 
     def close(self) -> None:
-        for proc in (self.api, self.worker):
-            self.stop(proc)
-        self.stop(self.redis)
+        harness.stop(self.api, self.worker, timeout=harness.CLEANUP_GRACE_SEC)
+        harness.stop(self.redis)
         ids = self.containers()
         if ids:
             subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
         self._log.close()
-
-
-def eventually(check: Callable[[], object], what: str, timeout: float = 30) -> float:
-    """Seconds until `check()` is true; fails the test past `timeout`."""
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.05)
-    return time.monotonic() - started

@@ -27,6 +27,7 @@ from schemathesis.specs.openapi.checks import (
 from taskenv.api.app import create_app
 from taskenv.api.openapi import build_document
 from taskenv.shared.settings import Settings
+from tests.helpers import commands_in_flight, eventually
 from tests.stack import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.compat]
@@ -225,7 +226,9 @@ def test_every_documented_response_is_what_the_route_returns(stack: Stack) -> No
         kwargs={"headers": token(token_b), "json": {"command": "sleep 3", "timeout_sec": 10}, "timeout": 30},
     )
     holder.start()
-    time.sleep(1)
+    eventually(
+        lambda: commands_in_flight(stack.env["TASKENV_REDIS_URL"], env(b)["env_id"]) == 1, "the slot taken"
+    )
     busy = probe("execute", 429, env(b), token(token_b), json={"command": "true"})
     assert int(busy.headers["Retry-After"]) >= 1
     holder.join()

@@ -21,8 +21,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import _free_port
-from tests.stack import eventually
+from tests.harness import free_port
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -75,8 +75,8 @@ def compose(tmp_path_factory: pytest.TempPathFactory):
         ["docker-compose", "-f", str(ROOT / "compose.yaml"), "config"],
         env=env, capture_output=True, text=True, timeout=60, check=True,
     ).stdout  # fmt: skip
-    api_port = _free_port()
-    loopback = _loopback(yaml.safe_load(resolved), _free_port(), api_port)
+    api_port = free_port()
+    loopback = _loopback(yaml.safe_load(resolved), free_port(), api_port)
     path = tmp_path_factory.mktemp("compose") / "compose.yaml"
     path.write_text(yaml.safe_dump(loopback))
     project = f"taskenvtest{uuid.uuid4().hex[:8]}"

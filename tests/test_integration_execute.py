@@ -7,14 +7,10 @@ import httpx
 import pytest
 
 from tests.conftest import Env
+from tests.helpers import commands_in_flight, until
+from tests.helpers import execute as run
 
 pytestmark = pytest.mark.integration
-
-
-async def run(client: httpx.AsyncClient, env: Env, command: str, timeout_sec: int = 10) -> httpx.Response:
-    return await client.post(
-        f"{env.url}/execute", json={"command": command, "timeout_sec": timeout_sec}, headers=env.headers()
-    )
 
 
 async def processes(client: httpx.AsyncClient, env: Env) -> str:
@@ -164,7 +160,7 @@ async def test_result_survives_a_lost_subscription(client, env, service):
     redis = aioredis.Redis.from_url(service.redis_url)
     started = time.monotonic()
     pending = asyncio.create_task(run(client, env, "sleep 1; echo done", timeout_sec=10))
-    await asyncio.sleep(0.3)
+    await until(lambda: commands_in_flight(service.redis_url, env.id) == 1, "the command admitted")
     # Cut every pub/sub connection: the API's result subscription among them.
     assert await redis.client_kill_filter(_type="pubsub") >= 1
     await redis.aclose()

@@ -19,6 +19,7 @@ import pytest
 
 from taskenv.shared import keys
 from tests.conftest import Env
+from tests.helpers import execute as run
 from tests.stack import PYTHON, Stack
 
 pytestmark = pytest.mark.integration
@@ -66,12 +67,6 @@ async def state_of(http: httpx.AsyncClient, env: Env, *wanted: str, timeout: flo
                 break
         await asyncio.sleep(0.1)
     return state
-
-
-async def run(http: httpx.AsyncClient, env: Env, command: str, timeout_sec: int = 10) -> httpx.Response:
-    return await http.post(
-        f"{env.url}/execute", json={"command": command, "timeout_sec": timeout_sec}, headers=env.headers()
-    )
 
 
 def is_envelope(response: httpx.Response) -> bool:
@@ -228,7 +223,9 @@ async def test_worker_start_up_reconciles_containers_and_environments(stack, htt
 async def test_an_api_that_dies_mid_provision_leaves_nothing_behind(stack, http):
     """The API is SIGKILLed right after enqueueing a provision and a command: the jobs run once
     regardless, the environment ends ready, and its container goes at its expiry."""
-    created = await http.post(stack.envs_url(), json={"task_ref": "default", "timeout_sec": 10})
+    # A lifetime long enough for two API restarts on a loaded machine (parallel tests), short
+    # enough to see the expiry.
+    created = await http.post(stack.envs_url(), json={"task_ref": "default", "timeout_sec": 20})
     assert created.status_code == 201
     env = Env(
         created.json()["id"], created.json()["execute_token"], f"{stack.envs_url()}/{created.json()['id']}"
@@ -246,7 +243,7 @@ async def test_an_api_that_dies_mid_provision_leaves_nothing_behind(stack, http)
     counted = await run(http, env, "wc -l < /tmp/once")
     assert counted.status_code == 200 and counted.json()["output"].strip() == "1", counted.text
     # Reaped at its expiry: torn down, container removed, nothing left queued.
-    assert await state_of(http, env, "torn_down", timeout=20) == "torn_down"
+    assert await state_of(http, env, "torn_down", timeout=30) == "torn_down"
     for _ in range(50):
         if not stack.containers():
             break

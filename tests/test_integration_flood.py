@@ -32,7 +32,8 @@ from taskenv.worker import docker, execute, metrics
 from taskenv.worker.exit_report import ExitReport
 from taskenv.worker.heartbeat import Heartbeat
 from taskenv.worker.membership import Membership
-from tests.conftest import Env, _docker_ready, start_redis, wait_for_state
+from tests.harness import docker_ready, start_redis
+from tests.helpers import Env, wait_for_state
 from tests.stack import Stack
 from tests.test_integration_hostile import memory_kib
 
@@ -54,7 +55,7 @@ ATTACKER_ENVS = 4  # 8 commands each: TASKENV_MAX_EXECS_PER_ENV's default
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    _docker_ready()
+    docker_ready()
     started = Stack(tmp_path_factory.mktemp("flood"))
     try:
         yield started.start()

@@ -14,6 +14,7 @@ import pytest
 from taskenv.shared import keys
 from taskenv.shared.models import COMMAND_MAX_BYTES
 from tests.conftest import Env, wait_for_state
+from tests.helpers import execute as run
 from tests.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -77,12 +78,6 @@ async def ready(http: httpx.AsyncClient, stack: Stack, key: str, org: str, ws: s
         del http.headers["X-API-Key"]
     assert status["state"] == "ready", status
     return env
-
-
-async def run(http: httpx.AsyncClient, env: Env, command: str, timeout_sec: int = 10) -> httpx.Response:
-    return await http.post(
-        f"{env.url}/execute", json={"command": command, "timeout_sec": timeout_sec}, headers=env.headers()
-    )
 
 
 def local_port(response: httpx.Response) -> int:

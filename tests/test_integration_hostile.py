@@ -16,17 +16,12 @@ import httpx
 import pytest
 
 from tests.conftest import Env, Service, provision
+from tests.helpers import execute as run
 
 pytestmark = pytest.mark.integration
 
 GIB = 1024**3
 MIB = 1024**2
-
-
-async def run(client: httpx.AsyncClient, env: Env, command: str, timeout_sec: int = 10) -> httpx.Response:
-    return await client.post(
-        f"{env.url}/execute", json={"command": command, "timeout_sec": timeout_sec}, headers=env.headers()
-    )
 
 
 async def output_of(client: httpx.AsyncClient, env: Env, command: str) -> str:

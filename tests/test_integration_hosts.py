@@ -12,6 +12,7 @@ import pytest
 from taskenv.shared import keys
 from tests.cluster import timed
 from tests.conftest import wait_for_state
+from tests.helpers import until_true
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +25,7 @@ async def test_provisions_spread_over_hosts_up_to_each_cap(cluster_factory, clus
     assert Counter(placed) == {cluster.host_id(n): 2 for n in "abc"}
     # Every host is full: a seventh waits, unprovisioned...
     extra = await api.create()
-    await asyncio.sleep(2)
+    await asyncio.sleep(2)  # nothing to poll for: that it stays unprovisioned while time passes
     assert (await api.state(extra))["state"] == "provisioning"
     # ...until a host has room again.
     freed = env_ids[placed.index(cluster.host_id("b"))]
@@ -109,7 +110,7 @@ async def test_a_worker_killed_mid_execute_answers_502_and_never_reruns(cluster_
 
     # The environment was not failed: its host lived on. The command is not run again.
     assert (await api.state(env_id))["state"] == "ready"
-    await asyncio.sleep(6)
+    await asyncio.sleep(6)  # the point: the time the command took passes, and it ran once
     again = await api.run(env_id, "cat /tmp/runs")
     assert again.status_code == 200 and again.json()["output"] == "run\n"
 
@@ -122,7 +123,7 @@ async def test_a_cleanly_stopped_host_keeps_its_environments(cluster_factory, cl
     cluster.signal("a", signal.SIGTERM)
     for proc in cluster.workers.pop("a"):
         proc.wait(timeout=30)
-    await asyncio.sleep(3 + 1.5)  # past the dead-after window
+    await asyncio.sleep(3 + 1.5)  # the point: past the dead-after window, it is still not lost
     assert (await api.state(env_id))["state"] == "ready"
     assert await api.redis.hget(keys.host(cluster.host_id("a")), "state") == "stopped"
     cluster.start_worker("a")
@@ -140,8 +141,11 @@ async def test_draining_stops_provisions_and_lets_running_commands_finish(cluste
     running = asyncio.create_task(api.run(on_a, "sleep 2; echo finished", timeout_sec=20))
     await asyncio.sleep(0.5)
     cluster.signal("a", signal.SIGUSR1)
-    await asyncio.sleep(1)  # a heartbeat of host a's worker
-    assert await api.redis.hget(keys.host(cluster.host_id("a")), "draining") == "1"
+
+    async def draining() -> bool:  # told by a heartbeat of host a's worker
+        return await api.redis.hget(keys.host(cluster.host_id("a")), "draining") == "1"
+
+    await until_true(draining, "host a draining", timeout=5)
     new = [await api.create() for _ in range(3)]
     assert set(await asyncio.gather(*(api.ready(e) for e in new))) == {cluster.host_id("b")}
     assert (await running).json() == {"exit_code": 0, "output": "finished\n"}
@@ -158,8 +162,14 @@ async def test_readiness_follows_the_live_hosts(cluster_factory, cluster_api):
         "live_hosts": 1,
     }
     cluster.kill("a")
-    await asyncio.sleep(3 + 1.5)
-    not_ready = await api.http.get(f"{cluster.base_url}/readyz")
-    assert not_ready.status_code == 503 and not_ready.json()["live_hosts"] == 0
+    lost_at = time.monotonic()
+
+    async def not_ready() -> bool:
+        return (await api.http.get(f"{cluster.base_url}/readyz")).status_code == 503
+
+    await until_true(not_ready, "not ready once the only host is lost", timeout=3 + 5)
+    assert timed(lost_at) >= 2  # not before its dead-after window (3 s) ended, less a heartbeat
+    answer = await api.http.get(f"{cluster.base_url}/readyz")
+    assert answer.status_code == 503 and answer.json()["live_hosts"] == 0
     # Alive all the same: a balancer must not restart the API for want of workers.
     assert (await api.http.get(f"{cluster.base_url}/healthz")).status_code == 200

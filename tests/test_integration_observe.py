@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cluster import PYTHON, Cluster
+from tests.helpers import until_true
 
 pytestmark = pytest.mark.integration
 
@@ -63,9 +64,21 @@ async def test_one_scrape_shows_the_api_the_hosts_and_every_worker(two_hosts):
     cluster, api, env_of = two_hosts
     for name in "ab":
         assert (await api.run(env_of[name], "true")).status_code == 200
-    await asyncio.sleep(1.2)  # a heartbeat carries the workers' latest metrics
-    text = (await api.http.get(f"{cluster.base_url}/metrics")).text
-    every = [s for f in text_string_to_metric_families(text) for s in f.samples]  # it parses
+
+    async def scrape() -> list:
+        text = (await api.http.get(f"{cluster.base_url}/metrics")).text
+        return [s for f in text_string_to_metric_families(text) for s in f.samples]  # it parses
+
+    async def heartbeats_carry_the_executes() -> bool:
+        waits = [s for s in await scrape() if s.name == "taskenv_job_queue_wait_seconds_count"]
+        hosts = {
+            s.labels.get("host") for s in waits if s.labels.get("function") == "execute" and s.value >= 1
+        }
+        return hosts >= {cluster.host_id(name) for name in "ab"}
+
+    # The workers' metrics reach the API with their next heartbeat.
+    await until_true(heartbeats_carry_the_executes, "both hosts' executes in a scrape", timeout=10)
+    every = await scrape()
 
     def samples(name: str, **labels: str) -> list:
         return [s for s in every if s.name == name and labels.items() <= s.labels.items()]
@@ -93,9 +106,19 @@ def _cli(cluster: Cluster, *args: str, host: str | None = None) -> subprocess.Co
 
 async def test_operator_commands_list_hosts_and_environments_and_drain(two_hosts):
     cluster, api, env_of = two_hosts
-    await asyncio.sleep(1.2)  # the hosts' counts are those of their last heartbeat
-    listed = json.loads((await asyncio.to_thread(_cli, cluster, "hosts", "--json")).stdout)
-    by_host = {h["host"]: h for h in listed}
+
+    async def hosts_listed() -> dict:
+        return {
+            h["host"]: h
+            for h in json.loads((await asyncio.to_thread(_cli, cluster, "hosts", "--json")).stdout)
+        }
+
+    async def counted() -> bool:  # the hosts' counts are those of their last heartbeat
+        by_host = await hosts_listed()
+        return all(by_host.get(cluster.host_id(name), {}).get("ready") == 1 for name in "ab")
+
+    await until_true(counted, "each host's ready environment counted", timeout=10)
+    by_host = await hosts_listed()
     for name in "ab":
         host = by_host[cluster.host_id(name)]
         assert host["state"] == "up" and host["ready"] == 1 and len(host["workers"]) == 1

@@ -18,6 +18,8 @@ import redis.asyncio as aioredis
 from taskenv.shared import keys
 from tests.cluster import timed
 from tests.conftest import Env
+from tests.helpers import execute as run
+from tests.helpers import provision, until
 from tests.stack import PYTHON, Stack
 
 pytestmark = pytest.mark.integration
@@ -37,16 +39,6 @@ def label(container: str, name: str) -> str:
     return docker("inspect", "-f", f'{{{{index .Config.Labels "{name}"}}}}', container).stdout.strip()
 
 
-async def until(check, what: str, timeout: float = 30) -> float:
-    """Seconds until `check()` (sync, run in a thread) is true; fails the test past `timeout`."""
-    started = time.monotonic()
-    while not await asyncio.to_thread(check):
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.05)
-    return time.monotonic() - started
-
-
 @pytest.fixture
 def stacks(tmp_path: Path) -> Iterator[list[Stack]]:
     """Stacks a test starts (`stacks.append(Stack(...).start())`), all closed after it."""
@@ -61,25 +53,6 @@ async def api_of(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
     key = await asyncio.to_thread(stack.key)
     async with httpx.AsyncClient(headers={"X-API-Key": key}, timeout=httpx.Timeout(60, connect=5)) as http:
         yield http
-
-
-async def provision(http: httpx.AsyncClient, stack: Stack) -> Env:
-    created = await http.post(stack.envs_url(), json={"task_ref": "default"})
-    assert created.status_code == 201, created.text
-    body = created.json()
-    env = Env(body["id"], body["execute_token"], f"{stack.envs_url()}/{body['id']}")
-    deadline = time.monotonic() + 30
-    while (state := (await http.get(f"{env.url}/status")).json()["state"]) == "provisioning":
-        assert time.monotonic() < deadline, "not ready in 30 s"
-        await asyncio.sleep(0.05)
-    assert state == "ready"
-    return env
-
-
-async def run(http: httpx.AsyncClient, env: Env, command: str, timeout_sec: int = 10) -> httpx.Response:
-    return await http.post(
-        f"{env.url}/execute", json={"command": command, "timeout_sec": timeout_sec}, headers=env.headers()
-    )
 
 
 def name(env: Env) -> str:

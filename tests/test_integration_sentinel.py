@@ -9,7 +9,7 @@ from redis.asyncio.sentinel import SentinelConnectionPool
 
 from taskenv.shared.redis import arq_client, records_client
 from taskenv.shared.settings import Settings
-from tests.conftest import _free_port, _wait
+from tests.harness import free_port, wait_until
 
 
 def test_sentinel_settings_build_a_sentinel_pool_without_connecting():
@@ -35,7 +35,7 @@ def test_sentinel_settings_build_a_sentinel_pool_without_connecting():
 
 @pytest.mark.integration
 async def test_clients_find_the_master_through_a_real_sentinel(tmp_path):
-    port, sentinel_port = _free_port(), _free_port()
+    port, sentinel_port = free_port(), free_port()
     master = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
         stdout=subprocess.DEVNULL,
@@ -47,7 +47,9 @@ async def test_clients_find_the_master_through_a_real_sentinel(tmp_path):
     sentinel = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL)
     try:
         asker = redis.Redis(port=sentinel_port)
-        _wait(lambda: asker.sentinel_get_master_addr_by_name("taskenv") is not None, "sentinel", sentinel)
+        wait_until(
+            lambda: asker.sentinel_get_master_addr_by_name("taskenv") is not None, "sentinel", sentinel
+        )
         asker.close()
         settings = Settings(
             redis_url="redis://unused/0",

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import _free_port
-from tests.stack import eventually
+from tests.harness import free_port
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +70,7 @@ def _children(pid: int) -> dict[int, str]:
 
 
 def test_up_runs_everything_and_stops_cleanly(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = _env(tmp_path, port)
     up = _start(env)
     try:
@@ -107,7 +107,7 @@ def test_up_runs_everything_and_stops_cleanly(tmp_path):
 
 
 def test_a_dead_worker_is_restarted_and_the_api_keeps_answering(tmp_path):
-    port = _free_port()
+    port = free_port()
     up = _start(_env(tmp_path, port), "--workers", "2")
     try:
         _banner(up)
@@ -143,12 +143,12 @@ def test_up_refuses_a_taken_port_and_a_home_already_running(tmp_path):
         )
     assert done.returncode == 1 and f"port {port} on 127.0.0.1 is taken" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "redis.sock").exists()
-    port = _free_port()
+    port = free_port()
     up = _start(_env(tmp_path, port))
     try:
         _banner(up)
         second = subprocess.run(
-            [sys.executable, "-m", "taskenv", "up", "--port", str(_free_port())],
+            [sys.executable, "-m", "taskenv", "up", "--port", str(free_port())],
             env=_env(tmp_path, port),
             capture_output=True,
             text=True,
