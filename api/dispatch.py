@@ -7,14 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
-from arq.jobs import serialize_job
 
 from taskenv.api.ratelimit import OrgRate, org_over_rate
 from taskenv.api.results import ResultListener
 from taskenv.shared import commands, jobs, keys, quotas, scripts
+from taskenv.shared.enqueue import arguments
 from taskenv.shared.errors import ErrorType, TaskenvError, rate_limited
-from taskenv.shared.jobs import JOB_TIMEOUT_SEC, JobResult
+from taskenv.shared.jobs import JobResult
 from taskenv.shared.logs import REQUEST_ID
 from taskenv.shared.models import EnvironmentState
 from taskenv.shared.quotas import Limits, Quota
@@ -110,36 +109,20 @@ class Dispatcher:
         a `Replay` instead for a used Idempotency-Key. `max_tries=1` on the worker makes a job
         never run twice. 429 for a full queue or an org over its rate."""
         now = time.time()
-        enqueued_ms = int(now * 1000)
-        reply_to = self.listener.channel if reply else None
         if admission is not None:
             # The worker removes the command from exactly the sets the script adds it to.
             payload = {**payload, "slots": admission.commands}
-        job = serialize_job(
+        enqueue = arguments(
             function,
-            (payload,),
-            {"reply_to": reply_to, "request_id": REQUEST_ID.get()},
-            None,
-            enqueued_ms,
-            serializer=jobs.serialize,
+            payload,
+            queue=queue,
+            job_id=job_id,
+            expires_sec=expires_sec,
+            queue_bound=self.max_queue_depth,
+            reply_to=self.listener.channel if reply else None,
+            request_id=REQUEST_ID.get(),
+            now=now,
         )
-        expires_ms = max(1, int(expires_sec * 1000))
-        enqueue: dict[str, Any] = {
-            "job": job_key_prefix + job_id,
-            "result": result_key_prefix + job_id,
-            "queue": keys.arq_queue(queue),
-            "wake": keys.wake(queue),
-            "in_progress": in_progress_key_prefix + job_id,
-            "expiry_ms": expires_ms,
-            "serialized_job": job,
-            "score": enqueued_ms,
-            "job_id": job_id,
-            "wake_cap": keys.WAKE_LIST_MAX,
-            # The claim outlives any run the job can still start: a worker's pass must never
-            # take a job that another worker is running.
-            "claim_ms": expires_ms + int(JOB_TIMEOUT_SEC * 1000),
-            "queue_bound": self.max_queue_depth,
-        }
         if admission is None:
             outcome = await scripts.ENQUEUE.run(self.redis, **enqueue)
         else:

@@ -104,14 +104,15 @@ end
 # (arq's in-progress key) for whichever worker pops its wake, so that worker runs it without a
 # claim round trip and no other worker's pass over the queue takes it. Past the wake list's cap
 # the job is left unclaimed, for the workers' periodic pass to find. A queue holding its bound
-# of jobs (waiting and running) takes no more. A job that exists already can only be this very
+# of jobs (waiting and running; 0: no bound) takes no more. A job that exists already can only be this very
 # call's, retried after a lost reply (ids are fresh uuids): it is queued.
 _ENQUEUE_KEYS = ("job", "result", "queue", "wake", "in_progress")
 _ENQUEUE_ARGS = ("expiry_ms", "serialized_job", "score", "job_id", "wake_cap", "claim_ms", "queue_bound")
 _ENQUEUE_FUNCTION = """
 local function enqueue()
   if redis.call('EXISTS', job, result) > 0 then return QUEUED end
-  if redis.call('ZCARD', queue) >= tonumber(queue_bound) then return QUEUE_FULL end
+  local bound = tonumber(queue_bound)
+  if bound > 0 and redis.call('ZCARD', queue) >= bound then return QUEUE_FULL end
   redis.call('PSETEX', job, expiry_ms, serialized_job)
   redis.call('ZADD', queue, score, job_id)
   if redis.call('LLEN', wake) < tonumber(wake_cap) then

@@ -1,7 +1,7 @@
-"""What taskenv relies on in arq beyond its public API (worker/arq_worker.py overrides private
-methods and reads private attributes; the enqueue script, shared/scripts.py, writes arq's job
-records itself). pyproject.toml pins arq below the next minor: an upgrade must pass this file,
-which fails loudly, naming what changed, instead of workers that misbehave quietly."""
+"""What taskenv relies on in arq beyond its public API: worker/arq_worker.py overrides private
+methods and reads private attributes, and shared/enqueue.py writes arq's job records itself.
+pyproject.toml pins arq below the next minor: an upgrade must pass this file, which fails
+loudly, naming what changed, instead of workers that misbehave quietly."""
 
 import inspect
 from typing import Any

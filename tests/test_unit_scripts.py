@@ -3,9 +3,11 @@ one run each against fakeredis; the interface refuses a call that leaves a name 
 
 import fakeredis
 import pytest
+from arq.constants import in_progress_key_prefix
 from lupa import lua51
 
-from taskenv.shared import scripts
+from taskenv.shared import keys, scripts
+from taskenv.shared.enqueue import enqueue
 from taskenv.shared.models import EnvironmentState
 from taskenv.shared.redis_script import Script
 
@@ -83,3 +85,18 @@ async def test_in_a_pipeline(redis: fakeredis.FakeAsyncRedis) -> None:
         await scripts.JOIN_DEPLOYMENT.run(redis, pipeline=pipe, deployment="d", proposed="p")
         pipe.get("d")
         assert await pipe.execute() == ["p", "p"]
+
+
+async def test_an_unannounced_job_is_left_for_the_workers_pass(redis: fakeredis.FakeAsyncRedis) -> None:
+    job = {"function": "provision", "payload": {"env_id": "e"}, "queue": "provision", "expires_sec": 5}
+    for n in range(3):  # no bound: past any depth
+        outcome = await enqueue(redis, **job, job_id=f"j{n}", queue_bound=0, announce=False)
+        assert outcome == scripts.AdmissionOutcome.QUEUED
+    assert await redis.zcard(keys.arq_queue("provision")) == 3
+    assert await redis.llen(keys.wake("provision")) == 0  # no wake: no worker claimed it
+    assert not await redis.exists(in_progress_key_prefix + "j0")
+    # Announced, it is claimed for the worker that pops its wake; a bound refuses past it.
+    assert await enqueue(redis, **job, job_id="j3", queue_bound=5) == scripts.AdmissionOutcome.QUEUED
+    assert await redis.lrange(keys.wake("provision"), 0, -1) == ["j3"]
+    assert await redis.exists(in_progress_key_prefix + "j3")
+    assert await enqueue(redis, **job, job_id="j4", queue_bound=4) == scripts.AdmissionOutcome.QUEUE_FULL

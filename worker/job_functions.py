@@ -4,6 +4,7 @@ and an exception must reach the client as its envelope, not as a pickled traceba
 import functools
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -11,6 +12,7 @@ import aiodocker
 from redis.asyncio import Redis
 
 from taskenv.shared import commands, jobs, keys, store
+from taskenv.shared.enqueue import enqueue
 from taskenv.shared.errors import ErrorType, Reason, TaskenvError, because
 from taskenv.shared.jobs import EnvJob, ExecJob, JobResult
 from taskenv.shared.logs import REQUEST_ID
@@ -192,8 +194,15 @@ async def _hand_back(ctx: Ctx, payload: EnvJob) -> None:
     expires_at = await context.of(ctx).records.zscore(keys.PROVISIONING, payload["env_id"])
     left = (expires_at or 0) - time.time()
     if left > 0:
-        await ctx["redis"].enqueue_job(
-            jobs.PROVISION, payload, _queue_name=keys.arq_queue(keys.PROVISION_QUEUE), _expires=left
+        await enqueue(
+            ctx["redis"],
+            function=jobs.PROVISION,
+            payload=payload,
+            queue=keys.PROVISION_QUEUE,
+            job_id=uuid.uuid4().hex,
+            expires_sec=left,
+            queue_bound=0,  # it was in the queue already: a full one is no reason to lose it
+            announce=False,
         )
 
 
