@@ -12,6 +12,8 @@ scripts/sdk-venv.sh
 TASKENV_REDIS_PASSWORD=validate docker-compose -f compose.yaml config -q
 # In parallel: the integration tests mostly wait on Docker and Redis, so more workers than the
 # machine's cores pay (each starts its own Redis, API and worker processes, on its own host id).
-# Tests sharing a module-scoped fixture run in one worker (tests/conftest.py). TASKENV_TEST_WORKERS=0
-# runs in one process; later options (e.g. -n 1) override these.
-exec .venv/bin/pytest -q -ra -n "${TASKENV_TEST_WORKERS:-4}" --dist loadgroup "$@"
+# One module's tests stay on one worker (loadscope), so a module-scoped fixture (a stack, a fuzz
+# target whose summary test runs last) starts once. (loadgroup's xdist_group marks are not applied
+# with pytest 9 and xdist 3.8: its groups were split.) TASKENV_TEST_WORKERS=0 runs in one process;
+# later options (e.g. -n 1) override these.
+exec .venv/bin/pytest -q -ra -n "${TASKENV_TEST_WORKERS:-4}" --dist loadscope "$@"

@@ -47,18 +47,6 @@ class Service:
         return envs_url(self.base_url, org, workspace)
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the marks
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist, the tests that share a module-scoped fixture (a stack, a world of
-    environments, a fuzz target whose summary test runs last) run in one worker, in file
-    order: the fixture is started once, and tests that read what earlier ones left see it."""
-    for item in items:
-        fixtures = getattr(item, "_fixtureinfo", None)
-        defs = fixtures.name2fixturedefs.values() if fixtures is not None else ()
-        if any(chain and chain[-1].scope == "module" for chain in defs):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else item.nodeid))
-
-
 @pytest.fixture(scope="session")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """One service per session (per pytest-xdist worker) for the tests that share it."""
