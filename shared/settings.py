@@ -1,9 +1,10 @@
 """Every tunable in one place, read from `TASKENV_*` environment variables."""
 
 import socket
+from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -12,6 +13,14 @@ from taskenv.shared.keys import WAKE_LIST_MAX
 from taskenv.shared.user_agents import parse_minimums
 
 DEFAULT_TASKS_DIR = Path(__file__).parent / "tasks"
+
+
+class ExecBackend(StrEnum):
+    """How a worker runs commands: through each sandbox's runner (runner/PROTOCOL.md), or one
+    `docker exec` per command."""
+
+    RUNNER = "runner"
+    DOCKER = "docker"
 
 
 class Settings(BaseSettings):
@@ -61,9 +70,23 @@ class Settings(BaseSettings):
     min_client_versions: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
 
     tasks_path: Path = DEFAULT_TASKS_DIR
+    # Pushed tasks (docs/tasks.md): one task archive at most this many bytes, compressed and
+    # uncompressed; an org's stored archives at most `task_storage_bytes` (in Redis).
+    max_task_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    task_storage_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    # Images a task names with `image:` that the engine lacks: pulled ("missing") or refused
+    # ("never": offline hosts, and the tests). Builds never pull and have no network.
+    pull: Literal["missing", "never"] = "never"
+    task_build_timeout_sec: float = Field(600.0, gt=0)
+    # Built task images of this deployment on a host: past this total, the least recently used
+    # (and not in use) are removed.
+    task_image_budget_bytes: int = Field(10 * 1024**3, ge=0)
     output_limit_bytes: int = Field(1024 * 1024, ge=1024)
     # How long the API waits past an exec's deadline for the worker's answer.
     result_grace_sec: float = Field(0.75, gt=0)
+    exec_backend: ExecBackend = ExecBackend.RUNNER
+    # The runner the workers put into sandboxes; unset: this checkout's runner/build/taskenv-runner.
+    runner_binary: Path | None = None
     # Budget for jobs that are not commands (provision, teardown, logs).
     control_timeout_sec: float = Field(60.0, gt=0)
     # DELETE waits this long for the container's removal; past it the reaper finishes the job.

@@ -56,7 +56,8 @@ ATTACKER_ENVS = 4  # 8 commands each: TASKENV_MAX_EXECS_PER_ENV's default
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     docker_ready()
-    started = Stack(tmp_path_factory.mktemp("flood"))
+    # The exit report forged here is docker exec's (worker/exit_report.py): a runner has none.
+    started = Stack(tmp_path_factory.mktemp("flood"), settings={"TASKENV_EXEC_BACKEND": "docker"})
     try:
         yield started.start()
     finally:

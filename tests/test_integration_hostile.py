@@ -158,7 +158,16 @@ async def test_no_host_secrets_are_reachable(client, env, rooted, service):
     environ = await output_of(client, rooted, "tr '\\0' '\\n' < /proc/1/environ; env")
     assert "TASKENV_" not in environ and "REDIS" not in environ, environ
     mounts = set((await output_of(client, rooted, "cut -d' ' -f2 /proc/mounts")).split())
-    engine = {"/etc/resolv.conf", "/etc/hostname", "/etc/hosts", "/sbin/docker-init", "/tmp", "/"}
+    # /.taskenv: the runner, read-only (runner/PROTOCOL.md; tests/test_integration_runner.py).
+    engine = {
+        "/etc/resolv.conf",
+        "/etc/hostname",
+        "/etc/hosts",
+        "/sbin/docker-init",
+        "/tmp",
+        "/",
+        "/.taskenv",
+    }
     kernel = {m for m in mounts if m.split("/")[1] in ("proc", "sys", "dev")}
     assert {"/", "/tmp"} <= mounts - kernel <= engine, mounts
 

@@ -25,7 +25,7 @@ from taskenv.shared import commands, jobs, keys, scripts
 from taskenv.shared.jobs import JOB_TIMEOUT_SEC
 from taskenv.shared.redis import arq_client, records_client
 from taskenv.shared.settings import Settings
-from taskenv.worker import context, docker, job_functions, reaper
+from taskenv.worker import context, docker, job_functions, reaper, runner_sessions
 from taskenv.worker.context import JobAnswer, WorkerContext
 
 log = logging.getLogger("taskenv.worker")
@@ -170,10 +170,13 @@ async def startup(ctx: dict[str, Any]) -> None:
     worker = WorkerContext(settings, records, docker.connect(), joined)
     context.install(ctx, worker)
     await reaper.reap_with(worker)
+    worker.runners = await runner_sessions.start_for_host(settings, worker.docker, joined)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     worker = context.of(ctx)
+    if worker.runners is not None:
+        await worker.runners.close()
     await docker.disconnect(worker.docker)
     await worker.records.aclose()
 

@@ -9,6 +9,7 @@ import aiodocker
 
 from taskenv.shared.store import Record, container_name
 from taskenv.shared.tasks import TaskSpec
+from taskenv.worker.runner_volume import sandbox_host_config
 
 LABEL_MANAGED = "taskenv.managed"
 LABEL_ENV = "taskenv.env"
@@ -18,13 +19,16 @@ LABEL_HOST = "taskenv.host"
 LABEL_DEPLOYMENT = "taskenv.deployment"
 
 
-def container_config(record: Record, spec: TaskSpec, deployment: str) -> dict[str, Any]:
+def container_config(
+    record: Record, spec: TaskSpec, deployment: str, runner_volume: str | None = None
+) -> dict[str, Any]:
     """Hardened by default: no network, no capabilities, no privilege gain, bounded memory,
     pids and CPU, a read-only root with a size-capped /tmp, and an init process that reaps
-    orphaned children."""
+    orphaned children. With `runner_volume`, the runner mounted read-only and the three
+    capabilities it needs (worker/runner_volume.py)."""
     resources = spec.resources
     memory = resources.memory_mb * 1024 * 1024
-    return {
+    config: dict[str, Any] = {
         "Image": spec.image,
         "Cmd": spec.command,
         "Env": [f"{name}={value}" for name, value in spec.env.items()],
@@ -58,11 +62,21 @@ def container_config(record: Record, spec: TaskSpec, deployment: str) -> dict[st
             "LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}},
         },
     }
+    if runner_volume is not None:
+        config["HostConfig"].update(sandbox_host_config(runner_volume))
+    return config
 
 
-async def create_and_start(docker: aiodocker.Docker, record: Record, spec: TaskSpec, deployment: str) -> str:
+async def create_and_start(
+    docker: aiodocker.Docker,
+    record: Record,
+    spec: TaskSpec,
+    deployment: str,
+    runner_volume: str | None = None,
+) -> str:
     name = container_name(record["id"])
-    container = await docker.containers.create(container_config(record, spec, deployment), name=name)
+    config = container_config(record, spec, deployment, runner_volume)
+    container = await docker.containers.create(config, name=name)
     await container.start()
     return str(container.id)
 

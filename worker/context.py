@@ -17,6 +17,7 @@ from taskenv.shared.settings import Settings
 
 if TYPE_CHECKING:
     from taskenv.worker.membership import Membership
+    from taskenv.worker.runner_sessions import RunnerPool
 
 _CONTEXT = "taskenv"
 _ANSWER = "taskenv_answer"
@@ -32,6 +33,8 @@ class WorkerContext:
     deployment: str
     # Set once the process has joined its host (worker/process.py); absent in single jobs' tests.
     membership: "Membership | None" = None
+    # The sandboxes' runner sessions (TASKENV_EXEC_BACKEND=runner); None: `docker exec` only.
+    runners: "RunnerPool | None" = None
 
 
 @dataclass

@@ -30,6 +30,8 @@ from taskenv.worker.exit_report import ExitReport, new_nonce
 from taskenv.worker.kill import kill_tree
 from taskenv.worker.metrics import DOCKER_SECONDS
 from taskenv.worker.output import CappedOutput
+from taskenv.worker.runner_execute import run_through_runner
+from taskenv.worker.runner_sessions import RunnerPool
 
 log = logging.getLogger("taskenv.worker")
 
@@ -48,7 +50,9 @@ STDOUT = 1
 CONTAINER_END_SETTLE_SEC = 0.5
 
 
-async def run_command(docker: aiodocker.Docker, job: ExecJob) -> dict[str, Any]:
+async def run_command(
+    docker: aiodocker.Docker, job: ExecJob, runners: RunnerPool | None = None
+) -> dict[str, Any]:
     if job["deadline_at"] <= time.time():
         # It waited in the queue past its deadline: the caller has its 504 already.
         raise TaskenvError(
@@ -56,6 +60,8 @@ async def run_command(docker: aiodocker.Docker, job: ExecJob) -> dict[str, Any]:
             f"Command not started: its {job['timeout_sec']} s passed while it waited for a worker",
             extra={"output": ""},
         )
+    if runners is not None and (answer := await run_through_runner(docker, runners, job)) is not None:
+        return answer
     output = CappedOutput(job["output_limit"])
     nonce = new_nonce()
     container = docker.containers.container(container_name(job["env_id"]))

@@ -19,8 +19,8 @@ from taskenv.shared.logs import REQUEST_ID
 from taskenv.shared.models import EnvironmentState
 from taskenv.shared.scripts import ClaimOutcome
 from taskenv.shared.tasks import TaskSpec
-from taskenv.worker import containers, context
-from taskenv.worker.context import JobAnswer
+from taskenv.worker import containers, context, task_provision
+from taskenv.worker.context import JobAnswer, WorkerContext
 from taskenv.worker.docker import bad_gateway, docker_errors
 from taskenv.worker.execute import run_command
 from taskenv.worker.metrics import DOCKER_SECONDS, JOB_SECONDS, QUEUE_WAIT_SECONDS
@@ -112,7 +112,7 @@ async def execute(ctx: Ctx, payload: ExecJob) -> dict[str, Any]:
     docker = worker.docker
     try:
         with DOCKER_SECONDS.labels("exec").time():
-            return await run_command(docker, payload)
+            return await run_command(docker, payload, worker.runners)
     except TaskenvError as exc:
         if exc.type != ErrorType.BAD_GATEWAY:
             raise
@@ -181,7 +181,12 @@ async def provision(ctx: Ctx, payload: EnvJob) -> dict[str, Any]:
     try:
         if outcome != ClaimOutcome.CLAIMED:
             return {"state": outcome}
-        return await _provision(redis, worker.docker, env_id, worker.deployment)
+        instead = await task_provision.prepare(
+            redis, ctx["redis"], worker.docker, env_id, settings, worker.deployment
+        )
+        if instead is not None:
+            return {"state": instead}
+        return await _provision(redis, worker, env_id)
     finally:
         # Ran, whatever came of it: the reaper no longer needs to watch for it. (A worker that
         # dies before this line leaves the entry, and the reaper then fails the environment.)
@@ -206,14 +211,17 @@ async def _hand_back(ctx: Ctx, payload: EnvJob) -> None:
         )
 
 
-async def _provision(redis: Redis, docker: aiodocker.Docker, env_id: str, deployment: str) -> dict[str, Any]:
+async def _provision(redis: Redis, worker: WorkerContext, env_id: str) -> dict[str, Any]:
+    docker, deployment, runners = worker.docker, worker.deployment, worker.runners
     record = await store.get(redis, env_id)
     if record is None or record["state"] != EnvironmentState.PROVISIONING:
         return {"state": record["state"] if record else None}
     spec = TaskSpec.model_validate_json(record["spec"])
     try:
         with docker_errors("provision"), DOCKER_SECONDS.labels("create").time():
-            await containers.create_and_start(docker, record, spec, deployment)
+            await containers.create_and_start(
+                docker, record, spec, deployment, runners.volume if runners else None
+            )
     except TaskenvError as exc:
         error = exc.detail
         if "No such image" in error:
@@ -224,6 +232,8 @@ async def _provision(redis: Redis, docker: aiodocker.Docker, env_id: str, deploy
         await remove_quietly(docker, store.container_name(env_id), deployment)
         return {"state": EnvironmentState.FAILED}
     if await store.set_if_state(redis, env_id, EnvironmentState.PROVISIONING, state=EnvironmentState.READY):
+        if runners is not None:
+            runners.warm(env_id)  # its first command then finds its runner session open
         return {"state": EnvironmentState.READY}
     # Torn down while we were creating it: the container must not outlive its record.
     await remove_quietly(docker, store.container_name(env_id), deployment)
@@ -233,6 +243,8 @@ async def _provision(redis: Redis, docker: aiodocker.Docker, env_id: str, deploy
 @job
 async def teardown(ctx: Ctx, payload: EnvJob) -> dict[str, Any]:
     worker = context.of(ctx)
+    if worker.runners is not None:
+        await worker.runners.drop(payload["env_id"])
     with docker_errors("teardown"), DOCKER_SECONDS.labels("remove").time():
         removed = await containers.remove(
             worker.docker, store.container_name(payload["env_id"]), worker.deployment

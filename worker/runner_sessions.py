@@ -24,9 +24,12 @@ from pathlib import Path
 import aiodocker
 from aiodocker.execs import Exec
 
+from taskenv.shared.settings import ExecBackend, Settings
 from taskenv.shared.store import container_name
+from taskenv.shared.tasks import DEFAULT_IMAGE
+from taskenv.worker.containers import managed_on_host
 from taskenv.worker.runner_client import RunnerLost, RunnerSession
-from taskenv.worker.runner_volume import RUNNER_PATH, install
+from taskenv.worker.runner_volume import DEFAULT_BINARY, RUNNER_PATH, install
 
 log = logging.getLogger("taskenv.worker")
 
@@ -79,6 +82,21 @@ async def open_session(
     session = RunnerSession(ExecStreamTransport(exe, env_id))
     await session.open(within_sec)
     return session
+
+
+async def start_for_host(
+    settings: Settings, docker: aiodocker.Docker, deployment: str
+) -> "RunnerPool | None":
+    """A worker process's pool when TASKENV_EXEC_BACKEND is `runner` (else None), its sessions
+    to the host's running environments opening in the background: after a worker's restart,
+    their commands find their runners ready."""
+    if settings.exec_backend != ExecBackend.RUNNER:
+        return None
+    pool = await start_pool(docker, settings.runner_binary or DEFAULT_BINARY, DEFAULT_IMAGE)
+    if pool is not None:
+        running = await managed_on_host(docker, settings.host_id, deployment)
+        pool.warm(*sorted(env_id for env_id, found in running.items() if found.running))
+    return pool
 
 
 async def start_pool(docker: aiodocker.Docker, binary: Path, image: str) -> "RunnerPool | None":
