@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from taskenv.api import environments as env
-from taskenv.api import identity, openapi, request_ids_and_metrics
+from taskenv.api import identity, oci_routes, openapi, request_ids_and_metrics, task_routes
 from taskenv.api.allowed_methods import allowed_methods
 from taskenv.api.client_version import MinimumClientVersion
 from taskenv.api.dispatch import Dispatcher
@@ -152,6 +152,8 @@ def _routes() -> list[Route | Mount]:
         Route("/api/v1/org/{org}/ws/{workspace}", identity.get_workspace, methods=["GET"]),
         Mount("/api/v1/org/{org}/ws/{workspace}", routes=workspace_routes),
         *openapi.routes(),
+        *task_routes.routes(),
+        *oci_routes.routes(),
     ]
 
 

@@ -1,5 +1,6 @@
 """Who is calling: API keys for the workspace's routes, execute tokens for `execute`."""
 
+import base64
 import time
 from dataclasses import dataclass
 
@@ -27,8 +28,21 @@ def _bearer(value: str | None) -> str | None:
     return rest.strip() if scheme.lower() == "bearer" and rest.strip() else value.strip()
 
 
+def _basic_password(value: str | None) -> str | None:
+    """The password of `Basic base64(user:password)`: `dn task push` sends `__token__:<key>`."""
+    scheme, _, encoded = (value or "").strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        _, _, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return password or None
+
+
 def api_key_of(request: Request) -> str | None:
-    return request.headers.get("x-api-key") or _bearer(request.headers.get("authorization"))
+    authorization = request.headers.get("authorization")
+    return request.headers.get("x-api-key") or _basic_password(authorization) or _bearer(authorization)
 
 
 def execute_token_of(request: Request) -> str | None:

@@ -30,7 +30,6 @@ from taskenv.shared.idempotency import MAX_KEY_CHARS as IDEMPOTENCY_KEY_MAX_CHAR
 from taskenv.shared.idempotency import fingerprint
 from taskenv.shared.jobs import ExecJob
 from taskenv.shared.models import (
-    LATEST,
     EnvironmentState,
     ExecuteRequest,
     ExecuteResponse,
@@ -41,6 +40,7 @@ from taskenv.shared.models import (
 from taskenv.shared.quotas import Limits
 from taskenv.shared.scripts import AdmissionOutcome
 from taskenv.shared.secrets import hash_secret, new_execute_token
+from taskenv.shared.task_specs import spec_for
 
 log = logging.getLogger("taskenv.api")
 
@@ -75,12 +75,7 @@ async def create_environment(request: Request) -> Response:
     state = app_state(request)
     scope = await require_workspace(state.records, request)
     body = await parse_json(request, ProvisionRequest)
-    # `org/name@version` as the dn CLI allows: only this org's tasks are served here.
-    owner, _, task_ref = body.task_ref.rpartition("/")
-    if owner and owner != scope.org:
-        raise TaskenvError(ErrorType.NOT_FOUND, f"Task {body.task_ref!r} not found in this organization")
-    name, _, version = task_ref.partition("@")
-    spec = state.registry.resolve(name if version.lower() == LATEST else task_ref)
+    spec, unbuilt = await spec_for(state.arq, state.registry, scope.org, body.task_ref)
     wanted = body.timeout_sec or spec.lifetime_sec or state.settings.default_lifetime_sec
     lifetime = min(wanted, state.settings.max_lifetime_sec)
     env_id = str(uuid.uuid4())
@@ -103,6 +98,11 @@ async def create_environment(request: Request) -> Response:
         limit = limits.of_quota(over.quota)
         retry_after = state.settings.busy_retry_after_sec
         raise quotas.exceeded(over.quota, limit, scope.org, scope.workspace, retry_after) from None
+    if unbuilt:
+        # No host holds the task's images yet: shown `building` from the start (the worker that
+        # provisions it builds them, or waits for the build: worker/task_provision.py).
+        await store.set_if_state(state.records, env_id, EnvironmentState.PROVISIONING, building="1")
+        record["building"] = "1"
     try:
         await state.dispatcher.submit(
             jobs.PROVISION,
@@ -173,6 +173,8 @@ async def get_logs(request: Request) -> Response:
     state = app_state(request)
     scope = await require_workspace(state.records, request)
     record = await _record_in(state, scope, request.path_params["env_id"])
+    if record.build_log:  # its task's build failed: there is no sandbox, only the build's log
+        return json_response(LogsResponse(logs=record.build_log))
     _require_state(record, "read logs of", EnvironmentState.READY)
     value = await state.dispatcher.call(
         jobs.LOGS,

@@ -10,6 +10,7 @@ import typer
 import uvicorn
 
 from taskenv.cli import failures, instance
+from taskenv.cli.tasks import task_app
 from taskenv.shared.models import EnvironmentState
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -19,6 +20,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(image_app, name="image")
 env_app = typer.Typer(no_args_is_help=True, help="Environments, across hosts.")
 app.add_typer(env_app, name="env")
+app.add_typer(task_app, name="task")
 
 
 JSON_OPTION = typer.Option(False, "--json", help="JSON (the API's formats) instead of a table")

@@ -43,6 +43,10 @@ class EnvironmentRecord(BaseModel):
     lost_host: str = ""
     # Its container was removed or stopped outside taskenv: executes answer 502 container_gone.
     container_gone: Flag = False
+    # Provisioning, waiting for its pushed task's images: shown `building` (worker/task_provision.py).
+    building: Flag = False
+    # Its task's build failed: the build log's tail, which GET /logs answers.
+    build_log: str = ""
 
     def to_hash(self) -> dict[str, str]:
         """The fields as Redis stores them."""

@@ -231,11 +231,18 @@ def _when(value: str | None) -> datetime | None:
     return datetime.fromtimestamp(float(value), UTC) if value else None
 
 
+def _shown_state(record: dict[str, Any]) -> EnvironmentState:
+    """`building`: provisioning, waiting for its task's images (worker/task_provision.py)."""
+    state = EnvironmentState(record["state"])
+    building = state is EnvironmentState.PROVISIONING and record.get("building") == "1"
+    return EnvironmentState.BUILDING if building else state
+
+
 def to_status(record: AnyRecord) -> EnvironmentStatus:
     record = _fields(record)
     return EnvironmentStatus(
         id=record["id"],
-        state=EnvironmentState(record["state"]),
+        state=_shown_state(record),
         expires_at=_when(record.get("expires_at")),
         error=record.get("error") or None,
     )

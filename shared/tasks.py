@@ -26,6 +26,17 @@ class Resources(BaseModel):
     tmp_mb: int = Field(128, ge=1)
 
 
+class TaskSource(BaseModel):
+    """The pushed task version (shared/task_store.py) an environment's spec was made from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    org: str
+    name: str
+    version: str
+    oci_digest: str
+
+
 class TaskSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -44,6 +55,8 @@ class TaskSpec(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     command: list[str] = Field(default_factory=lambda: list(KEEP_ALIVE))
     resources: Resources = Field(default_factory=Resources)
+    # Set for a pushed task: its images are built before the sandbox (worker/task_provision.py).
+    source: TaskSource | None = None
 
     @property
     def ref(self) -> str:
