@@ -3,6 +3,7 @@ processes (exactly as operators run them), against the machine's real Docker eng
 
 import subprocess
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -45,6 +46,17 @@ class Service:
 
     def envs_url(self, org: str = "acme", workspace: str = "main") -> str:
         return envs_url(self.base_url, org, workspace)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """schemathesis names each operation's test `test_x[GET /path]` but gives them all the node
+    id `test_x`; pytest-xdist schedules by node id, so it ran one operation of the fuzz. Each
+    gets its name in its id, as pytest 9 builds a child's id (Node has no public setter)."""
+    seen = Counter(item.nodeid for item in items)
+    for item in items:
+        if seen[item.nodeid] > 1 and item.parent is not None:
+            item._id = item.parent.id.child(item.name)  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session")
