@@ -19,12 +19,15 @@ from taskenv.bench.stats import Blocks, Summary, summarize, summarize_blocks
 
 @dataclass(frozen=True)
 class Pair:
-    """Both sides of one phase; `rounds` is how many rounds their blocks were planned in."""
+    """Both sides of one phase; `rounds` is how many rounds their blocks were planned in. For
+    execs also the runner floor (bench/runner_side.py), when the environments have runners."""
 
     taskenv: Summary
     raw: Summary
     compare: Comparison
     rounds: int
+    runner: Summary | None = None
+    versus_runner: Comparison | None = None
 
 
 PERCENTILES = "linear interpolation between closest ranks (Hyndman-Fan type 7, numpy's default)"
@@ -48,13 +51,15 @@ class Figures:
     cleanup: CleanupResult | None
     stopped: str | None
     percentiles: str = PERCENTILES
+    # Why the exec phase had no runner side.
+    runner_skipped: str | None = None
 
     @property
     def errors(self) -> int:
         summaries = [self.hold] if self.hold else []
         for pair in (self.exec, self.provision):
             if pair:
-                summaries += [pair.taskenv, pair.raw]
+                summaries += [pair.taskenv, pair.raw, *([pair.runner] if pair.runner else [])]
         return sum(sum(s.errors.values()) for s in summaries)
 
     @property
@@ -68,9 +73,11 @@ def _measured(pair: Pair | None) -> bool:
     return pair is not None and pair.taskenv.requests + pair.raw.requests > 0
 
 
-def _pair(taskenv: Blocks, raw: Blocks, count: int, rounds: int) -> Pair:
+def _pair(taskenv: Blocks, raw: Blocks, count: int, rounds: int, runner: Blocks | None = None) -> Pair:
     t, r = summarize_blocks(taskenv), summarize_blocks(raw)
-    return Pair(t, r, compare(t, r), len(block_sizes(count, rounds)))
+    floor = summarize_blocks(runner) if runner else None
+    versus = compare(t, floor) if floor else None
+    return Pair(t, r, compare(t, r), len(block_sizes(count, rounds)), floor, versus)
 
 
 def build(config: BenchConfig, results: Results) -> Figures:
@@ -87,7 +94,7 @@ def build(config: BenchConfig, results: Results) -> Figures:
     return Figures(
         config=settings,
         exec=(
-            _pair(results.exec_taskenv, results.exec_raw, config.execs, config.rounds)
+            _pair(results.exec_taskenv, results.exec_raw, config.execs, config.rounds, results.exec_runner)
             if config.execs
             else None
         ),
@@ -104,6 +111,7 @@ def build(config: BenchConfig, results: Results) -> Figures:
         raw_containers_left=sorted(ledger.raw),
         cleanup=results.cleanup,
         stopped=results.stopped,
+        runner_skipped=results.runner_skipped,
     )
 
 
@@ -146,30 +154,65 @@ def _concurrency(asked: int, count: int, rounds: int) -> str:
 
 
 def pair_table(title: str, pair: Pair, unit: str) -> Table:
-    table = Table(
-        title=title,
-        title_justify="left",
-        caption="ratio: taskenv / raw docker; diff: taskenv - raw docker",
-        caption_justify="left",
-    )
-    for column in ("", "taskenv", "raw docker", "ratio", "diff ms"):
+    floor, versus = pair.runner, pair.versus_runner
+    caption = "ratio: taskenv / raw docker; diff: taskenv - raw docker"
+    if floor:
+        caption += "; runner floor: the same containers' runners driven directly, no HTTP or queue"
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    columns = ["", "taskenv", "raw docker", "ratio", "diff ms"]
+    if floor:
+        columns += ["runner floor", "taskenv / floor"]
+    for column in columns:
         table.add_column(column, justify="left" if not column else "right")
     t, r, c = pair.taskenv, pair.raw, pair.compare
-    table.add_row("requests", str(t.requests), str(r.requests), "", "")
-    table.add_row("errors", _errors(t), _errors(r), "", "")
+
+    def row(name: str, *cells: str, floor_cells: tuple[str, str] = ("", "")) -> None:
+        table.add_row(name, *cells, *(floor_cells if floor else ()))
+
+    def of_floor(value: str, ratio: float | None = None) -> tuple[str, str]:
+        return value, _num(ratio, 2, "x") if ratio is not None else ""
+
+    row(
+        "requests",
+        str(t.requests),
+        str(r.requests),
+        "",
+        "",
+        floor_cells=of_floor(str(floor.requests) if floor else ""),
+    )
+    row("errors", _errors(t), _errors(r), "", "", floor_cells=of_floor(_errors(floor) if floor else ""))
     # Each block from its first request sent to its last answered: what throughput divides by.
-    table.add_row("measured s (sum of blocks)", _num(t.window_sec, 2), _num(r.window_sec, 2), "", "")
-    table.add_row(
+    row(
+        "measured s (sum of blocks)",
+        _num(t.window_sec, 2),
+        _num(r.window_sec, 2),
+        "",
+        "",
+        floor_cells=of_floor(_num(floor.window_sec, 2) if floor else ""),
+    )
+    row(
         f"throughput ({unit}/s)",
         _num(t.throughput, 2),
         _num(r.throughput, 2),
         _num(c.throughput_ratio, 2, "x"),
         "",
+        floor_cells=of_floor(_num(floor.throughput, 2), versus.throughput_ratio)
+        if floor and versus
+        else ("", ""),
     )
-    table.add_row("p50 ms", _num(t.p50_ms), _num(r.p50_ms), _num(c.p50_ratio, 2, "x"), _signed(c.p50_diff_ms))
-    table.add_row("p90 ms", _num(t.p90_ms), _num(r.p90_ms), "", "")
-    table.add_row("p99 ms", _num(t.p99_ms), _num(r.p99_ms), _num(c.p99_ratio, 2, "x"), _signed(c.p99_diff_ms))
-    table.add_row("max ms", _num(t.max_ms), _num(r.max_ms), "", "")
+    for label, name in (("p50 ms", "p50"), ("p90 ms", "p90"), ("p99 ms", "p99"), ("max ms", "max")):
+        ratio_of = getattr(c, f"{name}_ratio", None)
+        diff_of = getattr(c, f"{name}_diff_ms", None)
+        floor_value = _num(getattr(floor, f"{name}_ms")) if floor else ""
+        floor_ratio = getattr(versus, f"{name}_ratio", None) if versus else None
+        row(
+            label,
+            _num(getattr(t, f"{name}_ms")),
+            _num(getattr(r, f"{name}_ms")),
+            _num(ratio_of, 2, "x") if name in ("p50", "p99") else "",
+            _signed(diff_of) if name in ("p50", "p99") else "",
+            floor_cells=of_floor(floor_value, floor_ratio),
+        )
     return table
 
 
@@ -225,5 +268,10 @@ def render(figures: Figures, console: Console) -> None:
         console.print(f"[red]environment not deleted:[/red] {env_id}")
     for name in figures.raw_containers_left:
         console.print(f"[red]raw container not removed:[/red] {name}")
+    if figures.runner_skipped:
+        console.print(
+            "[yellow]no runner floor:[/yellow] the environments' runners did not answer"
+            f" ({figures.runner_skipped})"
+        )
     if figures.stopped:
         console.print(f"[yellow]run stopped early:[/yellow] {figures.stopped}")

@@ -12,6 +12,10 @@ class Results:
     # Execs and provisions per side, block by block (one block per round).
     exec_taskenv: Blocks = field(default_factory=list)
     exec_raw: Blocks = field(default_factory=list)
+    # The environments' runners driven straight from the bench (bench/runner_side.py), and why
+    # that side was left out when it was (environments without a runner).
+    exec_runner: Blocks = field(default_factory=list)
+    runner_skipped: str | None = None
     provision_taskenv: Blocks = field(default_factory=list)
     provision_raw: Blocks = field(default_factory=list)
     hold: list[Sample] = field(default_factory=list)

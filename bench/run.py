@@ -1,7 +1,8 @@
 """One bench run, phase by phase, inside the overall deadline, with cleanup whatever ends it.
 
-Phases: a pool of K environments; execs through taskenv and the same execs straight through
-the engine in the same containers (one warm-up each, then interleaved in rounds); provision
+Phases: a pool of K environments; execs through taskenv, the same execs straight through the
+engine in the same containers, and through the same containers' runners driven directly (the
+floor; one warm-up each, then interleaved in rounds); provision
 latency both ways (interleaved likewise); the hold of many waiting execs. Each phase is skipped
 when its count is 0.
 """
@@ -20,6 +21,7 @@ from taskenv.bench.progress import Tracker
 from taskenv.bench.results import Results
 from taskenv.bench.rounds import Side, interleave
 from taskenv.bench.rss import RssRecord, sample_until
+from taskenv.bench.runner_side import RunnerSide
 from taskenv.bench.stats import Sample, summarize
 from taskenv.bench.workloads import hold_workload
 from taskenv.worker.docker import connect, disconnect
@@ -155,15 +157,27 @@ async def _execs(
         container = raw_side.env_container(envs[pick(number)].id)
         return await raw_side.execute(docker, container, config.workload, config.timeout_sec)
 
-    for side, call in (("taskenv", through_taskenv), ("raw", raw)):
-        if config.warmup:
-            advance = tracker.phase(f"exec {side} warm-up", config.warmup)
-            await run_phase(call, config.warmup, config.concurrency, [], advance)
-    sides = (
-        Side(through_taskenv, results.exec_taskenv, tracker.phase("exec taskenv", config.execs)),
-        Side(raw, results.exec_raw, tracker.phase("exec raw", config.execs)),
-    )
-    await interleave(sides, config.execs, config.rounds, config.concurrency)
+    runners = RunnerSide(docker)
+
+    async def floor(number: int) -> Sample:
+        return await runners.execute(envs[pick(number)].id, config.workload, config.timeout_sec)
+
+    try:
+        calls = [("taskenv", through_taskenv), ("raw", raw)]
+        results.runner_skipped = await runners.unavailable(envs[0].id)
+        if results.runner_skipped is None:
+            calls.append(("runner", floor))
+        for side, call in calls:
+            if config.warmup:
+                advance = tracker.phase(f"exec {side} warm-up", config.warmup)
+                await run_phase(call, config.warmup, config.concurrency, [], advance)
+        blocks = {"taskenv": results.exec_taskenv, "raw": results.exec_raw, "runner": results.exec_runner}
+        sides = [
+            Side(call, blocks[side], tracker.phase(f"exec {side}", config.execs)) for side, call in calls
+        ]
+        await interleave(sides, config.execs, config.rounds, config.concurrency)
+    finally:
+        await runners.close()
 
 
 async def _provisions(
