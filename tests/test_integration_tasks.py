@@ -210,7 +210,17 @@ async def test_twenty_environments_of_an_unbuilt_task_share_one_build(registry, 
     ).stdout.split()  # fmt: skip
     assert any(tag.startswith(f"taskenv-task/{name}:web-") for tag in tags), tags
     for env in created:
-        await registry.client.delete(f"{url}/{env['id']}", headers=headers)
+        assert (await registry.client.delete(f"{url}/{env['id']}", headers=headers)).status_code == 204
+    remove_images(f"taskenv.image.digest={digest(pack(files))}")
+
+
+def remove_images(label: str) -> None:
+    """The task images a test built: nothing else removes them (the budget is 10 GiB)."""
+    ids = subprocess.run(
+        ["docker", "images", "-q", "--filter", f"label={label}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    if ids:
+        subprocess.run(["docker", "rmi", "-f", *set(ids)], capture_output=True, check=True)
 
 
 async def test_a_failed_build_fails_its_environments_with_the_log(registry, service):
