@@ -233,9 +233,9 @@ async def _build_all(
     return made
 
 
-async def _all_built(docker: aiodocker.Docker, files: TaskFiles, version: TaskVersion) -> bool:
-    for service in services(files):
-        if service.build is not None and not await _image_exists(docker, image_tag(version, service.name)):
+async def _all_built(docker: aiodocker.Docker, version: TaskVersion) -> bool:
+    for service in version.build_services:
+        if not await _image_exists(docker, image_tag(version, service)):
             return False
     return True
 
@@ -253,6 +253,10 @@ async def ensure_built(
     """The task's images exist on this host once this returns (True if this call built them).
     `on_build` is awaited before a build starts or is waited for (the environment turns
     `building`). Raises `BuildFailed`."""
+    if await _all_built(docker, version):
+        # The common case, answered from the engine alone: the archive is read only to build.
+        await _touch(redis, version, host)
+        return False
     blob = await task_store.get_blob(redis, version.org, version.oci_digest)
     if blob is None:
         raise BuildFailed(f"the archive of {version.qualified_name}@{version.version} is no longer stored")
@@ -279,8 +283,8 @@ async def _built_once(
 ) -> bool:
     """Built already, or built by this call under the lock, or by another holder of it."""
     while True:
-        if await _all_built(docker, files, version):
-            await _touch(redis, version, host, files)
+        if await _all_built(docker, version):
+            await _touch(redis, version, host)
             return False
         failed = await redis.get(_failure_key(version, host))
         if failed is not None:
@@ -307,7 +311,7 @@ async def _build_locked(
     deployment: str,
     policy: BuildPolicy,
 ) -> bool:
-    if await _all_built(docker, files, version):
+    if await _all_built(docker, version):
         return False  # built by the previous holder of the lock
     labels = {
         LABEL_TASK: f"{version.qualified_name}@{version.version}",
@@ -331,7 +335,7 @@ async def _build_locked(
     log.info(
         "built task %s@%s in %.1f s", version.qualified_name, version.version, time.monotonic() - started
     )
-    await _touch(redis, version, host, files)
+    await _touch(redis, version, host)
     await prune(redis, docker, host, deployment, policy.image_budget_bytes)
     return True
 
@@ -352,8 +356,8 @@ async def _release(redis: Redis, key: str, token: str) -> None:
     await RELEASE.run(redis, lock=key, token=token)
 
 
-async def _touch(redis: Redis, version: TaskVersion, host: str, files: TaskFiles) -> None:
-    tags = [image_tag(version, s.name) for s in services(files) if s.build is not None]
+async def _touch(redis: Redis, version: TaskVersion, host: str) -> None:
+    tags = [image_tag(version, service) for service in version.build_services]
     async with redis.pipeline(transaction=False) as pipe:
         if tags:
             pipe.zadd(_lru_key(host), dict.fromkeys(tags, time.time()))
