@@ -27,6 +27,10 @@ COPY api api
 COPY worker worker
 COPY cli cli
 COPY taskenv taskenv
+# The in-sandbox runner (runner/PROTOCOL.md), built static on the host by scripts/install.sh;
+# a context without it gives workers that use docker exec (they log it).
+COPY runner/PROTOCOL.md runner/build/taskenv-runne[r] /usr/local/lib/taskenv/
+ENV TASKENV_RUNNER_BINARY=/usr/local/lib/taskenv/taskenv-runner
 COPY bench/__init__.py bench/__init__.py
 RUN python3 -m pip install $PIP_OPTIONS --no-deps . && rm -rf build *.egg-info
 # The API and the healthchecks run unprivileged; compose.yaml runs the worker as root, for it
