@@ -132,7 +132,7 @@ def _fake_docker(monkeypatch: pytest.MonkeyPatch, worker: FakeWorker) -> None:
     async def tail_logs(*_: Any) -> str:
         return "fake logs\n"
 
-    async def run_command(_: Any, payload: jobs.ExecJob) -> dict[str, Any]:
+    async def run_command(_: Any, payload: jobs.ExecJob, *__: Any) -> dict[str, Any]:
         exit_code, output = await worker.command(payload["command"])
         return {"exit_code": exit_code, "output": output}
 
