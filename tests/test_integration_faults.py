@@ -225,7 +225,7 @@ async def test_an_api_that_dies_mid_provision_leaves_nothing_behind(stack, http)
     regardless, the environment ends ready, and its container goes at its expiry."""
     # A lifetime long enough for two API restarts on a loaded machine (parallel tests), short
     # enough to see the expiry.
-    created = await http.post(stack.envs_url(), json={"task_ref": "default", "timeout_sec": 20})
+    created = await http.post(stack.envs_url(), json={"task_ref": "default", "timeout_sec": 40})
     assert created.status_code == 201
     env = Env(
         created.json()["id"], created.json()["execute_token"], f"{stack.envs_url()}/{created.json()['id']}"
@@ -243,7 +243,7 @@ async def test_an_api_that_dies_mid_provision_leaves_nothing_behind(stack, http)
     counted = await run(http, env, "wc -l < /tmp/once")
     assert counted.status_code == 200 and counted.json()["output"].strip() == "1", counted.text
     # Reaped at its expiry: torn down, container removed, nothing left queued.
-    assert await state_of(http, env, "torn_down", timeout=30) == "torn_down"
+    assert await state_of(http, env, "torn_down", timeout=60) == "torn_down"
     for _ in range(50):
         if not stack.containers():
             break
