@@ -116,6 +116,7 @@ def _record(
         ports=task.manifest.ports or {},
         readme=task.readme,
         build_services=[plan.name for plan in _plans(task) if plan.build is not None],
+        service_images=sorted({plan.image for plan in _plans(task) if plan.build is None and plan.image}),
         **{key: value for key, value in fields.items() if value is not None},
     )
 

@@ -22,7 +22,7 @@ async def spec_for(blobs: Redis, registry: TaskRegistry, caller: str, task_ref: 
     ref = TaskRef.parse(task_ref)
     version = await resolve(blobs, caller, ref)
     if version is not None:
-        unbuilt = bool(version.build_services) and not await blobs.scard(
+        unbuilt = bool(version.build_services or version.service_images) and not await blobs.scard(
             task_keys.task_built_hosts(version.oci_digest)
         )  # type: ignore[misc]
         return spec_of(version), unbuilt

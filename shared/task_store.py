@@ -160,6 +160,9 @@ class TaskVersion(BaseModel):
     readme: str | None = None
     # Compose services with a `build:`: an environment of this version waits for their images.
     build_services: list[str] = Field(default_factory=list)
+    # Images that services name with `image:` and no `build:`: each host checks it has them before
+    # its first environment of this version (pulled only with TASKENV_PULL=missing).
+    service_images: list[str] = Field(default_factory=list)
 
     @property
     def qualified_name(self) -> str:

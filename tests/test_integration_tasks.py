@@ -244,6 +244,39 @@ async def test_a_failed_build_fails_its_environments_with_the_log(registry, serv
     assert "compiling the lab" in logs
 
 
+async def _settled(registry, service, name: str) -> dict:
+    """Create an environment of `name` and return its status once it has left `building`."""
+    headers = {"X-API-Key": create_key(service.env, registry.org)}
+    url = f"{service.base_url}/api/v1/org/{registry.org}/ws/main/environments"
+    created = (await registry.client.post(url, json={"task_ref": name}, headers=headers)).json()
+    for _ in range(600):
+        status = (await registry.client.get(f"{url}/{created['id']}/status", headers=headers)).json()
+        if status["state"] not in ("building", "provisioning"):
+            return status
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{name} still {status['state']}")
+
+
+async def test_an_image_the_host_lacks_is_never_pulled_and_fails_the_environment(registry, service):
+    """An `image:`-only service: the host must have the image (TASKENV_PULL=never, the default);
+    one it has serves at once."""
+    missing = f"lacking-{uuid.uuid4().hex[:6]}"
+    compose = {"services": {"web": {"image": f"taskenv/absent-{uuid.uuid4().hex[:8]}:1"}}}
+    assert (
+        await registry.push(missing, pack(task_files(missing, compose)), task_yaml(missing))
+    ).status_code == 201
+    status = await _settled(registry, service, missing)
+    assert status["state"] == "failed", status
+    assert status["error"].startswith("task build failed: service 'web': image 'taskenv/absent-")
+    assert "TASKENV_PULL=never" in status["error"]
+    present = f"present-{uuid.uuid4().hex[:6]}"
+    compose = {"services": {"web": {"image": "taskenv/default:1"}}}
+    assert (
+        await registry.push(present, pack(task_files(present, compose)), task_yaml(present))
+    ).status_code == 201
+    assert (await _settled(registry, service, present))["state"] == "ready"
+
+
 def run_cli(service, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "taskenv", *args], env=service.env, capture_output=True, text=True, timeout=60

@@ -234,8 +234,10 @@ async def _build_all(
 
 
 async def _all_built(docker: aiodocker.Docker, version: TaskVersion) -> bool:
-    for service in version.build_services:
-        if not await _image_exists(docker, image_tag(version, service)):
+    """Every image the version's services need is on this host: the built ones and those named."""
+    needed = [image_tag(version, service) for service in version.build_services] + version.service_images
+    for image in needed:
+        if not await _image_exists(docker, image):
             return False
     return True
 
