@@ -225,7 +225,8 @@ async def test_connections_that_send_no_complete_head_in_time_get_408_and_are_cl
         received, ended = await _exchange(front, sent)
         status, body = _parse(received)
         assert status == 408 and body["type"] == "request_timeout_error", (what, received)
-        assert HEADER_TIMEOUT_SEC <= ended < HEADER_TIMEOUT_SEC + 2, (what, ended)
+        # asyncio may fire a timer up to its clock resolution early: a few ms of slack below.
+        assert HEADER_TIMEOUT_SEC - 0.05 <= ended < HEADER_TIMEOUT_SEC + 2, (what, ended)
 
 
 async def test_a_body_that_does_not_arrive_in_time_is_408_and_slow_answers_are_not_cut(front, http):
@@ -242,7 +243,8 @@ async def test_a_body_that_does_not_arrive_in_time_is_408_and_slow_answers_are_n
         received, ended = await _exchange(front, sent)
         status, body = _parse(received)
         assert status == 408 and body["type"] == "request_timeout_error", (what, received)
-        assert "body" in body["detail"] and BODY_TIMEOUT_SEC <= ended < BODY_TIMEOUT_SEC + 2, (what, ended)
+        assert "body" in body["detail"], (what, body)
+        assert BODY_TIMEOUT_SEC - 0.05 <= ended < BODY_TIMEOUT_SEC + 2, (what, ended)
     # A command that runs past both timeouts is answered in full: they bound reading, not answering.
     key = front.key("slow")
     env = await ready(http, front, key, "slow")
