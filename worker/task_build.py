@@ -35,6 +35,7 @@ from taskenv.shared.task_archive import TaskFiles, normalise
 from taskenv.shared.task_compose import ComposeBuild, ComposeService, service_plan, services_of
 from taskenv.shared.task_store import TaskVersion
 from taskenv.shared.task_validation import COMPOSE_FILES
+from taskenv.worker.image import image_exists
 
 log = logging.getLogger("taskenv.worker")
 
@@ -192,16 +193,6 @@ async def build_image(
         raise BuildFailed(error, "\n".join(tail))
 
 
-async def _image_exists(docker: aiodocker.Docker, tag: str) -> bool:
-    try:
-        await docker.images.inspect(tag)
-    except aiodocker.DockerError as exc:
-        if exc.status == 404:
-            return False
-        raise
-    return True
-
-
 async def _build_all(
     docker: aiodocker.Docker,
     files: TaskFiles,
@@ -223,7 +214,7 @@ async def _build_all(
                 {**labels, "taskenv.image.service": service.name},
             )
             made.append(tag)
-        elif service.image and not await _image_exists(docker, service.image):
+        elif service.image and not await image_exists(docker, service.image):
             if policy.pull is PullPolicy.NEVER:
                 raise BuildFailed(
                     f"service {service.name!r}: image {service.image!r} is not on this host"
@@ -237,7 +228,7 @@ async def _all_built(docker: aiodocker.Docker, version: TaskVersion) -> bool:
     """Every image the version's services need is on this host: the built ones and those named."""
     needed = [image_tag(version, service) for service in version.build_services] + version.service_images
     for image in needed:
-        if not await _image_exists(docker, image):
+        if not await image_exists(docker, image):
             return False
     return True
 
