@@ -164,3 +164,24 @@ async def why_stopped(docker: aiodocker.Docker, name: str, settle_sec: float = 0
 def stopped(state: dict[str, Any]) -> str:
     oom = ", out of memory" if state.get("OOMKilled") else ""
     return f"container stopped outside taskenv (exit code {state.get('ExitCode')}{oom})"
+
+
+# How long a deadline's sweep from inside the sandbox is waited for before the answer leaves.
+SWEEP_WAIT_SEC = 2.0
+
+
+async def sweep_user_processes(docker: aiodocker.Docker, name: str, user: str) -> None:
+    """`kill -KILL -1` as the sandbox's user, from inside (for a worker that cannot see the
+    engine's processes), waited for (bounded): nothing of the command may still run when its 504
+    leaves."""
+    sweep = await docker.containers.container(name).exec(
+        ["kill", "-KILL", "-1"], user=user, stdout=False, stderr=False
+    )
+    await sweep.start(detach=True)
+    with suppress(TimeoutError):
+        async with asyncio.timeout(SWEEP_WAIT_SEC):
+            # Polled: the engine has no event for an exec's end.
+            while True:
+                if not (await sweep.inspect()).get("Running"):
+                    return
+                await asyncio.sleep(0.02)

@@ -24,7 +24,7 @@ from aiodocker.stream import Stream
 from taskenv.shared.errors import ErrorType, TaskenvError
 from taskenv.shared.jobs import ExecJob
 from taskenv.shared.store import container_name
-from taskenv.worker.containers import why_stopped
+from taskenv.worker.containers import sweep_user_processes, why_stopped
 from taskenv.worker.docker import CONTAINER_GONE, docker_errors
 from taskenv.worker.exit_report import ExitReport, new_nonce
 from taskenv.worker.kill import kill_tree
@@ -155,6 +155,4 @@ async def _kill(docker: aiodocker.Docker, exe: Exec, job: ExecJob) -> None:
     killed = await asyncio.to_thread(kill_tree, pid, container_id) if pid else 0
     if killed == 0 and info.get("Running"):
         # This worker cannot see the engine's processes: sweep from inside the sandbox.
-        container = docker.containers.container(container_name(job["env_id"]))
-        sweep = await container.exec(["kill", "-KILL", "-1"], user=job["user"], stdout=False, stderr=False)
-        await sweep.start(detach=True)
+        await sweep_user_processes(docker, container_name(job["env_id"]), job["user"])

@@ -18,7 +18,7 @@ import aiodocker
 from taskenv.shared.errors import ErrorType, TaskenvError
 from taskenv.shared.jobs import ExecJob
 from taskenv.shared.store import container_name
-from taskenv.worker.containers import why_stopped
+from taskenv.worker.containers import sweep_user_processes, why_stopped
 from taskenv.worker.docker import CONTAINER_GONE, docker_errors
 from taskenv.worker.kill import kill_tree
 from taskenv.worker.output import CappedOutput
@@ -89,11 +89,7 @@ async def _kill_from_outside(docker: aiodocker.Docker, session: RunnerSession, j
     try:
         killed = await _kill_runner_tree(session)
         if killed == 0:
-            container = docker.containers.container(container_name(job["env_id"]))
-            sweep = await container.exec(
-                ["kill", "-KILL", "-1"], user=job["user"], stdout=False, stderr=False
-            )
-            await sweep.start(detach=True)
+            await sweep_user_processes(docker, container_name(job["env_id"]), job["user"])
     except Exception as exc:
         log.warning("could not kill the commands of %s's silent runner: %s", job["env_id"], exc)
     finally:
