@@ -143,7 +143,9 @@ def test_models_and_egress_are_normalised():
     parsed, _ = schema_issues(
         manifest(
             models={"judge": " gpt ", "red": {"model": "x", "overridable": False}},
-            egress={"allow": ["API.Example.com", "10.0.0.0/8", "*.example.org", "tcp://db.example.com:5432"]},
+            egress={
+                "allow": ["API.Example.com", "127.0.0.0/8", "*.example.org", "tcp://db.example.com:5432"]
+            },
         )
     )
     assert parsed is not None
@@ -152,7 +154,7 @@ def test_models_and_egress_are_normalised():
         "red": {"model": "x", "overridable": False},
     }
     assert parsed.egress == {
-        "allow": ["api.example.com", "10.0.0.0/8", "*.example.org", "tcp://db.example.com:5432"]
+        "allow": ["api.example.com", "127.0.0.0/8", "*.example.org", "tcp://db.example.com:5432"]
     }
 
 
