@@ -47,6 +47,15 @@ class EnvironmentRecord(BaseModel):
     building: Flag = False
     # Its task's build failed: the build log's tail, which GET /logs answers.
     build_log: str = ""
+    # The create request's `inputs`, `secret_ids` and `model_overrides`, as JSON ("" when absent).
+    inputs: str = ""
+    secret_ids: str = ""
+    model_overrides: str = ""
+    # A task environment's `service_urls` once its services run, as JSON ("" before, or none).
+    service_urls: str = ""
+    # What every command and script of the environment runs with (template variables, secrets,
+    # models), as one JSON object sealed with TASKENV_SECRETS_KEY (shared/sealing.py); "" for none.
+    variables: str = ""
 
     def to_hash(self) -> dict[str, str]:
         """The fields as Redis stores them."""

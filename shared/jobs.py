@@ -35,6 +35,10 @@ class ExecJob(TypedDict):
     # The sets of running commands it joined when admitted (shared/commands.py), which its
     # answer removes it from. The field keeps its first name: jobs queued by an older API.
     slots: NotRequired[list[str]]
+    # Variables the command runs with, on top of the container's (the environment's template
+    # variables, secrets, models: worker/command_env.py). Set by the worker, never by the API:
+    # they are not carried through Redis in the clear.
+    env: NotRequired[dict[str, str]]
 
 
 class EnvJob(TypedDict):

@@ -89,6 +89,18 @@ class Settings(BaseSettings):
     runner_binary: Path | None = None
     # Budget for jobs that are not commands (provision, teardown, logs).
     control_timeout_sec: float = Field(60.0, gt=0)
+    # A task environment's services must be started (healthy, or done for one-shot services) and
+    # its provision script finished within this; past it the environment fails naming the
+    # service or script (worker/task_environment.py).
+    provision_timeout_sec: float = Field(300.0, gt=0)
+    # Each compose service of a task gets these unless its compose file asks for less
+    # (`mem_limit`, `cpus`, `pids_limit`, `deploy.resources.limits`): never more.
+    service_memory_mb: int = Field(512, ge=16)
+    service_cpus: float = Field(1.0, gt=0)
+    service_pids: int = Field(512, ge=8)
+    # The key that seals org secrets and each environment's variables at rest (Fernet: 32 bytes,
+    # url-safe base64; `taskenv up` makes one in its home). Empty: secrets cannot be stored.
+    secrets_key: str = Field("", repr=False)
     # DELETE waits this long for the container's removal; past it the reaper finishes the job.
     teardown_wait_sec: float = Field(10.0, gt=0)
     default_lifetime_sec: int = Field(3600, ge=1)

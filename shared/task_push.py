@@ -117,6 +117,10 @@ def _record(
         readme=task.readme,
         build_services=[plan.name for plan in _plans(task) if plan.build is not None],
         service_images=sorted({plan.image for plan in _plans(task) if plan.build is None and plan.image}),
+        services=[plan.name for plan in _plans(task)],
+        verification=task.manifest.verification.model_dump(mode="json", exclude_none=True),
+        provision=task.manifest.provision.model_dump() if task.manifest.provision else None,
+        teardown=task.manifest.teardown.model_dump() if task.manifest.teardown else None,
         **{key: value for key, value in fields.items() if value is not None},
     )
 

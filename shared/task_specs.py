@@ -13,7 +13,7 @@ from taskenv.shared import task_keys
 from taskenv.shared.errors import ErrorType, TaskenvError
 from taskenv.shared.task_refs import TaskRef, resolve
 from taskenv.shared.task_store import TaskVersion
-from taskenv.shared.tasks import TaskRegistry, TaskSource, TaskSpec
+from taskenv.shared.tasks import TaskRegistry, TaskScript, TaskSource, TaskSpec
 
 
 async def spec_for(blobs: Redis, registry: TaskRegistry, caller: str, task_ref: str) -> tuple[TaskSpec, bool]:
@@ -34,7 +34,17 @@ async def spec_for(blobs: Redis, registry: TaskRegistry, caller: str, task_ref: 
 
 def spec_of(version: TaskVersion) -> TaskSpec:
     source = TaskSource(
-        org=version.org, name=version.name, version=version.version, oci_digest=version.oci_digest
+        org=version.org,
+        name=version.name,
+        version=version.version,
+        oci_digest=version.oci_digest,
+        services=version.services,
+        ports=version.ports,
+        verification=version.verification,
+        provision=TaskScript.model_validate(version.provision) if version.provision else None,
+        teardown=TaskScript.model_validate(version.teardown) if version.teardown else None,
+        models=version.models,
+        egress=version.egress,
     )
     return TaskSpec(
         name=version.name, version=version.version, instruction=version.instruction, source=source

@@ -163,6 +163,11 @@ class TaskVersion(BaseModel):
     # Images that services name with `image:` and no `build:`: each host checks it has them before
     # its first environment of this version (pulled only with TASKENV_PULL=missing).
     service_images: list[str] = Field(default_factory=list)
+    # Every compose service, and the task.yaml parts its environments run (shared/tasks.py TaskSource).
+    services: list[str] = Field(default_factory=list)
+    verification: dict[str, Any] | None = None
+    provision: dict[str, Any] | None = None
+    teardown: dict[str, Any] | None = None
 
     @property
     def qualified_name(self) -> str:

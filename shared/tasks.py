@@ -6,6 +6,7 @@ one or more `[[task]]` tables. Without a version the highest one wins.
 
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -26,8 +27,16 @@ class Resources(BaseModel):
     tmp_mb: int = Field(128, ge=1)
 
 
+class TaskScript(BaseModel):
+    """`provision:` or `teardown:` of task.yaml: a script in the task directory and its timeout."""
+
+    script: str
+    timeout: int = 120
+
+
 class TaskSource(BaseModel):
-    """The pushed task version (shared/task_store.py) an environment's spec was made from."""
+    """The pushed task version (shared/task_store.py) an environment's spec was made from, with
+    what its environment runs: compose services, scripts, verification."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -35,6 +44,18 @@ class TaskSource(BaseModel):
     name: str
     version: str
     oci_digest: str
+    # Its docker-compose.yaml's services (run beside the sandbox: worker/task_environment.py).
+    services: list[str] = Field(default_factory=list)
+    # task.yaml `ports:` (service -> ports): service_urls and the template variables.
+    ports: dict[str, list[int]] = Field(default_factory=dict)
+    # task.yaml `verification:` as validated (None fields left out).
+    verification: dict[str, Any] | None = None
+    provision: TaskScript | None = None
+    teardown: TaskScript | None = None
+    # task.yaml `models:` (ids, or roles -> {model, overridable}).
+    models: list[str] | dict[str, Any] | None = None
+    # task.yaml `egress:`: such tasks are refused at create (this deployment gives no egress).
+    egress: dict[str, Any] | None = None
 
 
 class TaskSpec(BaseModel):
