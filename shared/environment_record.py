@@ -53,6 +53,8 @@ class EnvironmentRecord(BaseModel):
     model_overrides: str = ""
     # A task environment's `service_urls` once its services run, as JSON ("" before, or none).
     service_urls: str = ""
+    # Its task's verification in the shape the SDK's `verify_env_state` reads, as JSON ("": none).
+    task_verification: str = ""
     # What every command and script of the environment runs with (template variables, secrets,
     # models), as one JSON object sealed with TASKENV_SECRETS_KEY (shared/sealing.py); "" for none.
     variables: str = ""

@@ -107,9 +107,11 @@ class Environment(EnvironmentStatus):
     task_ref: str
     created_at: datetime
     instruction: str | None
-    # Dreadnode's shape, `{service: {"url": ..., "port": ...}}`, as the SDK reads it; taskenv's
-    # sandboxes have no network, so it is always empty.
+    # Dreadnode's shape, `{service: {"url", "host", "port", "urls": {"<port>": url}}}`, as the
+    # SDK's templating reads it: a task's services, reachable from the sandbox on its loopback.
     service_urls: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # The task's verification as the SDK's `verify_env_state` reads it (None: the task has none).
+    task_verification: dict[str, Any] | None = None
 
 
 class ProvisionedEnvironment(Environment):

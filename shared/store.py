@@ -5,6 +5,7 @@ Both sides write here: the API creates records and tears them down, workers move
 racing a provision can never be overwritten by it.
 """
 
+import json
 import math
 import time
 from datetime import UTC, datetime
@@ -51,6 +52,7 @@ async def create(
     lifetime_sec: int,
     provision_timeout_sec: float,
     limits: Limits = NO_LIMITS,
+    task_fields: dict[str, str] | None = None,
 ) -> Record:
     """The environment's record, made with its indexes in one script; `OverQuota` (and nothing
     written) when its org or workspace already holds its limit of live environments."""
@@ -66,6 +68,7 @@ async def create(
         instruction=spec.instruction or "",
         token_hash=token_hash,
         spec=spec.model_dump_json(),
+        **(task_fields or {}),
     ).to_hash()
     fields = [item for pair in record.items() for item in pair]
     org_environments, workspace_environments = quotas.environment_sets(org, workspace)
@@ -190,7 +193,10 @@ async def claim_provision(
     return claim, int(count)
 
 
-_LIST_FIELDS = ("id", "state", "task_ref", "created_at", "expires_at", "error", "instruction")
+_LIST_FIELDS = (
+    "id", "state", "task_ref", "created_at", "expires_at", "error", "instruction", "service_urls",
+    "task_verification",
+)  # fmt: skip
 
 
 async def list_page(
@@ -257,4 +263,11 @@ def to_environment(record: AnyRecord) -> Environment:
         task_ref=record["task_ref"],
         created_at=created_at,
         instruction=record.get("instruction") or None,
+        service_urls=_json_or(record.get("service_urls"), {}),
+        task_verification=_json_or(record.get("task_verification"), None),
     )
+
+
+def _json_or(value: str | None, default: Any) -> Any:
+    """A JSON field the API or a worker wrote, or `default` when it is not there."""
+    return json.loads(value) if value else default
