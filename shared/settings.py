@@ -152,6 +152,17 @@ class Settings(BaseSettings):
     auth_fail_limit: int = Field(100, ge=1)
     auth_fail_window_sec: int = Field(60, ge=1)
 
+    @field_validator("secrets_key")
+    @classmethod
+    def _secrets_key_usable(cls, value: str) -> str:
+        if value.strip():
+            from taskenv.shared.sealing import key_problem
+
+            problem = key_problem(value)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
+
     @field_validator("min_client_versions", mode="before")
     @classmethod
     def _parse_min_client_versions(cls, value: object) -> object:
