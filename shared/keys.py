@@ -139,3 +139,9 @@ def host(host_id: str) -> str:
 def worker(worker_id: str) -> str:
     """Hash of one worker process: host, pid, capacity, load, running job ids, metrics."""
     return f"{PREFIX}worker:{worker_id}"
+
+
+def org_secrets(org: str) -> str:
+    """Hash of one org's secrets (shared/secrets_store.py): `id:<id>` -> its record (name, sealed
+    value, times), `name:<name>` -> its id."""
+    return f"{PREFIX}secrets:{org}"
