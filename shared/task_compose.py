@@ -79,6 +79,8 @@ def policy_issues(compose: dict[str, Any], files: TaskFiles) -> list[Issue]:
         else:
             issues.append(error("compose", f"service {name!r} must be a mapping"))
     issues += _top_level_issues(compose, files)
+    issues += port_clash_issues(compose)
+    issues += dependency_issues(compose)
     return issues
 
 
@@ -272,3 +274,117 @@ def _container_port(entry: Any) -> int | None:
 
 def dockerfile_path(build: ComposeBuild) -> str:
     return normalise(posixpath.join(build.context, build.dockerfile))
+
+
+# Ports a service's `ports:` may name at most (a range "8000-8999" counts each port).
+MAX_PORTS_PER_SERVICE = 1024
+
+
+def published_ports(service: dict[str, Any]) -> set[str]:
+    """The ports a service publishes, as "port/protocol": the published port when given
+    ("8080:80" publishes 8080), else the container port. Unreadable entries are left out."""
+    found: set[str] = set()
+    for entry in _list(service.get("ports")):
+        published, protocol = _published(entry)
+        found |= {f"{port}/{protocol}" for port in published}
+        if len(found) > MAX_PORTS_PER_SERVICE:
+            break
+    return found
+
+
+def _published(entry: Any) -> tuple[range, str]:
+    if isinstance(entry, dict):
+        published = entry.get("published")
+        text = str(published if published not in (None, "") else entry.get("target", ""))
+        return _port_range(text), str(entry.get("protocol") or "tcp").lower()
+    if isinstance(entry, bool) or not isinstance(entry, int | str):
+        return range(0), "tcp"
+    text, _, protocol = str(entry).partition("/")
+    parts = text.split(":")
+    # "port", "published:port" or "ip:published:port" (an IPv6 ip holds colons: the published
+    # part is then the one before the last).
+    published = parts[-2] if len(parts) >= 2 and parts[-2] else parts[-1]
+    return _port_range(published), (protocol or "tcp").lower()
+
+
+def _port_range(text: str) -> range:
+    first, dash, last = text.strip().partition("-")
+    if not (first.isdigit() and len(first) <= 5 and (not dash or (last.isdigit() and len(last) <= 5))):
+        return range(0)
+    low, high = int(first), int(last) if dash else int(first)
+    if not 0 < low <= high < 65536:
+        return range(0)
+    return range(low, min(high, low + MAX_PORTS_PER_SERVICE - 1) + 1)
+
+
+def port_clash_issues(compose: dict[str, Any]) -> list[Issue]:
+    """Every service of a task shares one network namespace: two publishing one port cannot
+    both listen on it."""
+    owners: dict[str, str] = {}
+    issues = []
+    for name, service in services_of(compose).items():
+        if not isinstance(service, dict):
+            continue
+        for port in sorted(published_ports(service)):
+            first = owners.setdefault(port, str(name))
+            if first != str(name):
+                issues.append(
+                    error(
+                        "compose",
+                        f"services {first!r} and {name!r} both publish port {port}: a task's services"
+                        " share one network, so one port serves one service",
+                    )
+                )
+    return issues
+
+
+def depends_on_names(service: dict[str, Any]) -> list[str]:
+    """The services a service's `depends_on` names (list or mapping form), in order."""
+    depends = service.get("depends_on")
+    if isinstance(depends, dict):
+        return [str(name) for name in depends]
+    return [str(name) for name in depends if isinstance(name, str)] if isinstance(depends, list) else []
+
+
+class DependencyCycle(ValueError):
+    def __init__(self, members: list[str]) -> None:
+        self.members = members
+        super().__init__(f"depends_on has a cycle: {', '.join(repr(m) for m in members)} can never start")
+
+
+def dependency_batches(graph: dict[str, list[str]]) -> list[list[str]]:
+    """Services in start order: each batch depends only on earlier batches (names sorted in a
+    batch). `graph` maps each service to those it depends on (all of them keys of `graph`);
+    `DependencyCycle` names the services left in a cycle."""
+    remaining = {name: set(deps) for name, deps in graph.items()}
+    batches: list[list[str]] = []
+    while remaining:
+        ready = sorted(name for name, deps in remaining.items() if not deps)
+        if not ready:
+            raise DependencyCycle(sorted(remaining))
+        batches.append(ready)
+        for name in ready:
+            del remaining[name]
+        for deps in remaining.values():
+            deps.difference_update(ready)
+    return batches
+
+
+def dependency_issues(compose: dict[str, Any]) -> list[Issue]:
+    services = {str(name): s for name, s in services_of(compose).items() if isinstance(s, dict)}
+    issues = []
+    graph: dict[str, list[str]] = {}
+    for name, service in services.items():
+        graph[name] = []
+        for dependency in depends_on_names(service):
+            if dependency in services:
+                graph[name].append(dependency)
+            else:
+                issues.append(
+                    error("compose", f"service {name!r}: depends_on names an unknown service {dependency!r}")
+                )
+    try:
+        dependency_batches(graph)
+    except DependencyCycle as exc:
+        issues.append(error("compose", str(exc)))
+    return issues

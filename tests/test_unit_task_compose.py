@@ -9,8 +9,11 @@ from hypothesis import strategies as st
 from taskenv.shared.task_archive import TaskFiles
 from taskenv.shared.task_compose import (
     ComposeBuild,
+    DependencyCycle,
     container_ports,
+    dependency_batches,
     policy_issues,
+    port_clash_issues,
     service_plan,
     services_of,
 )
@@ -155,3 +158,56 @@ def test_any_compose_and_manifest_give_issues_never_an_exception(services, ports
     for name, service in services_of(compose).items():
         if isinstance(service, dict):
             service_plan(str(name), service)
+
+
+@pytest.mark.parametrize(
+    ("ports_a", "ports_b", "clash"),
+    [
+        (["8080"], ["8080"], "8080/tcp"),
+        (["8080:80"], ["8080:81"], "8080/tcp"),
+        ([8080], ["127.0.0.1:8080:90"], "8080/tcp"),
+        (["80"], [{"target": 80}], "80/tcp"),
+        (["9000:80"], [{"target": 81, "published": "9000"}], "9000/tcp"),
+        (["8000-8002:8000-8002"], ["8001"], "8001/tcp"),
+        (["53/udp"], ["53:53/udp"], "53/udp"),
+    ],
+)
+def test_two_services_publishing_one_port_are_refused_naming_both(ports_a, ports_b, clash):
+    compose = {"services": {"a": {"image": "x", "ports": ports_a}, "b": {"image": "x", "ports": ports_b}}}
+    found = [str(issue) for issue in policy_issues(compose, FILES)]
+    assert len(found) == 1 and "'a' and 'b'" in found[0] and f"port {clash}" in found[0], found
+
+
+@pytest.mark.parametrize(
+    ("ports_a", "ports_b"),
+    [(["8080:80"], ["8081:80"]), (["53/udp"], ["53/tcp"]), (["80"], ["81"]), (["x"], ["x"])],
+)
+def test_distinct_published_ports_pass(ports_a, ports_b):
+    compose = {"services": {"a": {"image": "x", "ports": ports_a}, "b": {"image": "x", "ports": ports_b}}}
+    assert port_clash_issues(compose) == []
+
+
+def test_depends_on_an_unknown_service_is_refused():
+    compose = {"services": {"web": {"image": "x", "depends_on": ["db"]}}}
+    found = [str(issue) for issue in policy_issues(compose, FILES)]
+    assert found == ["compose: service 'web': depends_on names an unknown service 'db'"]
+
+
+@pytest.mark.parametrize(
+    "services",
+    [
+        {"a": {"depends_on": ["a"]}},
+        {"a": {"depends_on": ["b"]}, "b": {"depends_on": {"a": {"condition": "service_started"}}}},
+    ],
+)
+def test_depends_on_cycles_are_refused(services):
+    found = [str(issue) for issue in policy_issues({"services": services}, FILES)]
+    assert len(found) == 1 and "depends_on has a cycle" in found[0] and "'a'" in found[0], found
+
+
+def test_dependency_batches_start_dependencies_first():
+    graph = {"web": ["db", "cache"], "db": [], "cache": [], "seed": ["db"], "proxy": ["web"]}
+    assert dependency_batches(graph) == [["cache", "db"], ["seed", "web"], ["proxy"]]
+    with pytest.raises(DependencyCycle) as caught:
+        dependency_batches({"a": ["b"], "b": ["a"], "c": []})
+    assert caught.value.members == ["a", "b"]
