@@ -19,6 +19,8 @@ EXECUTE = "execute"
 PROVISION = "provision"
 TEARDOWN = "teardown"
 LOGS = "logs"
+# POST …/verify (worker/verify.py).
+VERIFY = "verify"
 
 
 class ExecJob(TypedDict):
@@ -45,6 +47,18 @@ class EnvJob(TypedDict):
     """Payload of the jobs that act on a whole environment (provision, teardown, logs)."""
 
     env_id: str
+
+
+class VerifyJob(TypedDict):
+    """Check an environment against its task's verification (shared/verification.py)."""
+
+    env_id: str
+    # The task's `verification:` as stored with its version (TaskSource.verification).
+    verification: dict[str, Any]
+    # Wall-clock instant (epoch seconds) at which the check's command must be dead.
+    deadline_at: float
+    user: str
+    workdir: str
 
 
 class JobResult(TypedDict):
