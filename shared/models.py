@@ -96,6 +96,15 @@ class ExecuteResponse(BaseModel):
     output: str
 
 
+class VerifyResponse(BaseModel):
+    """POST …/verify (a taskenv extension): whether the environment passes its task's check."""
+
+    passed: bool
+    method: str = Field(description="The task's verification method: flag or script")
+    detail: str = Field(description="Why, starting with the outcome's word (matched, mismatch, ...)")
+    output: str = Field(description="The flag file's head or the script's output tail, at most 4 KiB")
+
+
 class EnvironmentStatus(BaseModel):
     id: str
     state: EnvironmentState
