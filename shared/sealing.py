@@ -20,7 +20,15 @@ KEY_VARIABLE = "TASKENV_SECRETS_KEY"
 KEY_BYTES = 32
 
 
-class Unsealable(Exception):
+class SealingError(Exception):
+    """What sealing raises: a key that cannot be used, a token that does not open."""
+
+
+class InvalidKey(SealingError, ValueError):
+    """TASKENV_SECRETS_KEY is not a (list of) Fernet key(s)."""
+
+
+class Unsealable(SealingError):
     """A token that does not open under any configured key: made under another key, or altered."""
 
 
@@ -61,7 +69,7 @@ class Sealer:
     def __init__(self, setting: str) -> None:
         problem = key_problem(setting)
         if problem is not None or not _keys(setting):
-            raise ValueError(f"{KEY_VARIABLE}: {problem or 'no key given'}")
+            raise InvalidKey(f"{KEY_VARIABLE}: {problem or 'no key given'}")
         self._fernet = MultiFernet([Fernet(key) for key in _keys(setting)])
 
     def seal(self, data: bytes) -> str:
@@ -87,8 +95,14 @@ def _cached(setting: str) -> Sealer:
     return Sealer(setting)
 
 
-def sealer(setting: str) -> Sealer:
-    """The sealer of TASKENV_SECRETS_KEY's value; 503 for a deployment without one."""
-    if not setting.strip():
+def optional(setting: str) -> Sealer | None:
+    """The sealer of TASKENV_SECRETS_KEY's value, None without one (a process keeps this and
+    refuses, with `required`, only what needs a key)."""
+    return _cached(setting) if setting.strip() else None
+
+
+def required(found: Sealer | None) -> Sealer:
+    """`found`, or the 503 of a deployment without a key."""
+    if found is None:
         raise no_key()
-    return _cached(setting)
+    return found
