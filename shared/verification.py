@@ -35,6 +35,7 @@ FLAG_READ_TIMEOUT_SEC = 10
 FLAG_MAX_BYTES = 64 * 1024
 # What an answer's `output` carries at most: a flag's head, a script's tail.
 OUTPUT_MAX_CHARS = 4096
+SCRIPT_OUTPUT_READ_BYTES = 256 * 1024
 # The only digest the SDK's `verify_env_state` computes.
 SDK_HASH = "sha256"
 
@@ -110,6 +111,12 @@ class ScriptCheck(BaseModel):
     @property
     def command(self) -> str:
         return script_command(self.script)
+
+    @property
+    def output_limit(self) -> int:
+        # Read on past what is answered: the answer keeps the output's tail, where a verifier
+        # says why it failed.
+        return SCRIPT_OUTPUT_READ_BYTES
 
 
 Check = FlagCheck | ScriptCheck
