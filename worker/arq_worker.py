@@ -25,7 +25,7 @@ from taskenv.shared import commands, jobs, keys, scripts
 from taskenv.shared.jobs import JOB_TIMEOUT_SEC
 from taskenv.shared.redis import arq_client, records_client
 from taskenv.shared.settings import Settings
-from taskenv.worker import context, docker, job_functions, reaper, runner_sessions
+from taskenv.worker import context, docker, job_functions, reaper, runner_sessions, verify
 from taskenv.worker.context import JobAnswer, WorkerContext
 
 log = logging.getLogger("taskenv.worker")
@@ -233,6 +233,7 @@ def create_workers(settings: Settings) -> tuple[WakeableWorker, WakeableWorker]:
             func(job_functions.execute, name=jobs.EXECUTE, max_tries=1, timeout=JOB_TIMEOUT_SEC),
             func(job_functions.teardown, name=jobs.TEARDOWN, max_tries=1, timeout=JOB_TIMEOUT_SEC),
             func(job_functions.logs, name=jobs.LOGS, max_tries=1, timeout=JOB_TIMEOUT_SEC),
+            func(verify.verify, name=jobs.VERIFY, max_tries=1, timeout=JOB_TIMEOUT_SEC),
         ],
         settings.worker_max_jobs,
         cron_jobs=[cron(reaper.reap, second=reap_seconds, run_at_startup=False, max_tries=1)],
