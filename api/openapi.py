@@ -36,6 +36,7 @@ from taskenv.shared.models import (
     ProvisionedEnvironment,
     ProvisionRequest,
     User,
+    VerifyResponse,
     Workspace,
 )
 from taskenv.shared.user_agents import VERSION
@@ -168,6 +169,20 @@ DOCS: dict[str, Doc] = {
         "another body. 429: also when too many commands already run in it (see `Retry-After`). "
         "502 `container_gone: …`: its container was removed or stopped outside taskenv. 504: "
         "`timeout_sec` passed; the body carries the partial `output`.",
+    ),
+    "verify_environment": Doc(
+        "Check the environment against its task's verification (a taskenv extension)",
+        "environments",
+        Auth.API_KEY,
+        (200, VerifyResponse),
+        (404, 409, 422, 502, 504),
+        description="`flag`: the file at the task's `path` in the sandbox, stripped, against its "
+        "`value` or `hash` (`alg:hex`, bare hex = sha256); `script`: the task's script runs in the "
+        "sandbox within its `timeout`, exit 0 passes. A check that fails or runs out of time "
+        "answers 200 with `passed: false` and the reason in `detail`. 409: the environment is not "
+        "`ready`, or its task declares no verification. 422 `unsupported`: a judge method (this "
+        "deployment runs no LLM judge; the SDK's verify_env_state runs it from "
+        "`task_verification`). 502: the Docker engine failed. 504: its host's worker did not answer.",
     ),
 }
 
