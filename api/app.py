@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from taskenv.api import environments as env
-from taskenv.api import identity, oci_routes, openapi, request_ids_and_metrics, task_routes
+from taskenv.api import identity, oci_routes, openapi, request_ids_and_metrics, task_routes, verify_routes
 from taskenv.api.allowed_methods import allowed_methods
 from taskenv.api.client_version import MinimumClientVersion
 from taskenv.api.dispatch import Dispatcher
@@ -139,6 +139,7 @@ def _routes() -> list[Route | Mount]:
         Route(one + "/status", env.get_status, methods=["GET"]),
         Route(one + "/logs", env.get_logs, methods=["GET"]),
         Route(one + "/execute", env.execute, methods=["POST"]),
+        Route(one + "/verify", verify_routes.verify_environment, methods=["POST"]),
     ]
     return [
         Route("/api/v1/health", health, methods=["GET"]),
