@@ -55,6 +55,8 @@ class EnvironmentRecord(BaseModel):
     service_urls: str = ""
     # Its task's verification in the shape the SDK's `verify_env_state` reads, as JSON ("": none).
     task_verification: str = ""
+    # Its task's teardown script was started (worker/environment_removal.py): it runs once.
+    teardown_started: Flag = False
     # What every command and script of the environment runs with (template variables, secrets,
     # models), as one JSON object sealed with TASKENV_SECRETS_KEY (shared/sealing.py); "" for none.
     variables: str = ""

@@ -10,6 +10,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from taskenv.shared.keys import WAKE_LIST_MAX
+from taskenv.shared.tasks import DEFAULT_IMAGE
 from taskenv.shared.user_agents import parse_minimums
 
 DEFAULT_TASKS_DIR = Path(__file__).parent / "tasks"
@@ -70,6 +71,8 @@ class Settings(BaseSettings):
     min_client_versions: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
 
     tasks_path: Path = DEFAULT_TASKS_DIR
+    # The image of a pushed task's sandbox, where its commands run (its services run their own).
+    sandbox_image: str = DEFAULT_IMAGE
     # Pushed tasks (docs/tasks.md): one task archive at most this many bytes, compressed and
     # uncompressed; an org's stored archives at most `task_storage_bytes` (in Redis).
     max_task_bytes: int = Field(16 * 1024 * 1024, ge=1024)

@@ -13,10 +13,12 @@ from taskenv.shared import task_keys
 from taskenv.shared.errors import ErrorType, TaskenvError
 from taskenv.shared.task_refs import TaskRef, resolve
 from taskenv.shared.task_store import TaskVersion
-from taskenv.shared.tasks import TaskRegistry, TaskScript, TaskSource, TaskSpec
+from taskenv.shared.tasks import DEFAULT_IMAGE, TaskRegistry, TaskScript, TaskSource, TaskSpec
 
 
-async def spec_for(blobs: Redis, registry: TaskRegistry, caller: str, task_ref: str) -> tuple[TaskSpec, bool]:
+async def spec_for(
+    blobs: Redis, registry: TaskRegistry, caller: str, task_ref: str, *, sandbox_image: str = DEFAULT_IMAGE
+) -> tuple[TaskSpec, bool]:
     """The spec `task_ref` names for `caller`, and whether no host holds its images yet (its
     environments start out `building`)."""
     ref = TaskRef.parse(task_ref)
@@ -25,14 +27,14 @@ async def spec_for(blobs: Redis, registry: TaskRegistry, caller: str, task_ref: 
         unbuilt = bool(version.build_services or version.service_images) and not await blobs.scard(
             task_keys.task_built_hosts(version.oci_digest)
         )  # type: ignore[misc]
-        return spec_of(version), unbuilt
+        return spec_of(version, sandbox_image), unbuilt
     if ref.org is not None and ref.org != caller:
         raise TaskenvError(ErrorType.NOT_FOUND, f"Task {task_ref!r} not found")
     builtin = ref.name if ref.version is None else f"{ref.name}@{ref.version}"
     return registry.resolve(builtin), False
 
 
-def spec_of(version: TaskVersion) -> TaskSpec:
+def spec_of(version: TaskVersion, sandbox_image: str = DEFAULT_IMAGE) -> TaskSpec:
     source = TaskSource(
         org=version.org,
         name=version.name,
@@ -47,5 +49,9 @@ def spec_of(version: TaskVersion) -> TaskSpec:
         egress=version.egress,
     )
     return TaskSpec(
-        name=version.name, version=version.version, instruction=version.instruction, source=source
+        name=version.name,
+        version=version.version,
+        image=sandbox_image,
+        instruction=version.instruction,
+        source=source,
     )

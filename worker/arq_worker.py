@@ -21,11 +21,12 @@ from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
-from taskenv.shared import commands, jobs, keys, scripts
+from taskenv.shared import commands, jobs, keys, scripts, sealing
 from taskenv.shared.jobs import JOB_TIMEOUT_SEC
 from taskenv.shared.redis import arq_client, records_client
 from taskenv.shared.settings import Settings
 from taskenv.worker import context, docker, job_functions, reaper, runner_sessions, verify
+from taskenv.worker.command_env import CommandEnvironments
 from taskenv.worker.context import JobAnswer, WorkerContext
 
 log = logging.getLogger("taskenv.worker")
@@ -167,7 +168,11 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx[_SETTINGS]
     records = records_client(settings)
     joined = await reaper.join_deployment(records, settings)
-    worker = WorkerContext(settings, records, docker.connect(), joined)
+    sealer = sealing.optional(settings.secrets_key)
+    worker = WorkerContext(
+        settings, records, docker.connect(), joined, sealer=sealer,
+        variables=CommandEnvironments(records, sealer),
+    )  # fmt: skip
     context.install(ctx, worker)
     await reaper.reap_with(worker)
     worker.runners = await runner_sessions.start_for_host(settings, worker.docker, joined)

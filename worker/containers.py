@@ -17,15 +17,32 @@ LABEL_ENV = "taskenv.env"
 LABEL_HOST = "taskenv.host"
 # The deployment (shared/deployment.py) that made it: nothing touches another deployment's.
 LABEL_DEPLOYMENT = "taskenv.deployment"
+# On a task service's container (worker/pod.py): the compose service it runs. The sandbox has none.
+LABEL_SERVICE = "taskenv.service"
+
+
+def labels_of(record: Record, deployment: str) -> dict[str, str]:
+    """What marks every container and volume of an environment as this deployment's and its own."""
+    return {
+        LABEL_MANAGED: "true",
+        LABEL_ENV: record["id"],
+        LABEL_HOST: record["host"],
+        LABEL_DEPLOYMENT: deployment,
+    }
 
 
 def container_config(
-    record: Record, spec: TaskSpec, deployment: str, runner_volume: str | None = None
+    record: Record,
+    spec: TaskSpec,
+    deployment: str,
+    runner_volume: str | None = None,
+    extra_mounts: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Hardened by default: no network, no capabilities, no privilege gain, bounded memory,
     pids and CPU, a read-only root with a size-capped /tmp, and an init process that reaps
     orphaned children. With `runner_volume`, the runner mounted read-only and the three
-    capabilities it needs (worker/runner_volume.py)."""
+    capabilities it needs (worker/runner_volume.py); `extra_mounts` (read-only volumes: a task's
+    directory) added to its mounts."""
     resources = spec.resources
     memory = resources.memory_mb * 1024 * 1024
     config: dict[str, Any] = {
@@ -34,10 +51,7 @@ def container_config(
         "Env": [f"{name}={value}" for name, value in spec.env.items()],
         "WorkingDir": spec.workdir,
         "Labels": {
-            LABEL_MANAGED: "true",
-            LABEL_ENV: record["id"],
-            LABEL_HOST: record["host"],
-            LABEL_DEPLOYMENT: deployment,
+            **labels_of(record, deployment),
             "taskenv.org": record["org"],
             "taskenv.workspace": record["workspace"],
             "taskenv.task": spec.ref,
@@ -64,6 +78,8 @@ def container_config(
     }
     if runner_volume is not None:
         config["HostConfig"].update(sandbox_host_config(runner_volume))
+    if extra_mounts:
+        config["HostConfig"]["Mounts"] = [*config["HostConfig"].get("Mounts", []), *extra_mounts]
     return config
 
 
@@ -73,9 +89,10 @@ async def create_and_start(
     spec: TaskSpec,
     deployment: str,
     runner_volume: str | None = None,
+    extra_mounts: list[dict[str, Any]] | None = None,
 ) -> str:
     name = container_name(record["id"])
-    config = container_config(record, spec, deployment, runner_volume)
+    config = container_config(record, spec, deployment, runner_volume, extra_mounts)
     container = await docker.containers.create(config, name=name)
     await container.start()
     return str(container.id)
@@ -132,12 +149,15 @@ class Managed(NamedTuple):
 
 
 async def managed_on_host(docker: aiodocker.Docker, host: str, deployment: str) -> dict[str, Managed]:
-    """Every container this deployment made on this host, by environment id."""
+    """Every sandbox this deployment made on this host, by environment id (task services are
+    worker/pod.py's)."""
     labels = [f"{LABEL_MANAGED}=true", f"{LABEL_HOST}={host}", f"{LABEL_DEPLOYMENT}={deployment}"]
     filters = json.dumps({"label": labels})
     found = await docker.containers.list(all=True, filters=filters)
     return {
-        c["Labels"][LABEL_ENV]: Managed(c["Names"][0].lstrip("/"), c["State"] == "running") for c in found
+        c["Labels"][LABEL_ENV]: Managed(c["Names"][0].lstrip("/"), c["State"] == "running")
+        for c in found
+        if LABEL_SERVICE not in (c.get("Labels") or {})
     }
 
 

@@ -16,6 +16,8 @@ from redis.asyncio import Redis
 from taskenv.shared.settings import Settings
 
 if TYPE_CHECKING:
+    from taskenv.shared.sealing import Sealer
+    from taskenv.worker.command_env import CommandEnvironments
     from taskenv.worker.membership import Membership
     from taskenv.worker.runner_sessions import RunnerPool
 
@@ -35,6 +37,10 @@ class WorkerContext:
     membership: "Membership | None" = None
     # The sandboxes' runner sessions (TASKENV_EXEC_BACKEND=runner); None: `docker exec` only.
     runners: "RunnerPool | None" = None
+    # TASKENV_SECRETS_KEY's sealer (shared/sealing.py); None when the operator set no key.
+    sealer: "Sealer | None" = None
+    # The variables environments' commands run with (worker/command_env.py).
+    variables: "CommandEnvironments | None" = None
 
 
 @dataclass
