@@ -7,9 +7,10 @@
  * is done when its shell exits: what is in its pipe then is sent, then its exit frame; a
  * background child holding the pipe is read and discarded until it lets go. A kill stops and
  * then kills the command's whole tree, found in the sandbox's PID namespace: its session, its
- * process group, their descendants, and every process carrying the command's tag in its
- * environment (a double-forked, `setsid` escapee is reparented to us, the subreaper, and keeps
- * its environment). When the worker goes away (stdin ends) every command is killed.
+ * process group, their descendants, and every process carrying the command's tag group (a
+ * double-forked, `setsid` escapee is reparented to us, the subreaper, and keeps its groups).
+ * A command runs with the container's environment, overridden by the variables its START
+ * carries. When the worker goes away (stdin ends) every command is killed.
  *
  * Everything here can be replaced by the sandbox (same uid): the host trusts nothing it says
  * beyond its own environment, and enforces deadlines itself. Keep it small and boring. */
@@ -30,13 +31,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define VERSION 1
+#define VERSION 2
 #define HEADER 4                 /* u32 body length, big-endian */
 #define BODY_MIN 5               /* u8 type, u32 command id */
 #define MAX_WORKDIR 4096
 #define MAX_COMMAND (128 * 1024) /* the kernel's limit on one argv string */
 #define MAX_USER 256
-#define MAX_BODY_IN (BODY_MIN + 8 + MAX_WORKDIR + MAX_USER + MAX_COMMAND)
+#define MAX_ENV (64 * 1024) /* the command's variables: `KEY=VALUE\0` entries */
+#define MAX_ENV_ENTRIES 256
+#define START_HEAD 12      /* u32 output limit, u16 workdir length, u16 user length, u32 env length */
+#define MAX_BODY_IN (BODY_MIN + START_HEAD + MAX_WORKDIR + MAX_USER + MAX_ENV + MAX_COMMAND)
 #define OUTPUT_CHUNK 32768
 #define MAX_ACTIVE 256   /* commands running at once */
 #define MAX_SLOTS 1024   /* running commands plus pipes still held by background children */
@@ -362,16 +366,52 @@ static int resolve(const char *spec, uid_t *uid, gid_t *gid, char *home, size_t 
     return 1;
 }
 
-/* The runner runs as root and commands as their user: Docker's per-user HOME, unless the
- * sandbox's environment set one. */
-static char **command_env(const char *home) {
+/* Whether `entry` is `KEY=VALUE` with KEY a shell identifier; its key's length in `*klen`. */
+static int env_entry(const char *entry, size_t *klen) {
+    size_t k = 0;
+    while ((entry[k] >= 'A' && entry[k] <= 'Z') || (entry[k] >= 'a' && entry[k] <= 'z') || entry[k] == '_' ||
+           (k > 0 && entry[k] >= '0' && entry[k] <= '9'))
+        k++;
+    *klen = k;
+    return k > 0 && entry[k] == '=';
+}
+
+/* The START's variables, `KEY=VALUE\0` each (NULs only as terminators), split in place into
+ * `vars`; 0 for a malformed block: a bad key, an unterminated entry, too many, a key twice. */
+static int split_env(char *block, size_t len, char **vars, size_t *count) {
+    size_t n = 0;
+    if (len && block[len - 1] != 0) return 0;
+    for (size_t at = 0; at < len; at += strlen(block + at) + 1) {
+        size_t klen;
+        if (n == MAX_ENV_ENTRIES || !env_entry(block + at, &klen)) return 0;
+        for (size_t i = 0; i < n; i++)
+            if (strncmp(vars[i], block + at, klen + 1) == 0) return 0;
+        vars[n++] = block + at;
+    }
+    *count = n;
+    return 1;
+}
+
+static int overridden(const char *entry, char **vars, size_t nvars) {
+    size_t klen;
+    if (!env_entry(entry, &klen)) return 0;
+    for (size_t i = 0; i < nvars; i++)
+        if (strncmp(vars[i], entry, klen + 1) == 0) return 1;
+    return 0;
+}
+
+/* The container's environment, each variable the START names replaced by its value. The runner
+ * runs as root and commands as their user: Docker's per-user HOME, unless the sandbox's
+ * environment or the START set one. */
+static char **command_env(const char *home, char **vars, size_t nvars) {
     size_t n = 0;
     while (base_env[n]) n++;
-    char **envp = malloc((n + 2) * sizeof *envp);
+    char **envp = malloc((n + nvars + 1) * sizeof *envp);
     if (!envp) return NULL;
     static char home_var[4200];
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
+        if (overridden(base_env[i], vars, nvars)) continue;
         if (strncmp(base_env[i], "HOME=", 5) == 0 && home && strcmp(base_env[i] + 5, root_home) == 0) {
             snprintf(home_var, sizeof home_var, "HOME=%s", home);
             envp[k++] = home_var;
@@ -379,6 +419,7 @@ static char **command_env(const char *home) {
             envp[k++] = base_env[i];
         }
     }
+    for (size_t i = 0; i < nvars; i++) envp[k++] = vars[i];
     envp[k] = NULL;
     return envp;
 }
@@ -392,17 +433,30 @@ static void fail(int report, const char *step) {
 }
 
 static void start(uint32_t id, const unsigned char *p, size_t len) {
-    if (len < 8) { send_error(id, "start: payload too short"); return; }
+    if (len < START_HEAD) { send_error(id, "start: payload too short"); return; }
     uint32_t limit = get32(p);
-    size_t wlen = (size_t)p[4] << 8 | p[5], ulen = (size_t)p[6] << 8 | p[7];
-    if (wlen == 0 || wlen > MAX_WORKDIR || ulen == 0 || ulen > MAX_USER || 8 + wlen + ulen > len) {
+    size_t wlen = (size_t)p[4] << 8 | p[5], ulen = (size_t)p[6] << 8 | p[7], elen = get32(p + 8);
+    if (wlen == 0 || wlen > MAX_WORKDIR || ulen == 0 || ulen > MAX_USER || START_HEAD + wlen + ulen > len) {
         send_error(id, "start: bad workdir or user");
         return;
     }
-    size_t clen = len - 8 - wlen - ulen;
+    if (elen > MAX_ENV || START_HEAD + wlen + ulen + elen > len) {
+        send_error(id, "start: bad environment length");
+        return;
+    }
+    const unsigned char *w = p + START_HEAD, *u = w + wlen, *e = u + ulen, *c = e + elen;
+    size_t clen = len - START_HEAD - wlen - ulen - elen;
     if (clen >= MAX_COMMAND) { send_error(id, "start: command too long"); return; }
-    if (memchr(p + 8, 0, wlen + ulen + clen)) { send_error(id, "start: NUL byte in the request"); return; }
+    if (memchr(w, 0, wlen + ulen) || memchr(c, 0, clen)) {
+        send_error(id, "start: NUL byte in the request");
+        return;
+    }
     if (find(id)) { send_error(id, "start: command id in use"); return; }
+    static char env_block[MAX_ENV];
+    static char *vars[MAX_ENV_ENTRIES];
+    size_t nvars = 0;
+    memcpy(env_block, e, elen);
+    if (!split_env(env_block, elen, vars, &nvars)) { send_error(id, "start: malformed environment"); return; }
     int active = 0, index = -1;
     for (int i = 0; i < MAX_SLOTS; i++) {
         if (slots[i].active) active++;
@@ -411,13 +465,13 @@ static void start(uint32_t id, const unsigned char *p, size_t len) {
     if (active >= MAX_ACTIVE || index < 0) { send_error(id, "start: too many commands"); return; }
 
     static char workdir[MAX_WORKDIR + 1], user[MAX_USER + 1], command[MAX_COMMAND], home[MAX_WORKDIR];
-    memcpy(workdir, p + 8, wlen); workdir[wlen] = 0;
-    memcpy(user, p + 8 + wlen, ulen); user[ulen] = 0;
-    memcpy(command, p + 8 + wlen + ulen, clen); command[clen] = 0;
+    memcpy(workdir, w, wlen); workdir[wlen] = 0;
+    memcpy(user, u, ulen); user[ulen] = 0;
+    memcpy(command, c, clen); command[clen] = 0;
     uid_t uid;
     gid_t gid;
     if (!resolve(user, &uid, &gid, home, sizeof home)) { start_failed(id, limit, "unknown user"); return; }
-    char **envp = command_env(home);
+    char **envp = command_env(home, vars, nvars);
     if (!envp) { start_failed(id, limit, "out of memory"); return; }
     int out[2], report[2];
     if (pipe2(out, O_CLOEXEC) < 0) {

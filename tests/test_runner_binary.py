@@ -23,7 +23,9 @@ from taskenv.worker.output import CappedOutput
 from taskenv.worker.runner_client import CommandTimedOut, RunnerSession
 from taskenv.worker.runner_protocol import (
     MAX_OUTPUT_CHUNK,
+    START_HEAD,
     Error,
+    Exit,
     ExitReason,
     FrameDecoder,
     FrameType,
@@ -295,3 +297,73 @@ async def test_output_chunks_are_within_the_frame_bound(runner, workdir):
     runner._dispatch = spy
     await run(runner, "head -c 300000 /dev/zero", workdir)
     assert sum(sizes) == 300000 and max(sizes) <= MAX_OUTPUT_CHUNK
+
+
+async def test_variables_reach_the_command_over_the_containers(workdir):
+    process = await spawn()
+    session = RunnerSession(ProcessTransport(process))
+    await session.open(within_sec=5)
+    env = {"WEB_URL": "http://localhost:8080", "PATH": "/bin:/usr/bin", "EMPTY": "", "ODD": "a=b c\n'\"$x"}
+    output = CappedOutput(MIB)
+    command = 'printf "%s|%s|%s|[%s]|%s\\n" "$WEB_URL" "$PATH" "$HOME" "$EMPTY" "$ODD"; env | grep -c ^PATH='
+    ended = await session.run(command, workdir=str(workdir), user=USER, output=output, within_sec=5, env=env)
+    assert ended.status == 0
+    assert output.text() == "http://localhost:8080|/bin:/usr/bin|/|[]|a=b c\n'\"$x\n1\n"
+    # HOME from the START wins over the user's.
+    output = CappedOutput(MIB)
+    await session.run(
+        "echo $HOME", workdir=str(workdir), user=USER, output=output, within_sec=5, env={"HOME": "/h"}
+    )
+    assert output.text() == "/h\n"
+    # The next command without variables has the container's again.
+    _, output = await run(session, 'echo "[$WEB_URL]$PATH"', workdir)
+    assert output.text() == "[]/usr/sbin:/usr/bin:/sbin:/bin\n"
+    await session.close()
+    await process.wait()
+
+
+async def frames_until_exit(process: asyncio.subprocess.Process, command_id: int) -> list:
+    assert process.stdout is not None
+    decoder, frames = FrameDecoder(), []
+    async with asyncio.timeout(5):
+        while not any(isinstance(f, Exit) and f.command_id == command_id for f in frames):
+            frames += decoder.feed(await process.stdout.read(65536))
+    return frames
+
+
+def start_with_env(command_id: int, block: bytes, workdir: Path) -> bytes:
+    """A START whose environment block is `block` as it is (the encoder refuses bad ones)."""
+    good = encode_start(command_id, "echo ok", workdir=str(workdir), user=USER, output_limit=100)
+    limit, wlen, ulen, _ = START_HEAD.unpack_from(good, 9)
+    head_end = 9 + START_HEAD.size + wlen + ulen
+    payload = START_HEAD.pack(limit, wlen, ulen, len(block)) + good[9 + START_HEAD.size : head_end] + block
+    body = struct.pack(">BI", FrameType.START, command_id) + payload + b"echo ok"
+    return struct.pack(">I", len(body)) + body
+
+
+@pytest.mark.parametrize(
+    ("block", "reason"),
+    [
+        (b"A=1", "malformed"),  # unterminated
+        (b"=1\0", "malformed"),  # no key
+        (b"1A=1\0", "malformed"),  # a key not an identifier
+        (b"A-B=1\0", "malformed"),
+        (b"A\0", "malformed"),  # no '='
+        (b"\0", "malformed"),  # an empty entry
+        (b"A=1\0A=2\0", "malformed"),  # a key twice
+        (b"".join(b"K%d=\0" % i for i in range(257)), "malformed"),  # too many
+        (b"A=" + b"x" * (64 * 1024) + b"\0", "length"),  # too long
+    ],
+)
+async def test_a_malformed_environment_is_refused(workdir, block, reason):
+    process = await spawn()
+    assert process.stdin is not None
+    good = encode_start(2, "echo ok", workdir=str(workdir), user=USER, output_limit=10, env={"A": "1"})
+    process.stdin.write(start_with_env(1, block, workdir) + good)
+    await process.stdin.drain()
+    frames = await frames_until_exit(process, 2)
+    process.stdin.close()
+    errors = {f.command_id: f.message for f in frames if isinstance(f, Error)}
+    assert reason in errors[1]
+    assert next(f.data for f in frames if getattr(f, "data", None)) == b"ok\n"
+    assert await process.wait() == 0

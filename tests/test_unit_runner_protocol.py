@@ -14,7 +14,10 @@ from taskenv.worker.runner_client import CommandTimedOut, RunnerLost, RunnerRefu
 from taskenv.worker.runner_protocol import (
     LENGTH,
     MAX_BODY,
+    MAX_ENV,
+    MAX_ENV_ENTRIES,
     MAX_OUTPUT_CHUNK,
+    START_HEAD,
     VERSION,
     Error,
     Exit,
@@ -25,6 +28,7 @@ from taskenv.worker.runner_protocol import (
     Hello,
     Output,
     RunnerProtocolError,
+    encode_env,
     encode_kill,
     encode_runner_frame,
     encode_start,
@@ -110,6 +114,57 @@ def test_requests_are_refused_before_they_leave():
         encode_kill(0)
 
 
+env_keys = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,20}", fullmatch=True)
+env_values = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=50)
+
+
+def decode_start(frame: bytes) -> tuple[str, str, dict[str, str], str]:
+    """What the runner reads from a START: workdir, user, variables, command."""
+    _, wlen, ulen, elen = START_HEAD.unpack_from(frame, 9)
+    at = 9 + START_HEAD.size
+    workdir, user = frame[at : at + wlen], frame[at + wlen : at + wlen + ulen]
+    block = frame[at + wlen + ulen : at + wlen + ulen + elen]
+    assert block == b"" or block.endswith(b"\0")
+    entries = [entry.decode().partition("=") for entry in block.split(b"\0")[:-1]]
+    command = frame[at + wlen + ulen + elen :].decode()
+    return workdir.decode(), user.decode(), {key: value for key, _, value in entries}, command
+
+
+@given(
+    st.dictionaries(env_keys, env_values, max_size=20), st.text(max_size=50).filter(lambda c: "\0" not in c)
+)
+def test_variables_travel_in_the_start(env: dict[str, str], command: str):
+    frame = encode_start(7, command, workdir="/w", user="1000:1000", output_limit=5, env=env)
+    assert decode_start(frame) == ("/w", "1000:1000", env, command)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"1A": "x"},
+        {"A-B": "x"},
+        {"": "x"},
+        {"A=B": "x"},
+        {"A": "x\0y"},
+        {"A": "\ud800"},
+        {"A": 1},
+        {f"K{i}": "" for i in range(MAX_ENV_ENTRIES + 1)},
+        {"A": "x" * MAX_ENV},
+    ],
+)
+def test_a_bad_environment_is_refused_before_it_leaves(env):
+    with pytest.raises(ValueError):
+        encode_start(1, "true", workdir="/tmp", user="1000", output_limit=10, env=env)
+
+
+def test_the_environment_bounds_are_the_runners():
+    most = {f"K{i}": "" for i in range(MAX_ENV_ENTRIES)}
+    assert len(encode_env(most).split(b"\0")) == MAX_ENV_ENTRIES + 1
+    assert len(encode_env({"A": "x" * (MAX_ENV - 3)})) == MAX_ENV
+    with pytest.raises(ValueError):
+        encode_env({"A": "x" * (MAX_ENV - 2)})
+
+
 class FakeRunner:
     """A transport whose 'runner' is the test: it reads what the worker wrote and says what
     the test makes it say."""
@@ -171,6 +226,26 @@ async def test_an_answer_with_its_output_and_what_the_runner_dropped():
         3,
         "hello\n[taskenv: output truncated at 5 bytes; 42 more bytes were discarded]\n",
     )
+
+
+async def test_the_commands_variables_go_in_its_start_and_a_bad_one_fails_that_command_only():
+    fake = FakeRunner()
+    session = await opened(fake)
+    with pytest.raises(ValueError, match="not an identifier"):
+        await session.run(
+            "true", workdir="/tmp", user="1000", output=CappedOutput(10), within_sec=1, env={"a b": ""}
+        )
+    task = asyncio.create_task(
+        session.run(
+            "true", workdir="/tmp", user="1000", output=CappedOutput(10), within_sec=5, env={"A": "1"}
+        )
+    )
+    await fake.started()
+    start = next(w for w in fake.written if w[4] == FrameType.START)
+    assert decode_start(start)[2] == {"A": "1"}
+    command_id = struct.unpack_from(">I", start, 5)[0]
+    fake.say(Exit(command_id, ExitReason.EXITED, 0, 0))
+    assert (await task).status == 0 and session.alive
 
 
 async def test_a_runner_that_never_greets_is_lost_at_the_timeout():

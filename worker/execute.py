@@ -31,6 +31,7 @@ from taskenv.worker.kill import kill_tree
 from taskenv.worker.metrics import DOCKER_SECONDS
 from taskenv.worker.output import CappedOutput
 from taskenv.worker.runner_execute import run_through_runner
+from taskenv.worker.runner_protocol import encode_env
 from taskenv.worker.runner_sessions import RunnerPool
 
 log = logging.getLogger("taskenv.worker")
@@ -73,6 +74,7 @@ async def run_command(
             stdin=False,
             user=job["user"],
             workdir=job["workdir"],
+            environment=_environment(job),
         )
     stream = exe.start(detach=False)
     try:
@@ -126,6 +128,16 @@ async def _read_until_exit(stream: Stream, output: CappedOutput, report: ExitRep
             return report.status
     output.add(report.rest())
     return None
+
+
+def _environment(job: ExecJob) -> dict[str, str] | None:
+    """The job's variables, over the container's; held to the runner's rules (ValueError), so
+    both backends run the same commands."""
+    env = job.get("env")
+    if not env:
+        return None
+    encode_env(env)
+    return env
 
 
 def _failure(exc: Exception) -> TaskenvError:

@@ -12,7 +12,7 @@ does not confirm within `KILL_WAIT_SEC`, the caller is told so it can kill from 
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -106,10 +106,18 @@ class RunnerSession:
         return self.lost is None and self.hello is not None
 
     async def run(
-        self, command: str, *, workdir: str, user: str, output: CappedOutput, within_sec: float
+        self,
+        command: str,
+        *,
+        workdir: str,
+        user: str,
+        output: CappedOutput,
+        within_sec: float,
+        env: Mapping[str, str] | None = None,
     ) -> Exit:
-        """Run one command to its end. Raises CommandTimedOut after `within_sec` (the command killed
-        or not, as the runner confirmed), RunnerRefused, or RunnerLost."""
+        """Run one command to its end, with the container's environment overridden by `env`.
+        Raises CommandTimedOut after `within_sec` (the command killed or not, as the runner
+        confirmed), RunnerRefused, RunnerLost, or ValueError for a request it cannot encode."""
         if self.lost is not None:
             raise RunnerLost(self.lost)
         command_id = self._take_id()
@@ -117,7 +125,9 @@ class RunnerSession:
         self._running[command_id] = running
         try:
             await self._send(
-                encode_start(command_id, command, workdir=workdir, user=user, output_limit=output.limit)
+                encode_start(
+                    command_id, command, workdir=workdir, user=user, output_limit=output.limit, env=env
+                )
             )
             try:
                 async with asyncio.timeout(max(within_sec, 0.0)):

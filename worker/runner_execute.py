@@ -54,6 +54,7 @@ async def run_in_runner(docker: aiodocker.Docker, session: RunnerSession, job: E
             user=job["user"],
             output=output,
             within_sec=job["deadline_at"] - time.time(),
+            env=job.get("env"),
         )
     except CommandTimedOut as exc:
         if not exc.killed:

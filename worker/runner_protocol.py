@@ -7,14 +7,16 @@ bounded (it never holds more than one frame's worth of bytes between calls) and 
 byte is looked at once); anything else is a `RunnerProtocolError`, never another exception.
 """
 
+import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
-VERSION = 1
+VERSION = 2
 LENGTH = struct.Struct(">I")  # the body's length, before the body
 BODY_HEAD = struct.Struct(">BI")  # type, command id
-START_HEAD = struct.Struct(">IHH")  # output limit, workdir length, user length
+START_HEAD = struct.Struct(">IHHI")  # output limit, workdir, user and environment lengths
 HELLO_BODY = struct.Struct(">HI")  # protocol version, commands it runs at once
 EXIT_BODY = struct.Struct(">BBQ")  # reason, status, bytes dropped past the limit
 
@@ -22,6 +24,10 @@ MAX_OUTPUT_CHUNK = 32 * 1024
 MAX_ERROR = 512
 MAX_WORKDIR = 4096
 MAX_USER = 256
+# The command's variables: `KEY=VALUE\0` entries, keys shell identifiers, values without NUL.
+MAX_ENV = 64 * 1024
+MAX_ENV_ENTRIES = 256
+ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # The kernel's limit on one argv string, its NUL included (the runner passes `sh -c <command>`).
 MAX_COMMAND = 128 * 1024 - 1
 # The largest body a runner may send: an output chunk.
@@ -80,9 +86,18 @@ class Error:
 Frame = Hello | Output | Exit | Error
 
 
-def encode_start(command_id: int, command: str, *, workdir: str, user: str, output_limit: int) -> bytes:
-    """Start `sh -c command` as `user` (`name|uid[:group|gid]`, as Docker reads it) in `workdir`.
-    Raises ValueError for what the runner would refuse (the API refuses it first)."""
+def encode_start(
+    command_id: int,
+    command: str,
+    *,
+    workdir: str,
+    user: str,
+    output_limit: int,
+    env: Mapping[str, str] | None = None,
+) -> bytes:
+    """Start `sh -c command` as `user` (`name|uid[:group|gid]`, as Docker reads it) in `workdir`,
+    with the container's environment overridden by `env`. Raises ValueError for what the runner
+    would refuse (the API refuses it first; a bad `env` is the worker's own mistake)."""
     encoded = command.encode("utf-8", "surrogatepass")
     where, who = workdir.encode(), user.encode()
     if len(encoded) > MAX_COMMAND or b"\0" in encoded:
@@ -91,9 +106,31 @@ def encode_start(command_id: int, command: str, *, workdir: str, user: str, outp
         raise ValueError("workdir empty, too long or holding a NUL byte")
     if not 0 < len(who) <= MAX_USER or b"\0" in who:
         raise ValueError("user empty, too long or holding a NUL byte")
+    variables = encode_env(env or {})
     limit = min(max(output_limit, 0), 2**32 - 1)
-    payload = START_HEAD.pack(limit, len(where), len(who)) + where + who + encoded
+    payload = START_HEAD.pack(limit, len(where), len(who), len(variables)) + where + who + variables + encoded
     return _frame(FrameType.START, command_id, payload)
+
+
+def encode_env(env: Mapping[str, str]) -> bytes:
+    """`KEY=VALUE\\0` for each variable, within the runner's bounds (ValueError otherwise). The
+    Docker backend holds variables to the same rules, so both backends accept the same ones."""
+    if len(env) > MAX_ENV_ENTRIES:
+        raise ValueError(f"{len(env)} environment variables, more than {MAX_ENV_ENTRIES}")
+    entries = []
+    for key, value in env.items():
+        if not isinstance(key, str) or not ENV_KEY.fullmatch(key):
+            raise ValueError(f"environment variable name {key!r} is not an identifier")
+        if not isinstance(value, str) or "\0" in value:
+            raise ValueError(f"environment variable {key} is not a string without NUL")
+        try:
+            entries.append(f"{key}={value}".encode() + b"\0")
+        except UnicodeEncodeError:
+            raise ValueError(f"environment variable {key} is not valid UTF-8") from None
+    block = b"".join(entries)
+    if len(block) > MAX_ENV:
+        raise ValueError(f"environment of {len(block)} bytes, more than {MAX_ENV}")
+    return block
 
 
 def encode_kill(command_id: int) -> bytes:
