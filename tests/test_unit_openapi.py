@@ -93,6 +93,7 @@ def test_the_documented_statuses_of_the_routes(document):
         ("get", "/{env_id}/status"): [200, 401, 403, 404, 426, 429, 500, 503],
         ("get", "/{env_id}/logs"): [200, 401, 403, 404, 409, 426, 429, 500, 502, 503, 504],
         ("post", "/{env_id}/execute"): EXECUTE_STATUSES,
+        ("post", "/{env_id}/verify"): [200, 401, 403, 404, 409, 422, 426, 429, 500, 502, 503, 504],
     }
     identity = {op["operationId"]: sorted(int(s) for s in op["responses"]) for op in _operations(document)}
     assert identity["get_user"] == [200, 401, 426, 429, 500, 503]
