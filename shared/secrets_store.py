@@ -125,7 +125,7 @@ def _invalid(field: str, message: str) -> TaskenvError:
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise _invalid(
             "name",
             "must be an environment variable's name: a letter or _, then letters, digits or _,"
