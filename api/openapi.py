@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from taskenv.api.environments import ListQuery
+from taskenv.api.secret_routes import SecretCreate, SecretUpdate, UserSecret, UserSecretsList
 from taskenv.shared.errors import STATUS, ErrorEnvelope, ExecTimeoutEnvelope
 from taskenv.shared.idempotency import HEADER as IDEMPOTENCY_HEADER
 from taskenv.shared.idempotency import MAX_KEY_CHARS as IDEMPOTENCY_KEY_MAX_CHARS
@@ -184,15 +185,40 @@ DOCS: dict[str, Doc] = {
         "deployment runs no LLM judge; the SDK's verify_env_state runs it from "
         "`task_verification`). 502: the Docker engine failed. 504: its host's worker did not answer.",
     ),
+    "create_secret": Doc(
+        "Store a secret in the organization",
+        "secrets",
+        Auth.API_KEY,
+        (201, UserSecret),
+        (409,),
+        body=SecretCreate,
+        description="The value is sealed at rest and never answered (`masked_value` is constant). "
+        "409: the org has a secret of that name. 503: the deployment has no TASKENV_SECRETS_KEY.",
+    ),
+    "list_secrets": Doc(
+        "The organization's secrets, never a value", "secrets", Auth.API_KEY, (200, UserSecretsList)
+    ),
+    "get_secret": Doc("One secret, never its value", "secrets", Auth.API_KEY, (200, UserSecret), (404,)),
+    "update_secret": Doc(
+        "Replace a secret's value",
+        "secrets",
+        Auth.API_KEY,
+        (200, UserSecret),
+        (404,),
+        body=SecretUpdate,
+        description="Environments made before keep the value they were made with. 503: the "
+        "deployment has no TASKENV_SECRETS_KEY.",
+    ),
+    "delete_secret": Doc("Delete a secret", "secrets", Auth.API_KEY, (204, None), (404,)),
 }
 
 _ERROR_TEXT = {
     400: "Malformed JSON, a body that is not an object, or a content type other than JSON",
     401: "Missing or unknown credential",
     403: "A valid credential for another organization, workspace or environment",
-    404: "No such environment in this workspace, or unknown task",
+    404: "No such environment in this workspace, or unknown task or secret",
     408: "The request body did not arrive whole in time (TASKENV_BODY_TIMEOUT_SEC); the connection is closed",
-    409: "The environment is in the wrong state for this",
+    409: "The environment is in the wrong state for this, or a secret's name is taken",
     413: "Request body over 1 MiB",
     422: "The body or query fails validation; `errors` lists every field with its `loc`",
     426: "Client older than the operator's minimum (TASKENV_MIN_CLIENT_VERSIONS); `detail` names it",
