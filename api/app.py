@@ -17,7 +17,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from taskenv.api import environments as env
-from taskenv.api import identity, oci_routes, openapi, request_ids_and_metrics, task_routes, verify_routes
+from taskenv.api import (
+    identity,
+    oci_routes,
+    openapi,
+    request_ids_and_metrics,
+    secret_routes,
+    task_routes,
+    verify_routes,
+)
 from taskenv.api.allowed_methods import allowed_methods
 from taskenv.api.client_version import MinimumClientVersion
 from taskenv.api.dispatch import Dispatcher
@@ -155,6 +163,7 @@ def _routes() -> list[Route | Mount]:
         *openapi.routes(),
         *task_routes.routes(),
         *oci_routes.routes(),
+        *secret_routes.routes(),
     ]
 
 
