@@ -10,6 +10,7 @@ import typer
 import uvicorn
 
 from taskenv.cli import failures, instance
+from taskenv.cli.secrets import secrets_app
 from taskenv.cli.tasks import task_app
 from taskenv.shared.models import EnvironmentState
 
@@ -21,6 +22,7 @@ app.add_typer(image_app, name="image")
 env_app = typer.Typer(no_args_is_help=True, help="Environments, across hosts.")
 app.add_typer(env_app, name="env")
 app.add_typer(task_app, name="task")
+app.add_typer(secrets_app, name="secrets")
 
 
 JSON_OPTION = typer.Option(False, "--json", help="JSON (the API's formats) instead of a table")
