@@ -27,6 +27,7 @@ import redis
 from taskenv.cli import instance
 from taskenv.cli.keys import count, create
 from taskenv.cli.operations import build_image
+from taskenv.cli.secrets import ensure_home_key
 from taskenv.shared.apikeys import key_id
 from taskenv.shared.secrets import hash_secret
 from taskenv.shared.settings import Settings
@@ -242,6 +243,8 @@ def _run(*, workers: int, port: int | None, org: str, workspace: str) -> int:
     require_free_port(settings.api_host, settings.api_port)
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     env["TASKENV_REDIS_URL"] = instance.embedded_redis_url()
+    # The key that seals org secrets: the operator's, else the one kept in the home.
+    env["TASKENV_SECRETS_KEY"] = env.get("TASKENV_SECRETS_KEY") or ensure_home_key(home)
     try:
         built = asyncio.run(build_image(only_if_missing=True))
     except Exception as exc:
