@@ -9,6 +9,7 @@ on a socket in the home (no TCP port), so parallel workers share nothing but the
 where every container carries its host's label."""
 
 import asyncio
+import base64
 import os
 import shutil
 import signal
@@ -132,6 +133,10 @@ def tasks_dir(home: Path, **extra: str) -> Path:
     return tasks
 
 
+# The key sealing org secrets and environments' variables in the test stacks (Fernet: 32 bytes).
+TEST_SECRETS_KEY = base64.urlsafe_b64encode(os.urandom(32)).decode()
+
+
 def settings_env(redis_sock: Path, port: int, tasks: Path, host: str, **settings: str) -> dict[str, str]:
     return {
         **os.environ,
@@ -140,6 +145,7 @@ def settings_env(redis_sock: Path, port: int, tasks: Path, host: str, **settings
         "TASKENV_API_PORT": str(port),
         "TASKENV_TASKS_PATH": str(tasks),
         "TASKENV_REAP_INTERVAL_SEC": "1",
+        "TASKENV_SECRETS_KEY": TEST_SECRETS_KEY,
         **settings,
     }
 
