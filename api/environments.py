@@ -14,6 +14,7 @@ from taskenv.api.dispatch import Admission, Idempotency, NotAdmitted, Refusal
 from taskenv.api.metrics import EXECUTE_SECONDS
 from taskenv.api.ratelimit import OrgRate
 from taskenv.api.state import AppState, app_state
+from taskenv.api.task_requests import task_fields
 from taskenv.api.teardown import Teardown, remove_container
 from taskenv.shared import commands, jobs, keys, quotas, store
 from taskenv.shared.environment_record import EnvironmentRecord
@@ -75,7 +76,10 @@ async def create_environment(request: Request) -> Response:
     state = app_state(request)
     scope = await require_workspace(state.records, request)
     body = await parse_json(request, ProvisionRequest)
-    spec, unbuilt = await spec_for(state.arq, state.registry, scope.org, body.task_ref)
+    spec, unbuilt = await spec_for(
+        state.arq, state.registry, scope.org, body.task_ref, sandbox_image=state.settings.sandbox_image
+    )
+    task_parts = await task_fields(state.records, scope.org, spec, body)
     wanted = body.timeout_sec or spec.lifetime_sec or state.settings.default_lifetime_sec
     lifetime = min(wanted, state.settings.max_lifetime_sec)
     env_id = str(uuid.uuid4())
@@ -93,6 +97,7 @@ async def create_environment(request: Request) -> Response:
             lifetime_sec=lifetime,
             provision_timeout_sec=state.settings.control_timeout_sec,
             limits=limits,
+            task_fields=task_parts,
         )
     except store.OverQuota as over:
         limit = limits.of_quota(over.quota)

@@ -57,6 +57,7 @@ async def create(
     """The environment's record, made with its indexes in one script; `OverQuota` (and nothing
     written) when its org or workspace already holds its limit of live environments."""
     now = time.time()
+    fields: dict[str, Any] = {"instruction": spec.instruction or "", **(task_fields or {})}
     record = EnvironmentRecord(
         id=env_id,
         org=org,
@@ -65,12 +66,11 @@ async def create(
         state=EnvironmentState.PROVISIONING,
         created_at=now,
         expires_at=now + lifetime_sec,
-        instruction=spec.instruction or "",
         token_hash=token_hash,
         spec=spec.model_dump_json(),
-        **(task_fields or {}),
+        **fields,
     ).to_hash()
-    fields = [item for pair in record.items() for item in pair]
+    pairs = [item for pair in record.items() for item in pair]
     org_environments, workspace_environments = quotas.environment_sets(org, workspace)
     outcome = await scripts.CREATE_ENVIRONMENT.run(
         redis,
@@ -88,7 +88,7 @@ async def create(
         org_limit=limits.org_environments,
         workspace_limit=limits.workspace_environments,
         env_prefix=_ENV_PREFIX,
-        rest=fields,
+        rest=pairs,
     )
     if outcome != scripts.CreateOutcome.CREATED:
         raise OverQuota(Quota(outcome))
