@@ -24,7 +24,8 @@ from taskenv.worker.runner_sessions import RunnerPool
 @job
 async def verify(ctx: Ctx, payload: VerifyJob) -> dict[str, Any]:
     worker = context.of(ctx)
-    return await check(worker.docker, payload, worker.runners)
+    env = await worker.variables.of(payload["env_id"]) if worker.variables is not None else None
+    return await check(worker.docker, payload, worker.runners, env)
 
 
 async def check(
