@@ -44,6 +44,7 @@ MAX_ENV_FILE_BYTES = 256 * 1024
 _MIN_DURATION_NS = 1_000_000
 _MAX_DURATION_NS = 24 * 3600 * 10**9
 _MIN_MEMORY_BYTES = 6 * 1024 * 1024
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9._-]{1,63}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _DURATION = re.compile(rf"(?:{_DURATION_PART.pattern})+")
@@ -156,6 +157,8 @@ def plans(
     for name, service in services.items():
         if not isinstance(service, dict):
             raise ServiceError(str(name), "service", "must be a mapping")
+        if not _SERVICE_NAME.fullmatch(str(name)):
+            raise ServiceError(str(name)[:100], "service", "a name is letters, digits, '.', '_' and '-'")
         result.append(_Reader(str(name), service, files).plan(images, settings, set(map(str, services))))
     start_order(result)
     return result
