@@ -1,6 +1,7 @@
 """A real taskenv for integration tests: a private redis-server, a worker and the API as child
 processes (exactly as operators run them), against the machine's real Docker engine."""
 
+import os
 import subprocess
 import uuid
 from collections import Counter
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from hypothesis import settings
 
 from tests.harness import (
     CLEANUP_GRACE_SEC,
@@ -31,6 +33,15 @@ __all__ = ["Env", "Service", "provision", "wait_for_state"]
 BROKEN_TASK = '[[task]]\nname = "broken"\nimage = "taskenv/no-such-image:0"\n'
 # The default image run as root, with a small /tmp: per-task user and tmpfs size.
 ROOT_TASK = '[[task]]\nname = "rooted"\nuser = "0:0"\n[task.resources]\ntmp_mb = 16\n'
+
+
+# Hypothesis budgets. `fast`, the default, keeps the fast loop fast; `thorough`
+# (TASKENV_HYPOTHESIS=thorough) draws twenty times as many examples, for a run that looks harder
+# (before a release, after changing a parser). No deadline in either: the machine is shared, and
+# a slow example is no bug. A test names its own budget only when it is a cost (a real service).
+settings.register_profile("fast", max_examples=50, deadline=None)
+settings.register_profile("thorough", max_examples=1000, deadline=None)
+settings.load_profile(os.environ.get("TASKENV_HYPOTHESIS", "fast"))
 
 
 @dataclass

@@ -116,14 +116,13 @@ def test_a_gzip_of_not_a_tar_is_refused():
         read(gzip.compress(b"hello, not a tar archive" * 40), CAP)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=4096))
 def test_arbitrary_bytes_raise_only_archive_error(blob):
     with contextlib.suppress(ArchiveError):
         read(blob, CAP)
 
 
-@settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=2048), st.integers(min_value=0, max_value=4096))
 def test_arbitrary_tar_bytes_under_valid_gzip_raise_only_archive_error(body, cut):
     corrupt = bytearray(tar_gz(entry("task.yaml", b"name: x\n"), entry("d/f", body)))
@@ -141,7 +140,6 @@ _names = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
 @given(
     _names,
     st.lists(

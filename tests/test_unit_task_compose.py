@@ -3,7 +3,7 @@ refused with the service and the key named; honoured and ignored keys pass."""
 
 import pytest
 import yaml
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from taskenv.shared.task_archive import TaskFiles
@@ -134,7 +134,6 @@ _keys = st.sampled_from(
 _services = st.dictionaries(_keys, _values, max_size=6)
 
 
-@settings(max_examples=400, deadline=None)
 @given(st.dictionaries(st.text(max_size=8), _services | _values, max_size=3), _values)
 def test_any_compose_and_manifest_give_issues_never_an_exception(services, ports):
     compose = {"services": services, "volumes": services, "secrets": services}
