@@ -6,6 +6,7 @@ worker/arq_worker.py `_publish_result`), only Docker faked. No process, no socke
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from arq.jobs import deserialize_job
 from redis.asyncio import ConnectionPool, Redis
 
 from taskenv.api import app as api_app
+from taskenv.api import auth, dispatch
 from taskenv.shared import apikeys, jobs, keys
 from taskenv.shared.settings import Settings
 from taskenv.worker import arq_worker, context, job_functions
@@ -108,12 +110,28 @@ class FakeWorker:
         return taken
 
 
+class Clock:
+    """The API's clock for the org's request rate (`time.time` in api/auth.py and api/dispatch.py,
+    whose `now` the token bucket counts from), with a hand to move it on: a test advances it by
+    the Retry-After it was given instead of waiting that long."""
+
+    def __init__(self) -> None:
+        self.ahead_sec = 0.0
+
+    def time(self) -> float:
+        return time.time() + self.ahead_sec
+
+    def advance(self, seconds: float) -> None:
+        self.ahead_sec += seconds
+
+
 @dataclass
 class InProcess:
     http: httpx.AsyncClient
     records: Redis
     worker: FakeWorker
     settings: Settings
+    clock: Clock
 
     def envs_url(self, org: str = "acme", workspace: str = "main") -> str:
         return envs_url(BASE_URL, org, workspace)
@@ -153,6 +171,9 @@ async def in_process(monkeypatch: pytest.MonkeyPatch, **settings: Any) -> AsyncI
     )
     worker = FakeWorker(server, config)
     _fake_docker(monkeypatch, worker)
+    clock = Clock()
+    for module in (auth, dispatch):
+        monkeypatch.setattr(module, "time", clock)
     app = api_app.create_app(config)
     records = Redis(connection_pool=_pool(server, decode=True))
     running = asyncio.create_task(worker.run(), name="fake-worker")
@@ -160,7 +181,7 @@ async def in_process(monkeypatch: pytest.MonkeyPatch, **settings: Any) -> AsyncI
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url=BASE_URL, timeout=10) as http:
-                yield InProcess(http, records, worker, config)
+                yield InProcess(http, records, worker, config, clock)
     finally:
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):
