@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import socket
 import uuid
+from functools import partial
 from typing import Any
 
 import aiodocker
@@ -15,7 +16,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from taskenv.bench import api_side
+from taskenv.bench import api_side, ledger
+from taskenv.bench import run as bench_run
 from taskenv.bench.config import BenchConfig
 from taskenv.bench.ledger import CLEANUP_PASSES, complete
 from taskenv.bench.load import run_phase
@@ -179,7 +181,9 @@ def config(api: FakeApi, **changes: Any) -> BenchConfig:
 
 
 @pytest.fixture
-async def api():
+async def api(monkeypatch):
+    # The cleanup's passes, without the second's pause between them (the retries are the point).
+    monkeypatch.setattr(bench_run, "cleanup", partial(ledger.cleanup, retry_pause_sec=0.01))
     fake = FakeApi()
     server = TestServer(fake.app(), host="127.0.0.1")
     await server.start_server()
