@@ -317,14 +317,38 @@ def _port_range(text: str) -> range:
     return range(low, min(high, low + MAX_PORTS_PER_SERVICE - 1) + 1)
 
 
+def _remapped(entry: Any) -> tuple[str, str] | None:
+    """(published, container port) of an entry that publishes another port than it listens on."""
+    if isinstance(entry, dict):
+        published, target = entry.get("published"), entry.get("target")
+    elif isinstance(entry, str):
+        parts = entry.partition("/")[0].split(":")
+        published, target = (parts[-2], parts[-1]) if len(parts) >= 2 else (None, None)
+    else:
+        return None
+    if published in (None, "") or target in (None, ""):
+        return None
+    return (str(published), str(target)) if _port_range(str(published)) != _port_range(str(target)) else None
+
+
 def port_clash_issues(compose: dict[str, Any]) -> list[Issue]:
-    """Every service of a task shares one network namespace: two publishing one port cannot
-    both listen on it."""
+    """Every service of a task shares one network namespace, where nothing maps ports: two
+    services publishing one port cannot both listen on it, and a service reached at
+    `localhost:<published>` must listen on that very port."""
     owners: dict[str, str] = {}
     issues = []
     for name, service in services_of(compose).items():
         if not isinstance(service, dict):
             continue
+        for published, target in filter(None, map(_remapped, _list(service.get("ports")))):
+            issues.append(
+                error(
+                    "compose",
+                    f"service {name!r} publishes port {published} for container port {target}: a task's"
+                    " services share one loopback where no port is mapped, so it must listen on the port"
+                    f" it publishes (write '{published}:{published}')",
+                )
+            )
         for port in sorted(published_ports(service)):
             first = owners.setdefault(port, str(name))
             if first != str(name):

@@ -94,7 +94,7 @@ def test_honoured_and_ignored_keys_pass():
     service = {
         "build": {"context": "web", "dockerfile": "Dockerfile", "args": ["A=1", "B=two"], "target": "final"},
         "image": "lab/web:1",
-        "ports": ["127.0.0.1:8080:80/tcp", {"target": 9000, "published": 9000}, 7000, "3000-3005"],
+        "ports": ["127.0.0.1:8080:8080/tcp", {"target": 9000, "published": 9000}, 7000, "3000-3005"],
         "cap_add": ["NET_BIND_SERVICE", "cap_chown"],
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges:true"],
@@ -111,7 +111,7 @@ def test_honoured_and_ignored_keys_pass():
     assert plan.build == ComposeBuild(
         context="web", dockerfile="Dockerfile", args={"A": "1", "B": "two"}, target="final"
     )
-    assert plan.ports == [80, 7000, 9000]
+    assert plan.ports == [7000, 8080, 9000]
     assert container_ports(service)[1] == ["3000-3005"]
 
 
@@ -163,10 +163,10 @@ def test_any_compose_and_manifest_give_issues_never_an_exception(services, ports
     ("ports_a", "ports_b", "clash"),
     [
         (["8080"], ["8080"], "8080/tcp"),
-        (["8080:80"], ["8080:81"], "8080/tcp"),
-        ([8080], ["127.0.0.1:8080:90"], "8080/tcp"),
+        (["8080:8080"], ["127.0.0.1:8080:8080"], "8080/tcp"),
+        ([8080], ["127.0.0.1::8080"], "8080/tcp"),
         (["80"], [{"target": 80}], "80/tcp"),
-        (["9000:80"], [{"target": 81, "published": "9000"}], "9000/tcp"),
+        (["9000:9000"], [{"target": 9000, "published": "9000"}], "9000/tcp"),
         (["8000-8002:8000-8002"], ["8001"], "8001/tcp"),
         (["53/udp"], ["53:53/udp"], "53/udp"),
     ],
@@ -179,11 +179,22 @@ def test_two_services_publishing_one_port_are_refused_naming_both(ports_a, ports
 
 @pytest.mark.parametrize(
     ("ports_a", "ports_b"),
-    [(["8080:80"], ["8081:80"]), (["53/udp"], ["53/tcp"]), (["80"], ["81"]), (["x"], ["x"])],
+    [(["8080:8080"], ["8081:8081"]), (["53/udp"], ["53/tcp"]), (["80"], ["81"]), (["x"], ["x"])],
 )
 def test_distinct_published_ports_pass(ports_a, ports_b):
     compose = {"services": {"a": {"image": "x", "ports": ports_a}, "b": {"image": "x", "ports": ports_b}}}
     assert port_clash_issues(compose) == []
+
+
+@pytest.mark.parametrize(
+    "entry", ["8080:80", "127.0.0.1:8080:80/tcp", {"target": 80, "published": 8080}, "8000-8001:9000-9001"]
+)
+def test_a_port_published_under_another_number_is_refused(entry):
+    """Nothing maps ports on a shared loopback: `localhost:8080` would reach nothing."""
+    compose = {"services": {"web": {"image": "x", "ports": [entry]}}}
+    found = [str(issue) for issue in policy_issues(compose, FILES)]
+    assert len(found) == 1 and "service 'web' publishes port" in found[0], found
+    assert "must listen on the port it publishes" in found[0]
 
 
 def test_depends_on_an_unknown_service_is_refused():

@@ -56,7 +56,9 @@ def container_config(
             "taskenv.workspace": record["workspace"],
             "taskenv.task": spec.ref,
         },
-        "NetworkDisabled": True,
+        # Network `none` (below) gives it a loopback and nothing else. No `NetworkDisabled`: with
+        # it the engine leaves /etc/hosts empty, and `localhost` (a task's service URLs) would not
+        # resolve in the sandbox nor in the services that share its namespace.
         "AttachStdin": False,
         "OpenStdin": False,
         "Tty": False,

@@ -40,9 +40,8 @@ from aiodocker.volumes import DockerVolume
 
 from taskenv.shared.store import container_name
 from taskenv.shared.task_services import DependsCondition, ServicePlan, TaskMount, start_order
-from taskenv.worker.containers import LABEL_DEPLOYMENT, LABEL_ENV
+from taskenv.worker.containers import LABEL_DEPLOYMENT, LABEL_ENV, LABEL_HOST, LABEL_MANAGED, LABEL_SERVICE
 
-LABEL_SERVICE = "taskenv.service"
 LABEL_VOLUME = "taskenv.volume"
 POLL_SEC = 0.1
 LOG_TAIL_LINES = 50
@@ -376,6 +375,16 @@ async def remove_environment(docker: aiodocker.Docker, env_id: str, deployment: 
     for volume in volumes:
         count += await _remove_volume(docker, str(volume["Name"]))
     return Removed(containers=removed, volumes=count)
+
+
+async def environments_on_host(docker: aiodocker.Docker, host: str, deployment: str) -> set[str]:
+    """The environments of this deployment and host that have service containers or volumes."""
+    labels = [f"{LABEL_MANAGED}=true", f"{LABEL_HOST}={host}", f"{LABEL_DEPLOYMENT}={deployment}"]
+    services = json.dumps({"label": [*labels, LABEL_SERVICE]})
+    containers = await docker.containers.list(all=True, filters=services)
+    listed = await docker.volumes.list(filters={"label": labels})  # type: ignore[no-untyped-call]
+    found = [entry["Labels"] for entry in containers] + [v.get("Labels") for v in listed.get("Volumes") or []]
+    return {str(labels_of[LABEL_ENV]) for labels_of in found if labels_of and LABEL_ENV in labels_of}
 
 
 async def _remove_container(docker: aiodocker.Docker, container_id: str) -> int:
