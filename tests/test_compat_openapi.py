@@ -5,6 +5,7 @@ content type, headers). A status that is documented but never provoked, or provo
 documented, fails the test. (tests/test_fuzz_openapi.py does the same with generated requests.)
 """
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
+import yaml
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_headers_conformance,
@@ -27,8 +29,11 @@ from schemathesis.specs.openapi.checks import (
 from taskenv.api.app import create_app
 from taskenv.api.openapi import build_document
 from taskenv.shared.settings import Settings
+from taskenv.shared.task_archive import TaskFiles, pack
 from tests.helpers import commands_in_flight, eventually
 from tests.stack import Stack
+from tests.test_integration_tasks import Registry
+from tests.test_integration_verify import BY_HASH, FLAG, task
 
 pytestmark = [pytest.mark.integration, pytest.mark.compat]
 
@@ -54,6 +59,15 @@ DOCUMENTED = {
 # Documented, and not provoked here: 500 is a bug (the fuzz and every test check there is none);
 # a teardown's 502 needs the Docker engine to refuse a removal (a removed container is not one).
 NOT_PROVOKED = {(op, 500) for op in OPERATIONS} | {("delete_environment", 502)}
+# Pushed tasks of the org `acme`, each for a status of POST …/verify the default task (which
+# declares no verification: 409) cannot give: a flag checked for real (200), a script whose
+# 1 s timeout bounds how long the worker must be stopped for the API to give up (504), and a
+# judge method this deployment refuses (422).
+VERIFIED_TASKS = {
+    "flag-lab": BY_HASH,
+    "slow-lab": {"method": "script", "script": "verify.sh", "timeout": 1},
+    "judged-lab": {"method": "outcome_judge", "judge": {"model": "openai/gpt-4o", "rubric": "rce"}},
+}
 AUTH_FAIL_LIMIT = 5
 BODY_TIMEOUT_SEC = 1
 BIG = "x" * (1024 * 1024 + 1)
@@ -101,8 +115,23 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         running.close()
 
 
-def _ready(probe: Prober, key: str, scope: dict[str, str]) -> tuple[str, str]:
-    created = probe("create_environment", 201, scope, {"X-API-Key": key}, json={"task_ref": "default"}).json()
+def _push(stack: Stack, key: str, name: str, verification: dict[str, Any]) -> None:
+    """A task of the org `acme`, pushed as `dn task push` does."""
+
+    async def push() -> httpx.Response:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(60, connect=5)) as client:
+            _, raw = task(name, verification)
+            # A script verification's script must be in the archive (checked at push).
+            files = {"task.yaml": yaml.safe_dump(raw).encode(), "verify.sh": b"exit 0\n"}
+            layer = pack(TaskFiles(files=files))
+            return await Registry(client, stack.base_url, "acme", key).push(name, layer, raw)
+
+    answer = asyncio.run(push())
+    assert answer.status_code == 201, answer.text
+
+
+def _ready(probe: Prober, key: str, scope: dict[str, str], task_ref: str = "default") -> tuple[str, str]:
+    created = probe("create_environment", 201, scope, {"X-API-Key": key}, json={"task_ref": task_ref}).json()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         status = probe("get_status", 200, {**scope, "env_id": created["id"]}, {"X-API-Key": key}).json()
@@ -121,6 +150,52 @@ def _remove_container(env_id: str) -> None:
         subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=True)
 
 
+def _verified_labs(probe: Prober, stack: Stack, key: str, ws: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """A ready environment of each of VERIFIED_TASKS: task name -> (id, execute token)."""
+    for name, verification in VERIFIED_TASKS.items():
+        _push(stack, key, name, verification)
+    return {name: _ready(probe, key, ws, name) for name in VERIFIED_TASKS}
+
+
+def _probe_secrets(probe: Prober, mine: dict[str, str], theirs: dict[str, str]) -> str:
+    """Each status of the org's secret routes but those every route answers (426, 429, 503);
+    returns the id of a secret left in place. No answer ever carries a value."""
+    org, nobody = {"org": "acme"}, {}
+    json_body = {**mine, "Content-Type": "application/json"}
+    made = probe("create_secret", 201, org, mine, json={"name": "API_TOKEN", "value": "s3cret"})
+    kept = {**org, "secret_id": made.json()["id"]}
+    probe("create_secret", 400, org, json_body, content=b'{"name": ')
+    probe("create_secret", 401, org, nobody, json={"name": "OTHER", "value": "v"})
+    probe("create_secret", 403, org, theirs, json={"name": "OTHER", "value": "v"})
+    probe("create_secret", 408, org, json_body, content=_Stalled(b'{"name": "OTHER", "value": "v"'))
+    probe("create_secret", 409, org, mine, json={"name": "API_TOKEN", "value": "another"})
+    probe("create_secret", 413, org, mine, json={"name": "OTHER", "value": BIG})
+    probe("create_secret", 422, org, mine, json={"name": "not-an-env-name", "value": "v"})
+    shown = [
+        probe("list_secrets", 200, org, mine),
+        probe("get_secret", 200, kept, mine),
+        probe("update_secret", 200, kept, mine, json={"value": "s3cret2"}),
+    ]
+    assert all("s3cret" not in answer.text for answer in [made, *shown])
+    assert shown[0].json()["total"] == 1
+    probe("list_secrets", 401, org, nobody)
+    probe("list_secrets", 403, org, theirs)
+    missing = {**org, "secret_id": str(uuid.uuid4())}
+    for operation in ("get_secret", "update_secret", "delete_secret"):
+        body = {"json": {"value": "v"}} if operation == "update_secret" else {}
+        probe(operation, 401, kept, nobody, **body)
+        probe(operation, 403, kept, theirs, **body)
+        probe(operation, 404, missing, mine, **body)
+    probe("update_secret", 400, kept, json_body, content=b"{nope")
+    probe("update_secret", 408, kept, json_body, content=_Stalled(b'{"value": "v"'))
+    probe("update_secret", 413, kept, mine, json={"value": BIG})
+    probe("update_secret", 422, kept, mine, json={"value": ""})
+    doomed = probe("create_secret", 201, org, mine, json={"name": "DOOMED", "value": "v"}).json()["id"]
+    probe("delete_secret", 204, {**org, "secret_id": doomed}, mine)
+    probe("delete_secret", 404, {**org, "secret_id": doomed}, mine)
+    return kept["secret_id"]
+
+
 class _Stalled:
     """A body that stops after its first bytes for longer than TASKENV_BODY_TIMEOUT_SEC, the first
     time it is sent (schemathesis reads the request's body again to check the answer)."""
@@ -137,12 +212,23 @@ class _Stalled:
 
 
 def _valid_request(
-    operation: str, ws: dict[str, str], env_id: str, key: dict[str, str], token: dict[str, str]
+    operation: str,
+    ws: dict[str, str],
+    env_id: str,
+    secret_id: str,
+    key: dict[str, str],
+    token: dict[str, str],
 ) -> tuple[dict[str, str], dict[str, str], dict[str, Any]]:
     """A request that would succeed: the path's parameters, the credential, the body."""
     path = OPERATIONS[operation][0]
-    where = {name: value for name, value in {**ws, "env_id": env_id}.items() if "{" + name + "}" in path}
-    bodies = {"execute": {"command": "true"}, "create_environment": {"task_ref": "default"}}
+    params = {**ws, "env_id": env_id, "secret_id": secret_id}
+    where = {name: value for name, value in params.items() if "{" + name + "}" in path}
+    bodies = {
+        "execute": {"command": "true"},
+        "create_environment": {"task_ref": "default"},
+        "create_secret": {"name": "ANOTHER_TOKEN", "value": "v"},
+        "update_secret": {"value": "v"},
+    }
     request = {"json": bodies[operation]} if operation in bodies else {}
     return where, token if operation == "execute" else key, request
 
@@ -204,6 +290,24 @@ def test_every_documented_response_is_what_the_route_returns(stack: Stack) -> No
     probe("get_logs", 404, env(missing), mine)
     probe("get_logs", 409, env(gone), mine)
 
+    secret = _probe_secrets(probe, mine, theirs)
+
+    labs = _verified_labs(probe, stack, key, ws)
+    flagged, flag_token = labs["flag-lab"]
+    unread = probe("verify_environment", 200, env(flagged), mine).json()
+    assert unread["passed"] is False and unread["detail"].startswith("flag_unreadable: "), unread
+    written = f"echo '{FLAG}' > /tmp/flag"
+    probe("execute", 200, env(flagged), token(flag_token), json={"command": written})
+    assert probe("verify_environment", 200, env(flagged), mine).json()["passed"] is True
+    probe("verify_environment", 401, env(flagged), nobody)
+    probe("verify_environment", 401, env(flagged), token(flag_token))  # grading is not the agent's
+    probe("verify_environment", 403, env(flagged), theirs)
+    probe("verify_environment", 404, env(missing), mine)
+    probe("verify_environment", 409, env(a), mine)  # the default task declares no verification
+    probe("verify_environment", 409, env(gone), mine)
+    judged = probe("verify_environment", 422, env(labs["judged-lab"][0]), mine)
+    assert judged.json()["detail"].startswith("unsupported: "), judged.text
+
     ran = probe("execute", 200, env(a), token(token_a), json={"command": "echo hi", "timeout_sec": 5})
     assert ran.json() == {"exit_code": 0, "output": "hi\n"}
     probe("execute", 400, env(a), {**token(token_a), **json_body}, content=b"{nope")
@@ -238,19 +342,25 @@ def test_every_documented_response_is_what_the_route_returns(stack: Stack) -> No
     probe("execute", 502, env(b), token(token_b), json={"command": "true"})
     _remove_container(d)
     probe("get_logs", 502, env(d), mine)
+    _remove_container(flagged)
+    vanished = probe("verify_environment", 502, env(flagged), mine).json()
+    assert "container" in vanished["detail"], vanished
 
-    # 504 for logs: the environment's worker does not answer (stopped for a moment).
+    # 504 for logs and a verification: the environment's worker does not answer (stopped for a
+    # moment: the control timeout, the script's timeout and the API's grace).
     assert stack.worker is not None
     os.kill(stack.worker.pid, signal.SIGSTOP)
     try:
         probe("get_logs", 504, env(a), mine)
+        late_check = probe("verify_environment", 504, env(labs["slow-lab"][0]), mine).json()
+        assert late_check["detail"].startswith("No answer from a worker"), late_check
     finally:
         os.kill(stack.worker.pid, signal.SIGCONT)
 
     # 426 on every route for a client older than TASKENV_MIN_CLIENT_VERSIONS.
     old = {"User-Agent": "dreadnode-sdk/2.0.1"}
     for operation in OPERATIONS:
-        where, headers, request = _valid_request(operation, ws, a, mine, token(token_a))
+        where, headers, request = _valid_request(operation, ws, a, secret, mine, token(token_a))
         probe(operation, 426, where, {**headers, **old}, **request)
 
     # 503 on every authenticated route while Redis is down (after the clients' own retries).
@@ -258,7 +368,7 @@ def test_every_documented_response_is_what_the_route_returns(stack: Stack) -> No
     stack.stop(stack.redis)
     try:
         for operation in authenticated:
-            where, headers, request = _valid_request(operation, ws, a, mine, token(token_a))
+            where, headers, request = _valid_request(operation, ws, a, secret, mine, token(token_a))
             down = probe(operation, 503, where, headers, **request)
             assert int(down.headers["Retry-After"]) >= 1
     finally:
@@ -270,7 +380,7 @@ def test_every_documented_response_is_what_the_route_returns(stack: Stack) -> No
         probe("get_user", 401, {}, {"X-API-Key": "tk_unknown"})
     probe("get_user", 429, {}, {"X-API-Key": "tk_unknown"})
     for operation in authenticated:
-        where, headers, request = _valid_request(operation, ws, a, mine, token(token_a))
+        where, headers, request = _valid_request(operation, ws, a, secret, mine, token(token_a))
         limited = probe(operation, 429, where, headers, **request)
         assert int(limited.headers["Retry-After"]) >= 1
 
