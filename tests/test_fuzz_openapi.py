@@ -5,9 +5,9 @@ at least 480 (TASKENV_FUZZ_CASES=60 per operation); the thorough one, at least 2
 `TASKENV_FUZZ_CASES=250 scripts/test.sh tests/test_fuzz_openapi.py`.
 
 Hypothesis decides, per case (its first choice the likeliest), whether the path names the fuzz
-workspace and its environments (a ready one, a torn-down one) or what schemathesis generated,
-and which credential goes with it, so that generated bodies and queries reach the handlers
-instead of stopping at 401/403.
+workspace, its environments (a ready one, a torn-down one) and its secret, or what schemathesis
+generated, and which credential goes with it, so that generated bodies and queries reach the
+handlers instead of stopping at 401/403.
 Bounded: every request goes to 127.0.0.1 with a timeout; commands run with real tokens get
 at most 2 s; at most MAX_PROVISIONS environments are made, each torn down at once; the stack
 (its own Redis, worker and API: failed authentications here must not lock other tests out)
@@ -56,6 +56,7 @@ class Target:
     token: str = ""
     gone_id: str = ""
     gone_token: str = ""
+    secret_id: str = ""
     provisions: int = 0
     statuses: collections.Counter[tuple[str, int]] = field(default_factory=collections.Counter)
 
@@ -81,6 +82,8 @@ def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
             target.env_id, target.token = target.provision(client)
             target.gone_id, target.gone_token = target.provision(client)
             assert client.delete(f"{target.url}/{target.gone_id}").status_code == 204
+            secrets = f"{stack.base_url}/api/v1/org/{ORG}/secrets"
+            target.secret_id = client.post(secrets, json={"name": "FUZZ_KEPT", "value": "v"}).json()["id"]
             assert client.get(f"{stack.base_url}{OPENAPI_PATH}").json() == DOCUMENT
         yield target
     finally:
@@ -129,6 +132,10 @@ def _aim(case: Any, data: st.DataObject, target: Target) -> dict[str, str]:
             params["env_id"], token = target.env_id, target.token
         elif which == "gone":
             params["env_id"], token = target.gone_id, target.gone_token
+    if "secret_id" in params:
+        secret = data.draw(st.sampled_from(["real", "generated"]), label="secret")
+        if secret == "real" and case.method != "DELETE":  # the real one must stay
+            params["secret_id"] = target.secret_id
     credential = data.draw(st.sampled_from(["own", "other", "none", "generated"]), label="api key")
     if bad_header:
         credential = "generated"
