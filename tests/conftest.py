@@ -7,6 +7,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -59,8 +60,27 @@ class Service:
         return envs_url(self.base_url, org, workspace)
 
 
+# A test module's name says its tier: these need real processes (Redis, taskenv's API and
+# worker, the Docker engine), so every test in them is marked `integration`, and the fast loop
+# (-m "not integration") does not even import them (their imports are a third of its time).
+INTEGRATION_MODULES = ("test_integration_", "test_compat_", "test_fuzz_", "test_bench_integration")
+FAST_LOOP = "not integration"
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    fast_loop = config.getoption("markexpr").strip() == FAST_LOOP
+    return True if fast_loop and collection_path.name.startswith(INTEGRATION_MODULES) else None
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name.startswith(INTEGRATION_MODULES):
+            item.add_marker(pytest.mark.integration)
+    _unique_ids(items)
+
+
+def _unique_ids(items: list[pytest.Item]) -> None:
     """schemathesis names each operation's test `test_x[GET /path]` but gives them all the node
     id `test_x`; pytest-xdist schedules by node id, so it ran one operation of the fuzz. Each
     gets its name in its id, as pytest 9 builds a child's id (Node has no public setter)."""
