@@ -110,15 +110,16 @@ class EnvironmentStatus(BaseModel):
     state: EnvironmentState
     expires_at: datetime | None
     error: str | None
+    # Both here as well: the SDK polls /status until `ready` and takes them from its answer.
+    instruction: str | None = None
+    # Dreadnode's shape, `{service: {"url", "host", "port", "urls": {"<port>": url}}}`, as the
+    # SDK's templating reads it: a task's services, reachable from the sandbox on its loopback.
+    service_urls: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 class Environment(EnvironmentStatus):
     task_ref: str
     created_at: datetime
-    instruction: str | None
-    # Dreadnode's shape, `{service: {"url", "host", "port", "urls": {"<port>": url}}}`, as the
-    # SDK's templating reads it: a task's services, reachable from the sandbox on its loopback.
-    service_urls: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # The task's verification as the SDK's `verify_env_state` reads it (None: the task has none).
     task_verification: dict[str, Any] | None = None
 

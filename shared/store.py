@@ -251,6 +251,8 @@ def to_status(record: AnyRecord) -> EnvironmentStatus:
         state=_shown_state(record),
         expires_at=_when(record.get("expires_at")),
         error=record.get("error") or None,
+        instruction=record.get("instruction") or None,
+        service_urls=_json_or(record.get("service_urls"), {}),
     )
 
 
@@ -262,8 +264,6 @@ def to_environment(record: AnyRecord) -> Environment:
         **to_status(record).model_dump(),
         task_ref=record["task_ref"],
         created_at=created_at,
-        instruction=record.get("instruction") or None,
-        service_urls=_json_or(record.get("service_urls"), {}),
         task_verification=_json_or(record.get("task_verification"), None),
     )
 

@@ -15,6 +15,7 @@ from hypothesis import settings
 
 from tests.harness import (
     CLEANUP_GRACE_SEC,
+    SDK,
     create_key,
     docker_ready,
     free_port,
@@ -133,3 +134,22 @@ async def env(client: httpx.AsyncClient, service: Service) -> AsyncIterator[Env]
 
 # Several "hosts" (worker processes with their own host ids) for one test: tests/cluster.py.
 from tests.cluster import cluster_api, cluster_factory  # noqa: E402, F401
+
+
+# Dreadnode's `dn` CLI, for the tests that drive it (tests/test_compat_tasks.py and others).
+@pytest.fixture(scope="session")
+def dn_bin() -> Path:
+    if not (SDK / "bin" / "dn").exists():
+        pytest.fail("the dreadnode SDK is missing: run scripts/sdk-venv.sh (scripts/test.sh does)")
+    return SDK / "bin"
+
+
+@pytest.fixture
+def dn_env(tmp_path: Path) -> dict[str, str]:
+    """A HOME of its own and proxies that lead nowhere: nothing `dn` does leaves loopback."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DREADNODE_", "_DN_"))}
+    blackhole = "http://127.0.0.1:9"
+    env.update(HOME=str(home), HTTP_PROXY=blackhole, HTTPS_PROXY=blackhole, ALL_PROXY=blackhole)
+    return {**env, "NO_PROXY": "127.0.0.1,localhost", "COLUMNS": "200", "NO_COLOR": "1"}

@@ -43,6 +43,9 @@ FAST_TIMINGS = {
     "TASKENV_REAP_INTERVAL_SEC": "1",
 }
 
+# Dreadnode's SDK and `dn` CLI, in a venv of their own (scripts/sdk-venv.sh).
+SDK = Path(__file__).parent.parent / ".venv-sdk"
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -23,7 +23,7 @@ from taskenv.api import app as api_app
 from taskenv.api import auth, dispatch
 from taskenv.shared import apikeys, jobs, keys
 from taskenv.shared.settings import Settings
-from taskenv.worker import arq_worker, context, job_functions
+from taskenv.worker import arq_worker, context, job_functions, pod
 from taskenv.worker import containers as worker_containers
 from taskenv.worker.context import WorkerContext
 from tests.helpers import Env, envs_url
@@ -141,8 +141,11 @@ class InProcess:
 
 
 def _fake_docker(monkeypatch: pytest.MonkeyPatch, worker: FakeWorker) -> None:
-    async def create_and_start(*_: Any) -> None:
-        return None
+    async def create_and_start(*_: Any, **__: Any) -> str:
+        return "fake-sandbox"
+
+    async def no_services(*_: Any) -> pod.Removed:
+        return pod.Removed(containers=0, volumes=0)
 
     async def remove(*_: Any) -> bool:
         return True
@@ -156,6 +159,7 @@ def _fake_docker(monkeypatch: pytest.MonkeyPatch, worker: FakeWorker) -> None:
 
     monkeypatch.setattr(worker_containers, "create_and_start", create_and_start)
     monkeypatch.setattr(worker_containers, "remove", remove)
+    monkeypatch.setattr(pod, "remove_environment", no_services)
     monkeypatch.setattr(worker_containers, "tail_logs", tail_logs)
     monkeypatch.setattr(job_functions, "run_command", run_command)
 

@@ -20,9 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.harness import SDK
+
 pytestmark = [pytest.mark.integration, pytest.mark.compat]
 
-SDK = Path(__file__).parent.parent / ".venv-sdk"
 SCRIPTS = Path(__file__).parent / "sdk"
 MINIMUM_SDK = "2.0.52"
 TOKEN = re.compile(r"\btet_[A-Za-z0-9_-]{43}\b")
@@ -134,13 +135,17 @@ def test_every_api_client_environment_method(service, sdk_bin, sdk_env):
         "error",
         "instruction",
         "service_urls",
+        "task_verification",
         "execute_token",
     }
+    # The SDK's setup polls /status until `ready` and folds its instruction and service_urls in.
     assert seen["status_ready"] == {
         "id": first,
         "state": "ready",
         "expires_at": seen["status_ready"]["expires_at"],
         "error": None,
+        "instruction": seen["status_ready"]["instruction"],
+        "service_urls": {},
     }
     got = seen["got"]
     assert got["id"] == first and got["state"] == "ready" and "execute_token" not in got

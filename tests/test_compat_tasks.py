@@ -3,7 +3,6 @@ is validated, pushed (OCI routes, Basic `__token__:<key>`), listed, shown, pulle
 byte, pushed again (skipped: same `oci_digest`), published, synced with others, deleted. What `dn
 task validate` refuses, taskenv refuses too when the CLI's own check is skipped."""
 
-import os
 import re
 import uuid
 from pathlib import Path
@@ -11,29 +10,11 @@ from pathlib import Path
 import pytest
 
 from tests.harness import create_key
-from tests.test_compat_sdk import SDK, _dn, _json
+from tests.test_compat_sdk import _dn, _json
 
 pytestmark = [pytest.mark.integration, pytest.mark.compat]
 
 LOCAL_BASE = "taskenv/default:1"  # made offline by scripts/install.sh: nothing is pulled
-
-
-@pytest.fixture(scope="module")
-def dn_bin() -> Path:
-    if not (SDK / "bin" / "dn").exists():
-        pytest.fail("the dreadnode SDK is missing: run scripts/sdk-venv.sh (scripts/test.sh does)")
-    return SDK / "bin"
-
-
-@pytest.fixture
-def dn_env(tmp_path: Path) -> dict[str, str]:
-    """A HOME of its own and proxies that lead nowhere: nothing `dn` does leaves loopback."""
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DREADNODE_", "_DN_"))}
-    blackhole = "http://127.0.0.1:9"
-    env.update(HOME=str(home), HTTP_PROXY=blackhole, HTTPS_PROXY=blackhole, ALL_PROXY=blackhole)
-    return {**env, "NO_PROXY": "127.0.0.1,localhost", "COLUMNS": "200", "NO_COLOR": "1"}
 
 
 def scope_env(service, dn_env: dict[str, str], org: str) -> dict[str, str]:

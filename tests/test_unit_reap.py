@@ -53,13 +53,21 @@ class FakeContainers:
         return FakeContainer(self.engine, name)
 
 
+class FakeVolumes:
+    """No task services here, so no volumes of theirs."""
+
+    async def list(self, filters: dict) -> dict:
+        return {"Volumes": []}
+
+
 class FakeEngine:
-    """Containers of host `q`, by environment id: (running, deployment)."""
+    """Sandboxes of host `q`, by environment id: (running, deployment)."""
 
     def __init__(self) -> None:
         self.removed: list[str] = []
         self.found: dict[str, tuple[bool, str]] = {}
         self.containers = FakeContainers(self)
+        self.volumes = FakeVolumes()
 
     def labels(self, env_id: str, owner: str) -> dict[str, str]:
         return {

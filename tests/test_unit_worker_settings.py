@@ -13,6 +13,7 @@ def test_no_job_is_ever_retried():
         "provision": 1,
         "teardown": 1,
         "logs": 1,
+        "verify": 1,
         "cron:reap": 1,
     }
     for worker in (own, provisions):

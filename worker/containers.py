@@ -159,7 +159,7 @@ async def managed_on_host(docker: aiodocker.Docker, host: str, deployment: str) 
     return {
         c["Labels"][LABEL_ENV]: Managed(c["Names"][0].lstrip("/"), c["State"] == "running")
         for c in found
-        if LABEL_SERVICE not in (c.get("Labels") or {})
+        if LABEL_SERVICE not in (c["Labels"] or {})
     }
 
 

@@ -18,8 +18,9 @@ from taskenv.shared.jobs import EnvJob, ExecJob, JobResult
 from taskenv.shared.logs import REQUEST_ID
 from taskenv.shared.models import EnvironmentState
 from taskenv.shared.scripts import ClaimOutcome
+from taskenv.shared.settings import Settings
 from taskenv.shared.tasks import TaskSpec
-from taskenv.worker import containers, context, task_provision
+from taskenv.worker import containers, context, environment_removal, task_environment, task_provision
 from taskenv.worker.context import JobAnswer, WorkerContext
 from taskenv.worker.docker import bad_gateway, docker_errors
 from taskenv.worker.execute import run_command
@@ -28,6 +29,8 @@ from taskenv.worker.metrics import DOCKER_SECONDS, JOB_SECONDS, QUEUE_WAIT_SECON
 log = logging.getLogger("taskenv.worker")
 
 Ctx = dict[str, Any]
+# How much of a failed service's or script's output a failed environment's `error` shows.
+ERROR_TAIL_CHARS = 500
 JobFunction = Callable[[Ctx, Any], Awaitable[dict[str, Any]]]
 
 
@@ -110,6 +113,8 @@ async def execute(ctx: Ctx, payload: ExecJob) -> dict[str, Any]:
     context.set_answer(ctx, JobAnswer(None, b"", commands=commands.held_by(payload)))
     worker = context.of(ctx)
     docker = worker.docker
+    if worker.variables is not None and (variables := await worker.variables.of(payload["env_id"])):
+        payload = {**payload, "env": variables}
     try:
         with DOCKER_SECONDS.labels("exec").time():
             return await run_command(docker, payload, worker.runners)
@@ -181,16 +186,29 @@ async def provision(ctx: Ctx, payload: EnvJob) -> dict[str, Any]:
     try:
         if outcome != ClaimOutcome.CLAIMED:
             return {"state": outcome}
+        if await _is_pushed_task(redis, env_id):
+            # Builds, services and scripts take longer than a sandbox: the reaper waits for them
+            # (a lost worker still fails it at once).
+            await task_environment.extend_stalled_deadline(redis, env_id, _task_provision_budget(settings))
         instead = await task_provision.prepare(
             redis, ctx["redis"], worker.docker, env_id, settings, worker.deployment
         )
         if instead is not None:
             return {"state": instead}
-        return await _provision(redis, worker, env_id)
+        return await _provision(redis, ctx["redis"], worker, env_id)
     finally:
         # Ran, whatever came of it: the reaper no longer needs to watch for it. (A worker that
         # dies before this line leaves the entry, and the reaper then fails the environment.)
         await store.provision_ran(redis, env_id)
+
+
+async def _is_pushed_task(redis: Redis, env_id: str) -> bool:
+    record = await store.load(redis, env_id)
+    return record is not None and TaskSpec.model_validate_json(record.spec).source is not None
+
+
+def _task_provision_budget(settings: Settings) -> float:
+    return settings.task_build_timeout_sec + settings.provision_timeout_sec + settings.control_timeout_sec
 
 
 async def _hand_back(ctx: Ctx, payload: EnvJob) -> None:
@@ -211,44 +229,53 @@ async def _hand_back(ctx: Ctx, payload: EnvJob) -> None:
         )
 
 
-async def _provision(redis: Redis, worker: WorkerContext, env_id: str) -> dict[str, Any]:
-    docker, deployment, runners = worker.docker, worker.deployment, worker.runners
-    record = await store.get(redis, env_id)
-    if record is None or record["state"] != EnvironmentState.PROVISIONING:
-        return {"state": record["state"] if record else None}
-    spec = TaskSpec.model_validate_json(record["spec"])
+async def _provision(redis: Redis, blobs: Redis, worker: WorkerContext, env_id: str) -> dict[str, Any]:
+    record = await store.load(redis, env_id)
+    if record is None or record.state != EnvironmentState.PROVISIONING:
+        return {"state": record.state if record else None}
+    spec = TaskSpec.model_validate_json(record.spec)
     try:
         with docker_errors("provision"), DOCKER_SECONDS.labels("create").time():
-            await containers.create_and_start(
-                docker, record, spec, deployment, runners.volume if runners else None
-            )
-    except TaskenvError as exc:
-        error = exc.detail
+            made = await task_environment.make(worker, blobs, record, spec)
+    except (task_environment.Unmade, TaskenvError) as exc:
+        await _fail_provision(worker, env_id, spec, exc)
+        return {"state": EnvironmentState.FAILED}
+    ready = {"state": EnvironmentState.READY, **made.fields}
+    if await store.set_if_state(redis, env_id, EnvironmentState.PROVISIONING, **ready):
+        if worker.variables is not None:
+            worker.variables.remember(env_id, made.variables)
+        if worker.runners is not None:
+            worker.runners.warm(env_id)  # its first command then finds its runner session open
+        return {"state": EnvironmentState.READY}
+    # Torn down while we were making it: nothing of it may outlive its record.
+    await remove_quietly(worker, env_id)
+    return {"state": EnvironmentState.TORN_DOWN}
+
+
+async def _fail_provision(
+    worker: WorkerContext, env_id: str, spec: TaskSpec, exc: task_environment.Unmade | TaskenvError
+) -> None:
+    if isinstance(exc, task_environment.Unmade):
+        error, log_tail = exc.reason, exc.log_tail
+        if log_tail.strip():  # the whole tail is GET /logs' answer
+            error += f"; its last output: {log_tail.strip()[-ERROR_TAIL_CHARS:]}"
+    else:
+        error, log_tail = exc.detail, ""
         if "No such image" in error:
             error += f" (build it with `taskenv image build` or fix the task {spec.ref!r})"
-        await store.set_if_state(
-            redis, env_id, EnvironmentState.PROVISIONING, state=EnvironmentState.FAILED, error=error
-        )
-        await remove_quietly(docker, store.container_name(env_id), deployment)
-        return {"state": EnvironmentState.FAILED}
-    if await store.set_if_state(redis, env_id, EnvironmentState.PROVISIONING, state=EnvironmentState.READY):
-        if runners is not None:
-            runners.warm(env_id)  # its first command then finds its runner session open
-        return {"state": EnvironmentState.READY}
-    # Torn down while we were creating it: the container must not outlive its record.
-    await remove_quietly(docker, store.container_name(env_id), deployment)
-    return {"state": EnvironmentState.TORN_DOWN}
+    # Removed first: a `failed` environment has nothing left running.
+    await remove_quietly(worker, env_id, teardown_script=False)
+    await store.set_if_state(
+        worker.records, env_id, EnvironmentState.PROVISIONING, state=EnvironmentState.FAILED, error=error,
+        **({task_provision.BUILD_LOG_FIELD: log_tail} if log_tail else {}),
+    )  # fmt: skip
 
 
 @job
 async def teardown(ctx: Ctx, payload: EnvJob) -> dict[str, Any]:
     worker = context.of(ctx)
-    if worker.runners is not None:
-        await worker.runners.drop(payload["env_id"])
     with docker_errors("teardown"), DOCKER_SECONDS.labels("remove").time():
-        removed = await containers.remove(
-            worker.docker, store.container_name(payload["env_id"]), worker.deployment
-        )
+        removed = await environment_removal.remove(worker, payload["env_id"])
     return {"removed": removed}
 
 
@@ -262,9 +289,9 @@ async def logs(ctx: Ctx, payload: EnvJob) -> dict[str, Any]:
     return {"logs": text}
 
 
-async def remove_quietly(docker: aiodocker.Docker, name: str, deployment: str) -> bool:
+async def remove_quietly(worker: WorkerContext, env_id: str, *, teardown_script: bool = True) -> bool:
     try:
-        return await containers.remove(docker, name, deployment)
-    except (aiodocker.DockerError, OSError) as exc:
-        log.warning("could not remove container %s: %s", name, exc)
+        return await environment_removal.remove(worker, env_id, teardown_script=teardown_script)
+    except (aiodocker.DockerError, OSError, TaskenvError) as exc:
+        log.warning("could not remove environment %s: %s", env_id, exc)
         return False

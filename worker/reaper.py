@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from taskenv.shared import deployment, keys, store
 from taskenv.shared.models import EnvironmentState
 from taskenv.shared.settings import Settings
-from taskenv.worker import containers, context
+from taskenv.worker import containers, context, pod
 from taskenv.worker.context import WorkerContext
 from taskenv.worker.job_functions import (
     Ctx,
@@ -122,7 +122,7 @@ async def _fail_stalled_provisions(redis: Redis, settings: Settings, now: float)
 
 
 async def _tear_down_expired(worker: WorkerContext, now: float) -> int:
-    redis, docker, settings = worker.records, worker.docker, worker.settings
+    redis, settings = worker.records, worker.settings
     expired = 0
     for env_id in await store.expired(redis, settings.host_id, now):
         record = await store.get(redis, env_id)
@@ -132,7 +132,7 @@ async def _tear_down_expired(worker: WorkerContext, now: float) -> int:
             )
         else:
             await redis.zrem(keys.expiry_index(settings.host_id), env_id)
-        await remove_quietly(docker, store.container_name(env_id), worker.deployment)
+        await remove_quietly(worker, env_id)
         expired += 1
     return expired
 
@@ -160,7 +160,13 @@ async def _reconcile(worker: WorkerContext) -> tuple[int, int]:
     orphans = 0
     for env_id, state in known.items():
         if state in ended:
-            orphans += await remove_quietly(docker, managed[env_id].name, mine)
+            orphans += await remove_quietly(worker, env_id)
+    # Pieces of environments whose sandbox is gone (a provision that crashed half-way, a
+    # removal cut short): services and volumes, found by their environment's label.
+    pieces = set(await pod.environments_on_host(docker, host, mine)) - set(managed)
+    for env_id, state in (await store.states(redis, sorted(pieces))).items():
+        if state in ended:
+            await remove_quietly(worker, env_id, teardown_script=False)
     vanished = 0
     for env_id, state in live.items():
         found = managed.get(env_id)

@@ -1,0 +1,57 @@
+"""An environment removed whole: its teardown script first (best-effort, once), then its runner
+session, its sandbox, its task services and its volumes, and the variables this worker kept.
+
+The one way every path removes an environment: DELETE (the teardown job), expiry and orphans
+(the reaper), and a provision that failed or was torn down while it ran.
+"""
+
+import logging
+
+from taskenv.shared import keys, store
+from taskenv.shared.environment_record import EnvironmentRecord
+from taskenv.shared.tasks import TaskScript, TaskSpec
+from taskenv.worker import containers, pod, sandbox_run
+from taskenv.worker.context import WorkerContext
+
+log = logging.getLogger("taskenv.worker")
+
+# The record's flag that its teardown script was started: a repeated removal (a DELETE whose
+# worker seemed lost, then the reaper) never runs it twice.
+TEARDOWN_STARTED_FIELD = "teardown_started"
+
+
+async def remove(worker: WorkerContext, env_id: str, *, teardown_script: bool = True) -> bool:
+    """True when its sandbox was there to remove."""
+    if teardown_script:
+        await _run_teardown_script(worker, env_id)
+    if worker.runners is not None:
+        await worker.runners.drop(env_id)
+    if worker.variables is not None:
+        worker.variables.forget(env_id)
+    # Services first: they live in the sandbox's network namespace.
+    await pod.remove_environment(worker.docker, env_id, worker.deployment)
+    return await containers.remove(worker.docker, store.container_name(env_id), worker.deployment)
+
+
+async def _run_teardown_script(worker: WorkerContext, env_id: str) -> None:
+    record = await store.load(worker.records, env_id)
+    if record is None:
+        return
+    step = _teardown_step(record)
+    if step is None or await containers.why_stopped(worker.docker, store.container_name(env_id)) is not None:
+        return
+    first = await worker.records.hsetnx(keys.environment(env_id), TEARDOWN_STARTED_FIELD, "1")  # type: ignore[misc]
+    if not first:
+        return
+    spec = TaskSpec.model_validate_json(record.spec)
+    variables = await worker.variables.of(env_id) if worker.variables is not None else {}
+    result = await sandbox_run.run_script(
+        worker, env_id, f"{sandbox_run.TASK_DIR}/{step.script}", timeout_sec=float(step.timeout),
+        env=variables, user=spec.user,
+    )  # fmt: skip
+    log.info("teardown script of %s: %s", env_id, result.outcome, extra={"env_id": env_id})
+
+
+def _teardown_step(record: EnvironmentRecord) -> TaskScript | None:
+    source = TaskSpec.model_validate_json(record.spec).source
+    return source.teardown if source is not None else None
