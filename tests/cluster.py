@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from taskenv.shared import keys
 from tests import harness
 from tests.harness import FAST_TIMINGS, PYTHON, free_port, new_host_id, settings_env, start_redis, tasks_dir
-from tests.helpers import envs_url, wait_for_state
+from tests.helpers import api_client, envs_url, wait_for_state
 
 __all__ = ["FAST", "PYTHON", "Cluster", "timed"]
 
@@ -185,8 +185,7 @@ async def cluster_api():
     opened: list[Api] = []
 
     async def make(cluster: Cluster) -> Api:
-        http = httpx.AsyncClient(headers={"X-API-Key": cluster.key}, timeout=httpx.Timeout(60, connect=5))
-        api = Api(cluster, http)
+        api = Api(cluster, api_client(cluster.key))
         opened.append(api)
         return api
 

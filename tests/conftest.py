@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -27,7 +28,7 @@ from tests.harness import (
     tasks_dir,
     wait_api,
 )
-from tests.helpers import Env, envs_url, provision, wait_for_state
+from tests.helpers import Env, api_client, envs_url, provision, wait_for_state
 
 # Names the test modules import from here.
 __all__ = ["Env", "Service", "provision", "wait_for_state"]
@@ -71,6 +72,28 @@ FAST_LOOP = "not integration"
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     fast_loop = config.getoption("markexpr").strip() == FAST_LOOP
     return True if fast_loop and collection_path.name.startswith(INTEGRATION_MODULES) else None
+
+
+# pytest-xdist's loadscope keeps a module's tests on one worker, so that a module-scoped fixture
+# (a stack, the fuzz target) starts once. In these modules every test starts its own stack or
+# cluster and shares nothing with the others: each is a unit of its own, so that the long ones
+# (minutes of faults and lost hosts together) spread over the workers instead of holding one.
+STANDALONE_TESTS = (
+    "test_integration_faults.py",
+    "test_integration_hosts.py",
+    "test_integration_ownership.py",
+)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            standalone = nodeid.split("::", 1)[0].endswith(STANDALONE_TESTS)
+            return nodeid if standalone else super()._split_scope(nodeid)
+
+    return Scheduling(config, log) if config.getoption("dist") == "loadscope" else None
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -119,9 +142,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
 @pytest.fixture
 async def client(service: Service) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        headers={"X-API-Key": service.key}, timeout=httpx.Timeout(60, connect=5)
-    ) as http:
+    async with api_client(service.key) as http:
         yield http
 
 

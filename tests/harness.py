@@ -103,6 +103,13 @@ def containers_of(*labels: str) -> list[str]:
     return found.stdout.split()
 
 
+def running_in(container: str, command: str, docker_host: str | None = None) -> bool:
+    """`command` is among the processes of `container` (`docker top`), of `docker_host`'s engine."""
+    host = ["--host", docker_host] if docker_host else []
+    top = subprocess.run(["docker", *host, "top", container], capture_output=True, text=True, timeout=60)
+    return top.returncode == 0 and command in top.stdout
+
+
 def remove_containers(*labels: str) -> None:
     if ids := containers_of(*labels):
         subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)

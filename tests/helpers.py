@@ -26,13 +26,22 @@ def envs_url(base_url: str, org: str = "acme", workspace: str = "main") -> str:
     return f"{base_url}/api/v1/org/{org}/ws/{workspace}/environments"
 
 
+def api_client(key: str) -> httpx.AsyncClient:
+    """A client of the API with `key`, with the timeouts every test uses."""
+    return httpx.AsyncClient(headers={"X-API-Key": key}, timeout=httpx.Timeout(60, connect=5))
+
+
 async def wait_for_state(
     client: httpx.AsyncClient, url: str, *states: str, timeout: float = 30
 ) -> dict[str, Any]:
-    """The environment's status once its state is one of `states` (or the last one seen past `timeout`)."""
+    """The environment's status once its state is one of `states` (or the last one seen past
+    `timeout`, state None if none was). Answers other than 200, as during a fault, are waited past."""
     deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {"state": None}
     while True:
-        status: dict[str, Any] = (await client.get(f"{url}/status")).json()
+        response = await client.get(f"{url}/status")
+        if response.status_code == 200:
+            status = response.json()
         if status["state"] in states or time.monotonic() > deadline:
             return status
         await asyncio.sleep(POLL_SEC)

@@ -4,6 +4,8 @@ its own host id, so its containers and queues are no other test's."""
 
 import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
@@ -23,7 +25,7 @@ from tests.harness import (
 )
 from tests.helpers import envs_url, eventually
 
-__all__ = ["PYTHON", "Stack", "eventually"]
+__all__ = ["PYTHON", "Stack", "eventually", "running"]
 
 
 class Stack:
@@ -118,3 +120,15 @@ class Stack:
         if ids:
             subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
         self._log.close()
+
+
+@contextmanager
+def running(home: Path, settings: dict[str, str] | None = None, **tasks: str) -> Iterator[Stack]:
+    """A started stack with `settings` and the extra tasks `name=TOML`, closed after."""
+    stack = Stack(home, settings)
+    for name, toml in tasks.items():
+        (home / "tasks" / f"{name}.toml").write_text(toml)
+    try:
+        yield stack.start()
+    finally:
+        stack.close()

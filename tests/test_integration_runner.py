@@ -14,7 +14,9 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT_TASK, Env
-from tests.stack import Stack
+from tests.helpers import api_client, provision
+from tests.helpers import execute as run
+from tests.stack import Stack, running
 
 pytestmark = pytest.mark.integration
 
@@ -24,39 +26,15 @@ LATE_SEC = 1.5
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    started = Stack(tmp_path_factory.mktemp("runner"), settings={"TASKENV_EXEC_BACKEND": "runner"})
-    (started.home / "tasks" / "rooted.toml").write_text(ROOT_TASK)
-    try:
-        yield started.start()
-    finally:
-        started.close()
+    home = tmp_path_factory.mktemp("runner")
+    with running(home, {"TASKENV_EXEC_BACKEND": "runner"}, rooted=ROOT_TASK) as started:
+        yield started
 
 
 @pytest.fixture
 async def http(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        headers={"X-API-Key": stack.key()}, timeout=httpx.Timeout(60, connect=5)
-    ) as client:
+    async with api_client(stack.key()) as client:
         yield client
-
-
-async def provision(http: httpx.AsyncClient, stack: Stack, task_ref: str = "default") -> Env:
-    created = await http.post(stack.envs_url(), json={"task_ref": task_ref})
-    assert created.status_code == 201, created.text
-    env = Env(
-        created.json()["id"], created.json()["execute_token"], f"{stack.envs_url()}/{created.json()['id']}"
-    )
-    deadline = time.monotonic() + 30
-    while (state := (await http.get(f"{env.url}/status")).json()["state"]) == "provisioning":
-        assert time.monotonic() < deadline
-    assert state == "ready"
-    return env
-
-
-async def run(http: httpx.AsyncClient, env: Env, command: str, timeout_sec: int = 10) -> httpx.Response:
-    return await http.post(
-        f"{env.url}/execute", json={"command": command, "timeout_sec": timeout_sec}, headers=env.headers()
-    )
 
 
 async def assert_fine(http: httpx.AsyncClient, stack: Stack, env: Env) -> None:
@@ -77,7 +55,7 @@ async def env(http: httpx.AsyncClient, stack: Stack) -> AsyncIterator[Env]:
 
 @pytest.fixture
 async def rooted(http: httpx.AsyncClient, stack: Stack) -> AsyncIterator[Env]:
-    ready = await provision(http, stack, "rooted")
+    ready = await provision(http, stack, task_ref="rooted")
     yield ready
     await http.delete(ready.url)
 
@@ -112,7 +90,7 @@ async def test_a_root_sandbox_that_kills_its_runner_gets_a_prompt_502(http, stac
 
 
 async def test_a_root_sandbox_can_forge_only_its_own_callers_answer(http, stack):
-    rooted = await provision(http, stack, "rooted")  # fresh: its first command is id 1
+    rooted = await provision(http, stack, task_ref="rooted")  # fresh: its first command is id 1
     exit_42 = r"\000\000\000\017\203\000\000\000\001\000\052\000\000\000\000\000\000\000\000"
     started = time.monotonic()
     response = await run(http, rooted, f"printf '{exit_42}' > /proc/$PPID/fd/1; sleep 3")
@@ -137,7 +115,7 @@ async def test_a_root_sandbox_can_forge_only_its_own_callers_answer(http, stack)
     ],
 )
 async def test_a_root_sandbox_writing_into_its_runners_stream_gets_a_prompt_502(http, stack, attack, reason):
-    rooted = await provision(http, stack, "rooted")
+    rooted = await provision(http, stack, task_ref="rooted")
     started = time.monotonic()
     response = await run(http, rooted, f"{attack}; sleep 30", timeout_sec=20)
     assert response.status_code == 502 and reason in response.json()["detail"], response.text
