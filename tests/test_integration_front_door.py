@@ -15,6 +15,7 @@ from taskenv.shared import keys
 from taskenv.shared.models import COMMAND_MAX_BYTES
 from tests.conftest import Env, wait_for_state
 from tests.helpers import execute as run
+from tests.helpers import until
 from tests.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -313,7 +314,8 @@ async def test_a_greedy_org_meets_its_quotas_while_another_org_provisions_and_ru
     # environments; the victim's commands run meanwhile.
     async with httpx.AsyncClient(timeout=TIMEOUT) as other:
         holding = asyncio.create_task(run(other, first, "sleep 2; echo held"))
-        await asyncio.sleep(1)
+        greedy_commands = front.client().zcard
+        await until(lambda: greedy_commands(keys.org_commands("greedy")) == 1, "the org's command admitted")
         busy = await run(http, second, "echo never")
         body = assert_envelope(busy, 429, "rate_limit_error")
         assert "TASKENV_ORG_MAX_RUNNING_COMMANDS=1" in body["detail"], body

@@ -12,7 +12,8 @@ import pytest
 from taskenv.shared import keys
 from tests.cluster import timed
 from tests.conftest import wait_for_state
-from tests.helpers import until, until_true
+from tests.harness import running_in
+from tests.helpers import commands_in_flight, until, until_true
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +50,12 @@ async def test_a_lost_host_fails_fast_while_the_others_serve(
     on_a = [e for e, h in placed.items() if h == cluster.host_id("a")]
     on_b = [e for e, h in placed.items() if h == cluster.host_id("b")]
     waiting = [asyncio.create_task(api.run(on_b[0], "sleep 60", timeout_sec=120)) for _ in range(2)]
-    await asyncio.sleep(1.5)
+
+    def both_run() -> bool:
+        admitted = commands_in_flight(cluster.redis_url, on_b[0]) == 2
+        return admitted and running_in(f"taskenv-{on_b[0]}", "sleep 60")
+
+    await until(both_run, "the commands run")
 
     lost_at = time.monotonic()
     cluster.kill("b")
@@ -142,7 +148,7 @@ async def test_draining_stops_provisions_and_lets_running_commands_finish(cluste
     cluster.start_worker("b")
     await cluster.wait_live("b")
     running = asyncio.create_task(api.run(on_a, "sleep 2; echo finished", timeout_sec=20))
-    await asyncio.sleep(0.5)
+    await until(lambda: running_in(f"taskenv-{on_a}", "sleep 2"), "the command runs")
     cluster.signal("a", signal.SIGUSR1)
 
     async def draining() -> bool:  # told by a heartbeat of host a's worker

@@ -12,7 +12,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cluster import PYTHON, Cluster
-from tests.helpers import until_true
+from tests.harness import running_in
+from tests.helpers import until, until_true
 
 pytestmark = pytest.mark.integration
 
@@ -128,7 +129,7 @@ async def test_operator_commands_list_hosts_and_environments_and_drain(two_hosts
     assert [e["id"] for e in json.loads(only_a.stdout)] == [env_of["a"]]
 
     running = asyncio.create_task(api.run(env_of["a"], "sleep 2; echo finished", timeout_sec=20))
-    await asyncio.sleep(0.5)
+    await until(lambda: running_in(f"taskenv-{env_of['a']}", "sleep 2"), "the command runs")
     drained = await asyncio.to_thread(_cli, cluster, "worker", "--drain", host=cluster.host_id("a"))
     assert drained.returncode == 0, drained.stderr
     assert "drained" in drained.stdout
