@@ -34,7 +34,7 @@ POLL_SEC = 0.05
 # How long a test's clean-up waits for a process to end on SIGTERM before SIGKILL. A worker
 # idle in its queue wait only notices SIGTERM when the wait ends (TASKENV_WORKER_IDLE_WAIT_SEC,
 # 30 s in some tests): clean-up is no test's point, and containers are removed by label after.
-CLEANUP_GRACE_SEC = 5.0
+CLEANUP_GRACE_SEC = 2.0
 # Fast membership and reaping for test deployments (settings, never code paths): a host is lost
 # after 3 s without a heartbeat, the reaper passes every second.
 FAST_TIMINGS = {
