@@ -211,7 +211,7 @@ async def test_an_api_that_dies_mid_provision_leaves_nothing_behind(stack, http)
     regardless, the environment ends ready, and its container goes at its expiry."""
     # A lifetime long enough for two API restarts on a loaded machine (parallel tests), short
     # enough to see the expiry.
-    created = await http.post(stack.envs_url(), json={"task_ref": "default", "timeout_sec": 40})
+    created = await http.post(stack.envs_url(), json={"task_ref": "default", "timeout_sec": 30})
     assert created.status_code == 201
     env = Env(
         created.json()["id"], created.json()["execute_token"], f"{stack.envs_url()}/{created.json()['id']}"
