@@ -42,6 +42,7 @@ from taskenv.shared.quotas import Limits
 from taskenv.shared.scripts import AdmissionOutcome
 from taskenv.shared.secrets import hash_secret, new_execute_token
 from taskenv.shared.task_specs import spec_for
+from taskenv.shared.tasks import TaskSpec
 
 log = logging.getLogger("taskenv.api")
 
@@ -165,13 +166,19 @@ async def delete_environment(request: Request) -> Response:
     # Remove the container now, so that 204 means it is gone (this also retries a failed earlier
     # removal). When no worker of the host is alive to do it, the record is torn down already
     # and the host's reaper removes the container when a worker of it is back.
-    outcome = await remove_container(state, record.id, record.host)
+    outcome = await remove_container(state, record.id, record.host, _teardown_script_sec(record))
     if outcome != Teardown.REMOVED:
         log.warning(
             "teardown of %s not confirmed by host %s (%s); left to its reaper",
             record.id, record.host, outcome,
         )  # fmt: skip
     return Response(status_code=204)
+
+
+def _teardown_script_sec(record: EnvironmentRecord) -> float:
+    """How long its task's teardown script may run before its containers are removed (0: none)."""
+    source = TaskSpec.model_validate_json(record.spec).source
+    return float(source.teardown.timeout) if source is not None and source.teardown is not None else 0.0
 
 
 async def get_logs(request: Request) -> Response:

@@ -36,15 +36,18 @@ WAITS = 2
 _RETRIED = (Teardown.WORKER_LOST, Teardown.NO_ANSWER)
 
 
-async def remove_container(state: AppState, env_id: str, host: str) -> Teardown:
+async def remove_container(state: AppState, env_id: str, host: str, script_sec: float = 0.0) -> Teardown:
+    """`script_sec`: how long its task's teardown script may run first (worker/environment_removal.py):
+    each wait is that much longer, so a running script is never taken for a lost worker."""
     settings = state.settings
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAITS * settings.teardown_wait_sec
+    wait_sec = settings.teardown_wait_sec + script_sec
+    deadline = loop.time() + WAITS * settings.teardown_wait_sec + script_sec
     outcome = Teardown.NO_ANSWER
     while (left := deadline - loop.time()) > 0:
         if not await hosts.host_alive(state.records, host, dead_after_sec=settings.host_dead_after_sec):
             return Teardown.NO_WORKER
-        outcome = await _once(state, env_id, host, min(left, settings.teardown_wait_sec))
+        outcome = await _once(state, env_id, host, min(left, wait_sec))
         if outcome not in _RETRIED:
             return outcome
     return outcome

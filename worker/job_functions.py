@@ -121,15 +121,20 @@ async def execute(ctx: Ctx, payload: ExecJob) -> dict[str, Any]:
     except TaskenvError as exc:
         if exc.type != ErrorType.BAD_GATEWAY:
             raise
-        # The engine refused: if the container is gone, so is the environment.
-        try:
-            why = await containers.why_stopped(docker, store.container_name(payload["env_id"]))
-        except (aiodocker.DockerError, OSError):
-            # The engine itself is unreachable: nothing to conclude.
-            raise TaskenvError(exc.type, exc.detail, reason=exc.reason) from None
-        if why is None:
-            raise TaskenvError(exc.type, exc.detail, reason=exc.reason) from None
-        raise await _gone_during(worker.records, payload["env_id"], why, exc) from None
+        raise await explained(worker, payload["env_id"], exc) from None
+
+
+async def explained(worker: WorkerContext, env_id: str, exc: TaskenvError) -> TaskenvError:
+    """The error of a command the engine refused (a 502): if its container is gone, so is the
+    environment, and the error says so; else the engine's own error."""
+    try:
+        why = await containers.why_stopped(worker.docker, store.container_name(env_id))
+    except (aiodocker.DockerError, OSError):
+        # The engine itself is unreachable: nothing to conclude.
+        why = None
+    if why is None:
+        return TaskenvError(exc.type, exc.detail, reason=exc.reason)
+    return await _gone_during(worker.records, env_id, why, exc)
 
 
 async def _gone_during(redis: Redis, env_id: str, why: str, exc: TaskenvError) -> TaskenvError:

@@ -16,7 +16,7 @@ from taskenv.shared.errors import ErrorType, TaskenvError
 from taskenv.shared.jobs import ExecJob, VerifyJob
 from taskenv.worker import context
 from taskenv.worker.execute import run_command
-from taskenv.worker.job_functions import Ctx, job
+from taskenv.worker.job_functions import Ctx, explained, job
 from taskenv.worker.metrics import DOCKER_SECONDS
 from taskenv.worker.runner_sessions import RunnerPool
 
@@ -25,7 +25,13 @@ from taskenv.worker.runner_sessions import RunnerPool
 async def verify(ctx: Ctx, payload: VerifyJob) -> dict[str, Any]:
     worker = context.of(ctx)
     env = await worker.variables.of(payload["env_id"]) if worker.variables is not None else None
-    return await check(worker.docker, payload, worker.runners, env)
+    try:
+        return await check(worker.docker, payload, worker.runners, env)
+    except TaskenvError as exc:
+        if exc.type != ErrorType.BAD_GATEWAY:
+            raise
+        # As for a command: a container gone under the check fails its environment.
+        raise await explained(worker, payload["env_id"], exc) from None
 
 
 async def check(
