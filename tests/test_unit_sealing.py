@@ -1,6 +1,8 @@
 """Sealing at rest (shared/sealing.py): what seals opens, under the same key only; a key that is
 not a Fernet key is refused with the settings, without repeating it; rotation by a key list."""
 
+import base64
+
 import pytest
 from pydantic import ValidationError
 
@@ -43,7 +45,11 @@ def test_the_first_key_seals_and_every_key_opens():
     assert Sealer(new).unseal(rotated.seal(b"after")) == b"after"
 
 
-@pytest.mark.parametrize("key", ["short", "A" * 44, "x" * 42 + "==", new_key()[:-2], new_key() + ",nope"])
+# A fixed valid key (not new_key(): parameters must be the same in every pytest-xdist worker).
+VALID = base64.urlsafe_b64encode(bytes(range(32))).decode()
+
+
+@pytest.mark.parametrize("key", ["short", "A" * 44, "x" * 42 + "==", VALID[:-2], VALID + ",nope"])
 def test_a_key_that_is_not_a_fernet_key_is_refused_without_being_repeated(key):
     problem = sealing.key_problem(key)
     assert problem is not None and key not in problem
