@@ -18,6 +18,8 @@ from taskenv.bench.workloads import Workload, check
 from taskenv.shared.user_agents import USER_AGENT
 
 READY_TIMEOUT_SEC = 120.0
+# Still on its way to `ready`: `building` is a pushed task's provision waiting for its images.
+PENDING_STATES = frozenset({"provisioning", "building"})
 CONNECT_TIMEOUT_SEC = 30.0
 # Below uvicorn's 5-s keep-alive: the client drops an idle connection before the server can
 # close it under a request being sent (a POST on it would fail, not be retried).
@@ -128,7 +130,7 @@ async def wait_ready(session: aiohttp.ClientSession, url: str, env_id: str, poll
             state = status["state"]
             if state == "ready":
                 return
-            if state != "provisioning":
+            if state not in PENDING_STATES:
                 raise Failure(state, status.get("error") or "")
             await asyncio.sleep(poll_sec)
 

@@ -13,9 +13,9 @@ from functools import partial
 import aiodocker
 import aiohttp
 
-from taskenv.bench import api_side, raw_side
+from taskenv.bench import api_side, provision_phase, raw_side
 from taskenv.bench.config import BenchConfig
-from taskenv.bench.ledger import cleanup, complete, release
+from taskenv.bench.ledger import cleanup, complete
 from taskenv.bench.load import round_robin, run_phase
 from taskenv.bench.progress import Tracker
 from taskenv.bench.results import Results
@@ -95,7 +95,7 @@ async def _delete_env(
 
 
 async def _remove_raw(docker: aiodocker.Docker, name: str) -> None:
-    await raw_side.remove_container(docker, name)
+    await provision_phase.remove_raw(docker, name)
 
 
 async def _phases(
@@ -113,7 +113,7 @@ async def _phases(
     if config.execs:
         await _execs(config, results, tracker, session, docker, url, envs)
     if config.provisions:
-        await _provisions(config, results, tracker, session, docker, url)
+        await provision_phase.run(config, results, tracker, session, docker, url)
     if config.hold:
         await _hold(config, results, tracker, session, url, envs)
 
@@ -178,53 +178,6 @@ async def _execs(
         await interleave(sides, config.execs, config.rounds, config.concurrency)
     finally:
         await runners.close()
-
-
-async def _provisions(
-    config: BenchConfig,
-    results: Results,
-    tracker: Tracker,
-    session: aiohttp.ClientSession,
-    docker: aiodocker.Docker,
-    url: str,
-) -> None:
-    """N provisions each way at the same concurrency, interleaved in rounds; each block's
-    provisions are taken down before the next block is timed, so neither side pays for the
-    other's containers."""
-    ledger = results.ledger
-    made: list[api_side.Env] = []
-    pool = set(ledger.envs)
-
-    async def through_taskenv(_: int) -> Sample:
-        return await api_side.timed_provision(
-            session, url, ledger, config.task_ref, config.lifetime_sec, config.poll_sec, made
-        )
-
-    async def release_envs() -> None:
-        # What fails here stays in the ledger for the final cleanup, which tries again.
-        await release(
-            "environment", sorted(ledger.envs - pool), partial(api_side.delete, session, url), ledger.envs
-        )
-
-    spec = raw_side.default_spec()
-
-    async def raw(_: int) -> Sample:
-        return await raw_side.timed_provision(docker, spec, ledger)
-
-    async def release_raw() -> None:
-        await release("container", sorted(ledger.raw), partial(_remove_raw, docker), ledger.raw)
-
-    count = config.provisions
-    sides = (
-        Side(
-            through_taskenv,
-            results.provision_taskenv,
-            tracker.phase("provision taskenv", count),
-            release_envs,
-        ),
-        Side(raw, results.provision_raw, tracker.phase("provision raw", count), release_raw),
-    )
-    await interleave(sides, count, config.rounds, config.provision_concurrency)
 
 
 async def _hold(
