@@ -9,7 +9,7 @@ import pytest
 from taskenv.shared import jobs
 from taskenv.shared.errors import ErrorType, TaskenvError
 from taskenv.worker import context
-from taskenv.worker.arq_worker import _publish_result
+from taskenv.worker.arq_worker import _finish_ops, _publish_result
 from taskenv.worker.context import JobAnswer
 from taskenv.worker.execute import run_command
 from taskenv.worker.job_functions import job
@@ -73,6 +73,34 @@ async def test_the_end_hook_swallows_any_failure_and_still_accounts():
     ctx = {"job_id": "j3", "redis": redis}
     context.set_answer(ctx, JobAnswer("chan", b"answer", account=broken_account))
     await _publish_result(ctx)
+    message = None
+    for _ in range(100):
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.01)
+        if message:
+            break
+    assert message is not None and message["data"] == b"answer"
+    await pubsub.aclose()
+    await redis.aclose()
+
+
+async def test_the_answer_round_trip_also_ends_the_job_as_arq_does():
+    redis = fakeredis.FakeAsyncRedis()
+    pubsub = redis.pubsub()
+    await pubsub.subscribe("chan")
+    for key in ("arq:job:j4", "arq:in-progress:j4", "arq:retry:j4"):
+        await redis.set(key, b"1")
+    await redis.zadd("arq:queue:q", {"j4": 1})
+    await redis.zadd("taskenv:running", {"j4": 1})
+    ctx = {"job_id": "j4", "redis": redis}
+    context.set_answer(ctx, JobAnswer("chan", b"answer", commands=["taskenv:running"]))
+
+    def finish(pipe: object) -> None:
+        _finish_ops(pipe, "arq:queue:q", "j4", True, b"stored", 60, False, None, None)
+
+    assert await _publish_result(ctx, finish=finish)
+    assert await redis.get("arq:result:j4") == b"stored" and 0 < await redis.pttl("arq:result:j4") <= 60_000
+    assert not await redis.exists("arq:job:j4", "arq:in-progress:j4", "arq:retry:j4")
+    assert not await redis.zcard("arq:queue:q") and not await redis.zcard("taskenv:running")
     message = None
     for _ in range(100):
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.01)

@@ -5,19 +5,27 @@ each poll re-reads every job in the queue, running ones included. Here the enque
 each job id to the queue's wake list, claimed for whichever worker pops it; that worker BLPOPs
 it and runs it at once, with no claim of its own, and does arq's full pass over the queue only
 once per `idle_wait_sec` (jobs past the wake list's cap, cron).
-Results go back to the waiting API process over pub/sub from `on_job_end`, as soon as
-the job returns (arq stores its copy right after; a waiter that missed the message reads that
-copy at its deadline).
+Results go back to the waiting API process over pub/sub as soon as the job returns, in the
+one round trip that also frees the command's slots and does arq's own end of the job (its
+stored copy of the result, which a waiter that missed the message reads at its deadline; the
+job's keys removed): arq's `on_job_end` hands the answer over, its `finish_job` sends it all.
 """
 
 import asyncio
 import logging
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
 from arq import cron
-from arq.constants import in_progress_key_prefix
-from arq.utils import timestamp_ms
+from arq.constants import (
+    abort_jobs_ss,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+from arq.utils import timestamp_ms, to_ms
 from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
@@ -46,6 +54,9 @@ class WakeableWorker(Worker):
         self._stopping = False
         # The jobs running now, for the heartbeat's thread: replaced whole, never changed.
         self.running: frozenset[str] = frozenset()
+        # Jobs between arq's `on_job_end` and its `finish_job`: their answers, sent by the latter.
+        self._ending: dict[str, dict[str, Any]] = {}
+        self.on_job_end = self._hand_over_answer
 
     async def main(self) -> None:
         log.info("worker on queue %s: %d functions", self.queue_name, len(self.functions))
@@ -126,6 +137,40 @@ class WakeableWorker(Worker):
         except Exception:
             log.exception("job %s: arq could not complete it", job_id)
 
+    async def _hand_over_answer(self, ctx: dict[str, Any]) -> None:
+        self._ending[ctx["job_id"]] = ctx
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        """arq's end of a job, in the round trip that sends its answer (`_publish_result`); if
+        that round trip fails, arq's own, on its own."""
+        ctx = self._ending.pop(job_id, None)
+
+        def finish_ops(pipe: Any) -> None:
+            _finish_ops(
+                pipe, self.queue_name, job_id, finish, result_data, result_timeout_s,
+                keep_result_forever, incr_score, keep_in_progress,
+            )  # fmt: skip
+
+        if ctx is None or not await _publish_result(ctx, finish=finish_ops):
+            await super().finish_job(
+                job_id,
+                finish,
+                result_data,
+                result_timeout_s,
+                keep_result_forever,
+                incr_score,
+                keep_in_progress,
+            )
+
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """arq's start_jobs (for its pass over the queue), with its claim (WATCH, EXISTS, ZSCORE,
         MULTI/PSETEX/EXEC: four round trips) done by one script, and our own running jobs
@@ -186,15 +231,48 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     await worker.records.aclose()
 
 
-async def _publish_result(ctx: dict[str, Any]) -> None:
+def _finish_ops(
+    pipe: Any,
+    queue: str,
+    job_id: str,
+    finish: bool,
+    result_data: bytes | None,
+    result_timeout_s: float | None,
+    keep_result_forever: bool,
+    incr_score: int | None,
+    keep_in_progress: float | None,
+) -> None:
+    """What arq's `Worker.finish_job` sends (arq 0.28, tests/test_unit_arq_contract.py), queued
+    in `pipe`, in its order: its result stored before its claim is released."""
+    delete_keys = []
+    if keep_in_progress is None:
+        delete_keys.append(in_progress_key_prefix + job_id)
+    else:
+        pipe.pexpire(in_progress_key_prefix + job_id, to_ms(keep_in_progress))
+    if finish:
+        if result_data:
+            expire = None if keep_result_forever else result_timeout_s
+            pipe.set(result_key_prefix + job_id, result_data, px=to_ms(expire))
+        delete_keys += [retry_key_prefix + job_id, job_key_prefix + job_id]
+        pipe.zrem(abort_jobs_ss, job_id)
+        pipe.zrem(queue, job_id)
+    elif incr_score:
+        pipe.zincrby(queue, incr_score, job_id)
+    if delete_keys:
+        pipe.delete(*delete_keys)
+
+
+async def _publish_result(ctx: dict[str, Any], finish: Callable[[Any], None] | None = None) -> bool:
     """Send a job's answer to the API process waiting for it and, for an execute, remove it
     from its sets of running commands; for an execute with an Idempotency-Key, also keep the
-    answer for retries and send it to those waiting: all in one round trip. A failure here must
-    not keep arq from recording the job's end: a waiter that missed the message reads arq's
+    answer for retries and send it to those waiting; with `finish`, also what it queues (arq's
+    end of the job): all in one round trip. False when that failed. A failure here must not
+    keep arq from recording the job's end: a waiter that missed the message reads arq's
     stored result at its deadline, and a command not removed here stops counting at its
     deadline. The job's log line and metric come after the answer has left."""
     answer = context.answer_of(ctx) or JobAnswer(None, b"")
     redis = ctx["redis"]
+    sent = False
     try:
         async with redis.pipeline(transaction=False) as pipe:
             if answer.idempotency:
@@ -208,7 +286,10 @@ async def _publish_result(ctx: dict[str, Any]) -> None:
             elif answer.reply_to:
                 pipe.publish(answer.reply_to, answer.encoded)
             await commands.release(redis, answer.commands, ctx["job_id"], pipeline=pipe)
+            if finish is not None:
+                finish(pipe)
             await pipe.execute()
+            sent = True
     except RedisError as exc:
         log.warning("could not send the answer of job %s: %s", ctx.get("job_id"), exc)
     except Exception:
@@ -220,6 +301,7 @@ async def _publish_result(ctx: dict[str, Any]) -> None:
             answer.account()
         except Exception:
             log.exception("could not account for job %s", ctx.get("job_id"))
+    return sent
 
 
 def create_workers(settings: Settings) -> tuple[WakeableWorker, WakeableWorker]:
@@ -261,7 +343,6 @@ def _worker(
         queue_name=keys.arq_queue(queue),
         redis_pool=arq_client(settings),
         ctx=ctx,
-        on_job_end=_publish_result,
         max_jobs=max_jobs,
         queue_read_limit=max_jobs * 5,
         job_timeout=JOB_TIMEOUT_SEC,
