@@ -23,6 +23,16 @@ _METHODS = {
     "start_jobs": ["self", "job_ids"],
     "run_job": ["self", "job_id", "score"],
     "_release_sem_dec_counter_on_complete": ["self"],
+    "finish_job": [
+        "self",
+        "job_id",
+        "finish",
+        "result_data",
+        "result_timeout_s",
+        "keep_result_forever",
+        "incr_score",
+        "keep_in_progress",
+    ],
 }
 # Attributes of a Worker instance that WakeableWorker reads or sets.
 _ATTRIBUTES = (
@@ -47,6 +57,23 @@ def test_poll_iteration_still_takes_jobs_through_start_jobs() -> None:
     source = inspect.getsource(Worker._poll_iteration)
     assert "self.start_jobs(" in source and "self.queue_read_limit" in source
     assert "_release_sem_dec_counter_on_complete" in inspect.getsource(Worker.start_jobs)
+
+
+def test_finish_job_sends_what_the_answer_round_trip_sends_for_it() -> None:
+    # WakeableWorker.finish_job sends arq's finish ops itself (arq_worker._finish_ops), after
+    # arq's on_job_end has handed it the answer.
+    source = inspect.getsource(Worker.finish_job)
+    for op in (
+        "tr.pexpire(",
+        "tr.set(",
+        "tr.zrem(abort_jobs_ss",
+        "tr.zrem(self.queue_name",
+        "tr.zincrby(",
+        "tr.delete(",
+    ):
+        assert op in source, f"arq's finish_job no longer does {op}"
+    run_job = inspect.getsource(Worker.run_job)
+    assert run_job.index("self.on_job_end(ctx)") < run_job.index("self.finish_job(")
 
 
 def test_keyword_arguments_used_are_accepted() -> None:
