@@ -57,6 +57,9 @@ class EnvironmentRecord(BaseModel):
     task_verification: str = ""
     # Its task's teardown script was started (worker/environment_removal.py): it runs once.
     teardown_started: Flag = False
+    # How its teardown script ended, as JSON `{"outcome": RunOutcome, "exit_code": int | null}`
+    # (worker/sandbox_run.py); "" when none ran (no script, or the sandbox was gone).
+    teardown_outcome: str = ""
     # What every command and script of the environment runs with (template variables, secrets,
     # models), as one JSON object sealed with TASKENV_SECRETS_KEY (shared/sealing.py); "" for none.
     variables: str = ""
