@@ -50,6 +50,10 @@ async def _run_teardown_script(worker: WorkerContext, env_id: str) -> None:
         env=variables, user=spec.user,
     )  # fmt: skip
     log.info("teardown script of %s: %s", env_id, result.outcome, extra={"env_id": env_id})
+    outcome = result.model_dump_json(include={"outcome", "exit_code"})
+    # Only while the record is as it was read: a record expired or removed meanwhile is not
+    # brought back as a fragment.
+    await store.set_if_state(worker.records, env_id, record.state, teardown_outcome=outcome)
 
 
 def _teardown_step(record: EnvironmentRecord) -> TaskScript | None:
