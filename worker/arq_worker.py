@@ -27,7 +27,7 @@ from arq.constants import (
 )
 from arq.utils import timestamp_ms, to_ms
 from arq.worker import Worker, func
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from taskenv.shared import commands, jobs, keys, scripts, sealing
 from taskenv.shared.jobs import JOB_TIMEOUT_SEC
@@ -39,6 +39,8 @@ from taskenv.worker.context import JobAnswer, WorkerContext
 
 log = logging.getLogger("taskenv.worker")
 
+# Job ids taken off a wake list in one round trip at most: a burst's share for this worker.
+WAKE_BATCH = 64
 # The one key of the workers' shared ctx before `startup` builds the typed context from it.
 _SETTINGS = "settings"
 
@@ -54,6 +56,7 @@ class WakeableWorker(Worker):
         self._stopping = False
         # The jobs running now, for the heartbeat's thread: replaced whole, never changed.
         self.running: frozenset[str] = frozenset()
+        self._batched_wakes = True
         # Jobs between arq's `on_job_end` and its `finish_job`: their answers, sent by the latter.
         self._ending: dict[str, dict[str, Any]] = {}
         self.on_job_end = self._hand_over_answer
@@ -70,8 +73,7 @@ class WakeableWorker(Worker):
                 await self._poll_iteration()
                 next_pass = loop.time() + self.idle_wait_sec
                 while not self._stopping and (left := next_pass - loop.time()) > 0:
-                    job_id = await self._next_woken(left)
-                    if job_id is not None:
+                    for job_id in await self._next_woken(left):
                         await self._run_woken(job_id.decode())
                 backoff = 0.1
             except (RedisError, OSError) as exc:
@@ -97,17 +99,33 @@ class WakeableWorker(Worker):
         self.allow_pick_jobs = False
         self._stopping = True
 
-    async def _next_woken(self, wait_sec: float) -> bytes | None:
-        """The next job id pushed by an enqueuer, or None after `wait_sec`."""
+    async def _next_woken(self, wait_sec: float) -> list[bytes]:
+        """The next job ids pushed by enqueuers, as many as are there up to this worker's room
+        (one round trip for a burst: BLMPOP, Redis 7), or none after `wait_sec`."""
         self._job_ended.clear()
-        if self.job_counter >= self.max_jobs or not self.allow_pick_jobs:
+        room = self.max_jobs - self.job_counter
+        if room <= 0 or not self.allow_pick_jobs:
             # Full or paused: leave the ids queued in the list until a running job ends.
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._job_ended.wait(), wait_sec)
-            return None
-        # BLPOP's timeout 0 would mean forever.
-        popped = await self.pool.blpop([self.wake_key], timeout=max(wait_sec, 0.01))  # type: ignore[misc, arg-type]
-        return popped[1] if popped else None
+            return []
+        # A timeout of 0 would mean forever.
+        timeout = max(wait_sec, 0.01)
+        if self._batched_wakes:
+            try:
+                # redis-py types each key as a list; it is one name.
+                key: Any = self.wake_key
+                popped = await self.pool.blmpop(
+                    timeout, 1, key, direction="LEFT", count=min(room, WAKE_BATCH)
+                )  # type: ignore[misc]
+                return list(popped[1]) if popped else []
+            except ResponseError as exc:
+                if "unknown command" not in str(exc).lower():
+                    raise
+                log.info("Redis has no BLMPOP (before 7.0): wakes are popped one at a time")
+                self._batched_wakes = False
+        single = await self.pool.blpop([self.wake_key], timeout=timeout)  # type: ignore[misc, arg-type]
+        return [single[1]] if single else []
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
