@@ -44,6 +44,9 @@ from taskenv.worker.containers import LABEL_DEPLOYMENT, LABEL_ENV, LABEL_HOST, L
 
 LABEL_VOLUME = "taskenv.volume"
 POLL_SEC = 0.1
+# A service's state is read this often while its environment waits for it: the environment is
+# `ready` at most this long after its last service is (one inspect each time, ~1 ms of dockerd).
+WAIT_POLL_SEC = 0.02
 LOG_TAIL_LINES = 50
 LOG_TAIL_BYTES = 8 * 1024
 LOG_LINE_CHARS = 400
@@ -234,7 +237,7 @@ class _Pod:
                 raise await self.failed(service, outcome, _detail(state))
             if asyncio.get_running_loop().time() >= self.deadline:
                 raise await self.failed(service, PodFailure.TIMEOUT, awaited)
-            await asyncio.sleep(POLL_SEC)
+            await asyncio.sleep(WAIT_POLL_SEC)
 
     async def bounded(self, service: str, step: Awaitable[_T], detail: str = "") -> _T:
         try:
