@@ -86,15 +86,17 @@ async def _kill_from_outside(docker: aiodocker.Docker, session: RunnerSession, j
     """The runner did not confirm the kill: kill it and everything under it (its commands, and
     their orphans, which it adopted) from the host's PID namespace, as a `docker exec` is killed
     (worker/kill.py); a worker that cannot see the host's processes sweeps the user's processes
-    from inside instead. Then drop the session: it cannot be trusted any more."""
+    from inside instead. The session is dropped first, as it cannot be trusted any more: a
+    command sent to it while the kill is under way (the caller may have had its 504 from the
+    API already) would be lost with it; it goes to a new session instead. The exec, which the
+    kill needs, outlives its stream."""
+    await session.close()
     try:
         killed = await _kill_runner_tree(session)
         if killed == 0:
             await sweep_user_processes(docker, container_name(job["env_id"]), job["user"])
     except Exception as exc:
         log.warning("could not kill the commands of %s's silent runner: %s", job["env_id"], exc)
-    finally:
-        await session.close()
 
 
 async def _kill_runner_tree(session: RunnerSession) -> int:
