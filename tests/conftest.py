@@ -4,7 +4,7 @@ processes (exactly as operators run them), against the machine's real Docker eng
 import os
 import subprocess
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +78,8 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 # (a stack, the fuzz target) starts once. In these modules every test starts its own stack or
 # cluster and shares nothing with the others: each is a unit of its own, so that the long ones
 # (minutes of faults and lost hosts together) spread over the workers instead of holding one.
+# loadscope hands out the units with the most tests first, which would leave these, one test
+# each but the longest, to the end: they go first.
 STANDALONE_TESTS = (
     "test_integration_faults.py",
     "test_integration_hosts.py",
@@ -85,13 +87,27 @@ STANDALONE_TESTS = (
 )
 
 
+def _standalone(nodeid: str) -> bool:
+    return nodeid.split("::", 1)[0].endswith(STANDALONE_TESTS)
+
+
+class _StandaloneFirst(OrderedDict[str, Any]):
+    def __setitem__(self, scope: str, tests: Any) -> None:
+        super().__setitem__(scope, tests)
+        if _standalone(scope):
+            self.move_to_end(scope, last=False)
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     from xdist.scheduler import LoadScopeScheduling
 
     class Scheduling(LoadScopeScheduling):
+        def __init__(self, config: pytest.Config, log: Any) -> None:
+            super().__init__(config, log)
+            self.workqueue = _StandaloneFirst()
+
         def _split_scope(self, nodeid: str) -> str:
-            standalone = nodeid.split("::", 1)[0].endswith(STANDALONE_TESTS)
-            return nodeid if standalone else super()._split_scope(nodeid)
+            return nodeid if _standalone(nodeid) else super()._split_scope(nodeid)
 
     return Scheduling(config, log) if config.getoption("dist") == "loadscope" else None
 
