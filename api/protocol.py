@@ -10,7 +10,11 @@ a request task) for ever. Here:
 
 - the request head must arrive whole within `header_timeout_sec` of the connection's opening or
   of the first byte of a later request on it; else 408 (in the envelope) and the connection is
-  closed. Idle time between requests stays uvicorn's keep-alive timeout.
+  closed. Idle time between requests stays uvicorn's keep-alive timeout. A timer that fires
+  late because the process itself is behind (thousands of connections opened at once on a busy
+  host) is not the client's fault: the head may be sitting unread in the socket, and the event
+  loop runs due timers before it reads sockets. It is armed again for as long as it was late,
+  so the verdict waits for a read.
 - the body must arrive whole within `body_timeout_sec` of the request's start; else 408 (in the
   envelope) if nothing was answered yet, and the connection is closed. The application, waiting
   for the rest of the body, is told the client is gone.
@@ -26,6 +30,8 @@ from taskenv.shared.errors import ErrorType, TaskenvError
 from taskenv.shared.settings import Settings
 
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout"}
+# A head timer this late means the event loop, not the client, is behind.
+LOOP_LAG_SEC = 0.5
 
 
 class EnvelopeHttpToolsProtocol(HttpToolsProtocol):
@@ -35,6 +41,7 @@ class EnvelopeHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_due = 0.0
         self._body_timer: asyncio.TimerHandle | None = None
         # Between two requests (or before the first): the next bytes start a request head.
         self._awaiting_head = True
@@ -78,12 +85,18 @@ class EnvelopeHttpToolsProtocol(HttpToolsProtocol):
             self._body_timer = self.loop.call_later(self.body_timeout_sec, self._body_timed_out, cycle)
         super()._start_asgi_task(cycle, app)
 
-    def _arm_head_timer(self) -> None:
-        self._head_timer = self.loop.call_later(self.header_timeout_sec, self._head_timed_out)
+    def _arm_head_timer(self, delay_sec: float | None = None) -> None:
+        delay_sec = self.header_timeout_sec if delay_sec is None else delay_sec
+        self._head_due = self.loop.time() + delay_sec
+        self._head_timer = self.loop.call_later(delay_sec, self._head_timed_out)
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
         if self.transport.is_closing():
+            return
+        late = self.loop.time() - self._head_due
+        if late > LOOP_LAG_SEC:
+            self._arm_head_timer(late)
             return
         if self.cycle is not None and not self.cycle.response_complete:
             # The previous request is still being answered: the next head may wait for it.
