@@ -323,6 +323,19 @@ return 1
     rest="fields",
 )
 
+# Set the record's flag `field` unless it is set already or the record is gone: 1 when this call
+# set it (a run-once guard). Not HSETNX: a record holds every field from its creation, "" unset.
+SET_FLAG_ONCE = _script(
+    "set_flag_once",
+    ("environment",),
+    ("field",),
+    """
+if redis.call('EXISTS', environment) == 0 or redis.call('HGET', environment, field) == '1' then return 0 end
+redis.call('HSET', environment, field, '1')
+return 1
+""",
+)
+
 # Mark torn down, with the reason if one is given; answers the state it was in before.
 TEAR_DOWN = _script(
     "tear_down",
@@ -473,6 +486,6 @@ return alive
 
 ALL = (
     ENQUEUE, ADMIT_AND_ENQUEUE, CLAIM_JOB, STORE_AND_PUBLISH, LOOKUP_API_KEY, CREATE_API_KEY,
-    REVOKE_API_KEY, JOIN_DEPLOYMENT, CREATE_ENVIRONMENT, SET_IF_STATE, TEAR_DOWN, CLAIM_PROVISION,
-    BEAT, SWEEP, LEAVE,
+    REVOKE_API_KEY, JOIN_DEPLOYMENT, CREATE_ENVIRONMENT, SET_IF_STATE, SET_FLAG_ONCE, TEAR_DOWN,
+    CLAIM_PROVISION, BEAT, SWEEP, LEAVE,
 )  # fmt: skip

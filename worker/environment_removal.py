@@ -7,9 +7,8 @@ The one way every path removes an environment: DELETE (the teardown job), expiry
 
 import logging
 
-from taskenv.shared import keys, store
+from taskenv.shared import keys, scripts, store
 from taskenv.shared.environment_record import EnvironmentRecord
-from taskenv.shared.redis_script import Script
 from taskenv.shared.tasks import TaskScript, TaskSpec
 from taskenv.worker import containers, pod, sandbox_run
 from taskenv.worker.context import WorkerContext
@@ -19,18 +18,6 @@ log = logging.getLogger("taskenv.worker")
 # The record's flag that its teardown script was started: a repeated removal (a DELETE whose
 # worker seemed lost, then the reaper) never runs it twice.
 TEARDOWN_STARTED_FIELD = "teardown_started"
-# Sets the flag unless it is set (or the record is gone): 1 when this call set it. Not HSETNX: a
-# record holds every field from its creation, "" while unset.
-FIRST_TEARDOWN = Script(
-    "first_teardown",
-    ("environment",),
-    ("flag",),
-    """
-if redis.call('EXISTS', environment) == 0 or redis.call('HGET', environment, flag) == '1' then return 0 end
-redis.call('HSET', environment, flag, '1')
-return 1
-""",
-)
 
 
 async def remove(worker: WorkerContext, env_id: str, *, teardown_script: bool = True) -> bool:
@@ -53,8 +40,8 @@ async def _run_teardown_script(worker: WorkerContext, env_id: str) -> None:
     step = _teardown_step(record)
     if step is None or await containers.why_stopped(worker.docker, store.container_name(env_id)) is not None:
         return
-    first = await FIRST_TEARDOWN.run(
-        worker.records, environment=keys.environment(env_id), flag=TEARDOWN_STARTED_FIELD
+    first = await scripts.SET_FLAG_ONCE.run(
+        worker.records, environment=keys.environment(env_id), field=TEARDOWN_STARTED_FIELD
     )
     if not first:
         return
