@@ -4,7 +4,7 @@ defaults and caps, the start order; anything else a `ServiceError` naming servic
 import contextlib
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from taskenv.shared.settings import Settings
@@ -267,14 +267,12 @@ def test_unreadable_durations(text):
 _UNITS = {"h": 3600 * 10**9, "m": 60 * 10**9, "s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
 
 
-@settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from(sorted(_UNITS))), min_size=1, max_size=6))
 def test_any_written_duration_reads_back(parts):
     text = "".join(f"{number}{unit}" for number, unit in parts)
     assert parse_duration_ns(text) == sum(number * _UNITS[unit] for number, unit in parts)
 
 
-@settings(max_examples=300, deadline=None)
 @given(st.text(max_size=20))
 def test_any_text_is_a_duration_or_a_value_error(text):
     with contextlib.suppress(ValueError):
@@ -310,7 +308,6 @@ _services = st.dictionaries(
 )
 
 
-@settings(max_examples=500, deadline=None)
 @given(st.dictionaries(st.sampled_from(["web", "db", "x"]), _services | _values, max_size=3), _values)
 def test_any_compose_gives_plans_or_a_service_error(services, volumes):
     try:
