@@ -125,7 +125,7 @@ async def _tear_down_expired(worker: WorkerContext, now: float) -> int:
     redis, settings = worker.records, worker.settings
     expired = 0
     for env_id in await store.expired(redis, settings.host_id, now):
-        record = await store.get(redis, env_id)
+        record = await store.load(redis, env_id)
         if record is not None:
             await store.tear_down(
                 redis, record, error="expired: lifetime reached", retention_sec=settings.record_retention_sec
