@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiodocker
 import httpx
 import pytest
 from hypothesis import settings
 
+from taskenv.worker.docker import connect, disconnect
 from tests.harness import (
     CLEANUP_GRACE_SEC,
     SDK,
@@ -190,3 +192,11 @@ def dn_env(tmp_path: Path) -> dict[str, str]:
     blackhole = "http://127.0.0.1:9"
     env.update(HOME=str(home), HTTP_PROXY=blackhole, HTTPS_PROXY=blackhole, ALL_PROXY=blackhole)
     return {**env, "NO_PROXY": "127.0.0.1,localhost", "COLUMNS": "200", "NO_COLOR": "1"}
+
+
+@pytest.fixture
+async def docker() -> AsyncIterator[aiodocker.Docker]:
+    """A client of the machine's Docker engine, as the worker makes it."""
+    client = connect()
+    yield client
+    await disconnect(client)

@@ -8,7 +8,6 @@ another host or the developer's own ~/.dreadnode.
 """
 
 import json
-import os
 import re
 import socket
 import subprocess
@@ -20,8 +19,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import SDK
-
 pytestmark = [pytest.mark.integration, pytest.mark.compat]
 
 SCRIPTS = Path(__file__).parent / "sdk"
@@ -29,34 +26,9 @@ MINIMUM_SDK = "2.0.52"
 TOKEN = re.compile(r"\btet_[A-Za-z0-9_-]{43}\b")
 
 
-@pytest.fixture(scope="session")
-def sdk_bin() -> Path:
-    if not (SDK / "bin" / "dn").exists():
-        pytest.fail("the dreadnode SDK is missing: run scripts/sdk-venv.sh (scripts/test.sh does)")
-    return SDK / "bin"
-
-
-@pytest.fixture
-def sdk_env(tmp_path: Path) -> dict[str, str]:
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DREADNODE_", "_DN_"))}
-    blackhole = "http://127.0.0.1:9"  # nothing listens: any request off loopback fails at once
-    env.update(
-        HOME=str(home),
-        HTTP_PROXY=blackhole,
-        HTTPS_PROXY=blackhole,
-        ALL_PROXY=blackhole,
-        NO_PROXY="127.0.0.1,localhost",
-        COLUMNS="200",
-        NO_COLOR="1",
-    )
-    return env
-
-
-def run_script(sdk_bin: Path, env: dict[str, str], script: str, *args: str) -> dict:
+def run_script(dn_bin: Path, env: dict[str, str], script: str, *args: str) -> dict:
     done = subprocess.run(
-        [str(sdk_bin / "python"), str(SCRIPTS / script), *args],
+        [str(dn_bin / "python"), str(SCRIPTS / script), *args],
         capture_output=True,
         text=True,
         timeout=240,
@@ -85,12 +57,12 @@ def new_key(service, org: str, workspace: str) -> str:
     ).stdout.strip()
 
 
-def test_sdk_version_is_the_one_pinned(sdk_bin, sdk_env):
+def test_sdk_version_is_the_one_pinned(dn_bin, dn_env):
     version = subprocess.run(
-        [str(sdk_bin / "python"), "-c", "from dreadnode.version import VERSION; print(VERSION)"],
+        [str(dn_bin / "python"), "-c", "from dreadnode.version import VERSION; print(VERSION)"],
         capture_output=True,
         text=True,
-        env=sdk_env,
+        env=dn_env,
         check=True,
     ).stdout.strip()
     from packaging.version import Version
@@ -99,8 +71,8 @@ def test_sdk_version_is_the_one_pinned(sdk_bin, sdk_env):
     print(f"dreadnode SDK {version}")
 
 
-def test_task_environment(service, sdk_bin, sdk_env):
-    seen = run_script(sdk_bin, sdk_env, "roundtrip.py", service.base_url, service.key, "acme", "main")
+def test_task_environment(service, dn_bin, dn_env):
+    seen = run_script(dn_bin, dn_env, "roundtrip.py", service.base_url, service.key, "acme", "main")
     assert seen["state_after_setup"] == "ready"
     assert seen["echo"] == [0, "hi\n"]
     assert seen["failing"] == [3, "out\nerr\n"]
@@ -115,11 +87,11 @@ def test_task_environment(service, sdk_bin, sdk_env):
     )
 
 
-def test_every_api_client_environment_method(service, sdk_bin, sdk_env):
+def test_every_api_client_environment_method(service, dn_bin, dn_env):
     workspace = f"sdk-{uuid.uuid4().hex[:8]}"  # a workspace of its own: listing totals are exact
     key = new_key(service, "compat", workspace)
     seen = run_script(
-        sdk_bin, sdk_env, "client_methods.py", service.base_url, key, "compat", workspace, service.other_key
+        dn_bin, dn_env, "client_methods.py", service.base_url, key, "compat", workspace, service.other_key
     )
     first, second = seen["first_id"], seen["second_id"]
 
@@ -197,10 +169,10 @@ def test_every_api_client_environment_method(service, sdk_bin, sdk_env):
 
 
 def _dn(
-    sdk_bin: Path, env: dict[str, str], *args: str, timeout: float = 180
+    dn_bin: Path, env: dict[str, str], *args: str, timeout: float = 180
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(sdk_bin / "dn"), *args],
+        [str(dn_bin / "dn"), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -215,48 +187,48 @@ def _json(stdout: str) -> dict | list:
     return json.loads(stdout[start:])
 
 
-def test_dn_env_cli_with_environment_variables(service, sdk_bin, sdk_env):
+def test_dn_env_cli_with_environment_variables(service, dn_bin, dn_env):
     """The documented DREADNODE_* variables point the CLI at taskenv; no flags."""
     env = {
-        **sdk_env,
+        **dn_env,
         "DREADNODE_SERVER": service.base_url,
         "DREADNODE_API_KEY": service.key,
         "DREADNODE_ORGANIZATION": "acme",
         "DREADNODE_WORKSPACE": "main",
     }
-    created = _dn(sdk_bin, env, "env", "create", "default", "--wait")
+    created = _dn(dn_bin, env, "env", "create", "default", "--wait")
     assert created.returncode == 0, created.stdout + created.stderr
     tokens = TOKEN.findall(created.stdout)
     assert len(tokens) == 1, f"the one-time token is not printed: {created.stdout}"
     env_id = re.search(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", created.stdout)[0]
     assert "ready" in created.stdout
 
-    waited = _dn(sdk_bin, env, "env", "wait", env_id, "--json")
+    waited = _dn(dn_bin, env, "env", "wait", env_id, "--json")
     assert waited.returncode == 0, waited.stdout + waited.stderr
     assert _json(waited.stdout)["state"] == "ready"
 
-    ran = _dn(sdk_bin, env, "env", "exec", env_id, "--token", tokens[0], "--", "echo hi; exit 7")
+    ran = _dn(dn_bin, env, "env", "exec", env_id, "--token", tokens[0], "--", "echo hi; exit 7")
     assert ran.returncode == 7, ran.stdout + ran.stderr  # dn exits with the command's exit code
     assert ran.stdout.lstrip("\n").startswith("hi\n")
-    ok = _dn(sdk_bin, {**env, "DREADNODE_ENVIRONMENT_TOKEN": tokens[0]}, "env", "exec", env_id, "--", "true")
+    ok = _dn(dn_bin, {**env, "DREADNODE_ENVIRONMENT_TOKEN": tokens[0]}, "env", "exec", env_id, "--", "true")
     assert ok.returncode == 0, ok.stdout + ok.stderr
 
-    listed = _dn(sdk_bin, env, "env", "list", "--state", "ready", "--json")
+    listed = _dn(dn_bin, env, "env", "list", "--state", "ready", "--json")
     assert env_id in {row["id"] for row in _json(listed.stdout)}
 
-    removed = _dn(sdk_bin, env, "env", "rm", env_id, "--yes")
+    removed = _dn(dn_bin, env, "env", "rm", env_id, "--yes")
     assert removed.returncode == 0, removed.stdout + removed.stderr
     assert containers_of(env_id) == []
-    got = _dn(sdk_bin, env, "env", "get", env_id, "--json")
+    got = _dn(dn_bin, env, "env", "get", env_id, "--json")
     assert _json(got.stdout)["state"] == "torn_down"
-    waited = _dn(sdk_bin, env, "env", "wait", env_id, "--json")
+    waited = _dn(dn_bin, env, "env", "wait", env_id, "--json")
     assert waited.returncode != 0  # torn down is terminal but not ready
 
 
-def test_dn_env_cli_with_a_profile(service, sdk_bin, sdk_env):
+def test_dn_env_cli_with_a_profile(service, dn_bin, dn_env):
     """A saved profile in ~/.dreadnode/config.yaml (the file `dn login` writes), used as the
     active profile and by name."""
-    config = Path(sdk_env["HOME"]) / ".dreadnode" / "config.yaml"
+    config = Path(dn_env["HOME"]) / ".dreadnode" / "config.yaml"
     config.parent.mkdir(mode=0o700)
     config.write_text(
         "active: taskenv\n"
@@ -268,22 +240,22 @@ def test_dn_env_cli_with_a_profile(service, sdk_bin, sdk_env):
         "    default_workspace: main\n"
     )
     config.chmod(0o600)
-    created = _dn(sdk_bin, sdk_env, "env", "create", "default", "--wait", "--json")
+    created = _dn(dn_bin, dn_env, "env", "create", "default", "--wait", "--json")
     assert created.returncode == 0, created.stdout + created.stderr
     env = _json(created.stdout)
     assert env["state"] == "ready" and TOKEN.fullmatch(env["execute_token"])
     ran = _dn(
-        sdk_bin, sdk_env, "env", "exec", env["id"], "--profile", "taskenv",
+        dn_bin, dn_env, "env", "exec", env["id"], "--profile", "taskenv",
         "--token", env["execute_token"], "--json", "--", "echo $((6 * 7)); exit 4",
     )  # fmt: skip
     assert _json(ran.stdout) == {"exit_code": 4, "output": "42\n"}
     assert ran.returncode == 4
-    removed = _dn(sdk_bin, sdk_env, "env", "delete", env["id"], "--profile", "taskenv", "--yes")
+    removed = _dn(dn_bin, dn_env, "env", "delete", env["id"], "--profile", "taskenv", "--yes")
     assert removed.returncode == 0, removed.stdout + removed.stderr
     assert containers_of(env["id"]) == []
 
 
-def test_dn_env_cli_with_flags(service, sdk_bin, sdk_env):
+def test_dn_env_cli_with_flags(service, dn_bin, dn_env):
     scope = [
         "--server",
         service.base_url,
@@ -294,16 +266,16 @@ def test_dn_env_cli_with_flags(service, sdk_bin, sdk_env):
         "--workspace",
         "main",
     ]
-    created = _dn(sdk_bin, sdk_env, "env", "create", "default", *scope, "--wait", "--json")
+    created = _dn(dn_bin, dn_env, "env", "create", "default", *scope, "--wait", "--json")
     assert created.returncode == 0, created.stdout + created.stderr
     env = _json(created.stdout)
     ran = _dn(
-        sdk_bin, sdk_env, "env", "exec", env["id"], "--token", env["execute_token"], *scope, "--", "exit 0"
+        dn_bin, dn_env, "env", "exec", env["id"], "--token", env["execute_token"], *scope, "--", "exit 0"
     )
     assert ran.returncode == 0, ran.stdout + ran.stderr
-    bad = _dn(sdk_bin, sdk_env, "env", "exec", env["id"], "--token", "tet_wrong", *scope, "--", "true")
+    bad = _dn(dn_bin, dn_env, "env", "exec", env["id"], "--token", "tet_wrong", *scope, "--", "true")
     assert bad.returncode != 0 and "Authentication failed" in bad.stdout + bad.stderr
-    assert _dn(sdk_bin, sdk_env, "env", "rm", env["id"], *scope, "--yes").returncode == 0
+    assert _dn(dn_bin, dn_env, "env", "rm", env["id"], *scope, "--yes").returncode == 0
     assert containers_of(env["id"]) == []
 
 
@@ -313,7 +285,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_older_sdk_gets_426_naming_the_minimum(service, sdk_bin, sdk_env):
+def test_older_sdk_gets_426_naming_the_minimum(service, dn_bin, dn_env):
     """A second API process of the same service, with a minimum client version: the real SDK
     (made to identify as an older release by its own _DN_TEST_VERSION) gets 426."""
     port = _free_port()
@@ -341,17 +313,17 @@ def test_older_sdk_gets_426_naming_the_minimum(service, sdk_bin, sdk_env):
             assert time.monotonic() < deadline, "the API did not start"
             time.sleep(0.05)
         args = (base, service.key, "acme", "main")
-        old = run_script(sdk_bin, {**sdk_env, "_DN_TEST_VERSION": "2.0.40"}, "upgrade.py", *args)
+        old = run_script(dn_bin, {**dn_env, "_DN_TEST_VERSION": "2.0.40"}, "upgrade.py", *args)
         assert old["sent"] == "dreadnode-sdk/2.0.40"
         assert old["error"] == (
             "426: dreadnode-sdk 2.0.40 is older than this server supports: "
             f"upgrade to dreadnode-sdk {MINIMUM_SDK} or newer"
         )
-        current = run_script(sdk_bin, sdk_env, "upgrade.py", *args)
+        current = run_script(dn_bin, dn_env, "upgrade.py", *args)
         assert "total" in current, current
         cli = _dn(
-            sdk_bin,
-            {**sdk_env, "_DN_TEST_VERSION": "1.0.0"},
+            dn_bin,
+            {**dn_env, "_DN_TEST_VERSION": "1.0.0"},
             "env", "list", "--server", base, "--api-key", service.key,
             "--organization", "acme", "--workspace", "main",
         )  # fmt: skip

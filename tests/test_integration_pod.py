@@ -20,7 +20,6 @@ from taskenv.shared.task_archive import TaskFiles
 from taskenv.shared.task_services import DependsCondition, ServicePlan, plans
 from taskenv.worker import pod
 from taskenv.worker.containers import LABEL_DEPLOYMENT, LABEL_ENV, LABEL_HOST, LABEL_MANAGED
-from taskenv.worker.docker import connect, disconnect
 
 pytestmark = pytest.mark.integration
 
@@ -31,13 +30,6 @@ FILES = TaskFiles(
     files={"site/index.html": b"hello from web\n", "site/deep/a.txt": b"deep\n", "motd": b"file bind\n"},
     modes={"site/index.html": 0o644},
 )
-
-
-@pytest.fixture
-async def docker() -> AsyncIterator[aiodocker.Docker]:
-    client = connect()
-    yield client
-    await disconnect(client)
 
 
 @pytest.fixture

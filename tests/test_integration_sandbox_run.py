@@ -16,7 +16,6 @@ from taskenv.shared.store import container_name
 from taskenv.shared.task_archive import TaskFiles
 from taskenv.worker import runner_volume, task_volume
 from taskenv.worker.context import WorkerContext
-from taskenv.worker.docker import connect, disconnect
 from taskenv.worker.runner_sessions import RunnerPool
 from taskenv.worker.sandbox_run import (
     TASK_DIR,
@@ -46,13 +45,6 @@ FILES = TaskFiles(
 )
 
 pytestmark = pytest.mark.skipif(not runner_volume.DEFAULT_BINARY.is_file(), reason="needs runner/build")
-
-
-@pytest.fixture
-async def docker() -> AsyncIterator[aiodocker.Docker]:
-    client = connect()
-    yield client
-    await disconnect(client)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import pytest
 
 from taskenv.shared.task_archive import TaskFiles
 from taskenv.worker import task_volume
-from taskenv.worker.docker import connect, disconnect
 
 IMAGE = "taskenv/default:1"
 DEPLOYMENT = "test-task-volume"
@@ -30,13 +29,6 @@ FILES = TaskFiles(
     modes={"provision.sh": 0o755, "scripts/solve.sh": 0o755, "README.md": 0o644},
     links={"link-to-readme": "README.md"},
 )
-
-
-@pytest.fixture
-async def docker() -> AsyncIterator[aiodocker.Docker]:
-    client = connect()
-    yield client
-    await disconnect(client)
 
 
 @pytest.fixture
