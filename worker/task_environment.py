@@ -105,10 +105,13 @@ async def _task_files(worker: WorkerContext, blobs: Redis, source: TaskSource) -
 
 
 async def _staged(worker: WorkerContext, source: TaskSource, files: task_archive.TaskFiles) -> dict[str, Any]:
-    volume = await task_volume.ensure_staged(
-        worker.docker, source.oci_digest, files, deployment=worker.deployment,
-        image=worker.settings.sandbox_image, exclude={_solution_of(files)},
-    )  # fmt: skip
+    try:
+        volume = await task_volume.ensure_staged(
+            worker.docker, source.oci_digest, files, deployment=worker.deployment,
+            image=worker.settings.sandbox_image, exclude={_solution_of(files)},
+        )  # fmt: skip
+    except task_volume.StagingFailed as exc:
+        raise Unmade(f"the task directory could not be staged: {exc}") from None
     return task_volume.sandbox_mount(volume)
 
 
