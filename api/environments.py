@@ -57,14 +57,14 @@ class ListQuery(BaseModel):
     state: list[EnvironmentState] = Field(default_factory=list)
 
 
-async def _record_in(state: AppState, scope: Workspace, env_id: str) -> EnvironmentRecord:
+async def record_in(state: AppState, scope: Workspace, env_id: str) -> EnvironmentRecord:
     record = await store.load(state.records, env_id)
     if record is None or (record.org, record.workspace) != (scope.org, scope.workspace):
         raise environment_not_found(env_id)
     return record
 
 
-def _require_state(record: EnvironmentRecord, action: str, *allowed: EnvironmentState) -> None:
+def require_state(record: EnvironmentRecord, action: str, *allowed: EnvironmentState) -> None:
     if record.state not in allowed:
         raise TaskenvError(
             ErrorType.CONFLICT,
@@ -140,25 +140,25 @@ async def list_environments(request: Request) -> Response:
 async def get_environment(request: Request) -> Response:
     state = app_state(request)
     scope = await require_workspace(state.records, request)
-    record = await _record_in(state, scope, request.path_params["env_id"])
+    record = await record_in(state, scope, request.path_params["env_id"])
     return json_response(store.to_environment(record))
 
 
 async def get_status(request: Request) -> Response:
     state = app_state(request)
     scope = await require_workspace(state.records, request)
-    record = await _record_in(state, scope, request.path_params["env_id"])
+    record = await record_in(state, scope, request.path_params["env_id"])
     return json_response(store.to_status(record))
 
 
 async def delete_environment(request: Request) -> Response:
     state = app_state(request)
     scope = await require_workspace(state.records, request)
-    record = await _record_in(state, scope, request.path_params["env_id"])
+    record = await record_in(state, scope, request.path_params["env_id"])
     if record.state != EnvironmentState.TORN_DOWN:
         await store.tear_down(state.records, record, retention_sec=state.settings.record_retention_sec)
         # A provision may have claimed a host since the read: ask again where the container is.
-        record = await _record_in(state, scope, record.id)
+        record = await record_in(state, scope, record.id)
     if not record.host or record.lost_host:
         # No host took the provision (no container exists, and none will: it is torn down), or
         # its host is lost (if it comes back, its reaper removes the container).
@@ -184,10 +184,10 @@ def _teardown_script_sec(record: EnvironmentRecord) -> float:
 async def get_logs(request: Request) -> Response:
     state = app_state(request)
     scope = await require_workspace(state.records, request)
-    record = await _record_in(state, scope, request.path_params["env_id"])
+    record = await record_in(state, scope, request.path_params["env_id"])
     if record.build_log:  # its task's build failed: there is no sandbox, only the build's log
         return json_response(LogsResponse(logs=record.build_log))
-    _require_state(record, "read logs of", EnvironmentState.READY)
+    require_state(record, "read logs of", EnvironmentState.READY)
     value = await state.dispatcher.call(
         jobs.LOGS,
         jobs.EnvJob(env_id=record.id),
@@ -303,7 +303,7 @@ async def _refusal(state: AppState, env_id: str, reason: Refusal, env_limit: int
         # Its host is gone with its container: a gateway failure, as for a waiting command.
         return because(Reason.HOST_LOST, record.error)
     try:
-        _require_state(record, "execute in", EnvironmentState.READY)
+        require_state(record, "execute in", EnvironmentState.READY)
     except TaskenvError as exc:
         return exc
     return TaskenvError(ErrorType.CONFLICT, f"Environment {env_id} changed state; retry")

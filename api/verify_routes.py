@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from taskenv.api.auth import require_workspace
-from taskenv.api.environments import _record_in, _require_state, json_response
+from taskenv.api.environments import json_response, record_in, require_state
 from taskenv.api.state import app_state
 from taskenv.shared import jobs, keys, verification
 from taskenv.shared.models import EnvironmentState, VerifyResponse
@@ -23,8 +23,8 @@ from taskenv.shared.tasks import TaskSpec
 async def verify_environment(request: Request) -> Response:
     state = app_state(request)
     scope = await require_workspace(state.records, request)
-    record = await _record_in(state, scope, request.path_params["env_id"])
-    _require_state(record, "verify", EnvironmentState.READY)
+    record = await record_in(state, scope, request.path_params["env_id"])
+    require_state(record, "verify", EnvironmentState.READY)
     spec = TaskSpec.model_validate_json(record.spec)
     stored = spec.source.verification if spec.source else None
     planned = verification.parse(stored, repr(spec.ref))

@@ -25,7 +25,8 @@ from taskenv.shared.settings import Settings
 from taskenv.shared.tasks import TaskSpec
 
 _FIELDS = (
-    "id", "org", "workspace", "state", "host", "task_ref", "created_at", "expires_at", "error", "instruction"
+    "id", "org", "workspace", "state", "host", "task_ref", "created_at", "expires_at", "error", "instruction",
+    "service_urls", "task_verification",
 )  # fmt: skip
 # The operator's commands are not the tenant's traffic: not counted against its org's rate.
 _UNMETERED = OrgRate(per_sec=0, burst=0)

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import containers_of
+from tests.harness import SDK, containers_of
 from tests.helpers import eventually
-from tests.test_compat_sdk import SDK, TOKEN, _dn, _json
+from tests.test_compat_sdk import TOKEN, _dn, _json
 from tests.test_compat_tasks import init_task, ok, scope_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.compat]

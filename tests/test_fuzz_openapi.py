@@ -170,6 +170,9 @@ def _aim(case: Any, data: st.DataObject, target: Target) -> dict[str, str]:
     real_task = creates and positive and own and data.draw(st.integers(0, 15), label="real task") == 0
     if real_task and target.provisions < MAX_PROVISIONS:
         case.body["task_ref"] = "default"
+        # `default` declares no model roles: any override names an unknown role, a 422 the
+        # document cannot express (a task's roles are the task's, not the schema's).
+        case.body.pop("model_overrides", None)
     return headers
 
 

@@ -14,7 +14,10 @@ from tests.conftest import Service, provision, wait_for_state
 
 pytestmark = pytest.mark.integration
 
-ENV_FIELDS = {"id", "state", "expires_at", "error", "task_ref", "created_at", "instruction", "service_urls"}
+ENV_FIELDS = {
+    "id", "state", "expires_at", "error", "task_ref", "created_at", "instruction", "service_urls",
+    "task_verification",
+}  # fmt: skip
 
 
 def taskenv(service: Service | None, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -14,9 +14,9 @@ import yaml
 
 from taskenv.shared.task_archive import TaskFiles, pack
 from taskenv.shared.verification import task_verification
-from tests.harness import create_key
+from tests.harness import SDK, create_key
 from tests.helpers import Env
-from tests.test_compat_sdk import SCRIPTS, SDK
+from tests.test_compat_sdk import SCRIPTS
 from tests.test_integration_tasks import Registry
 
 pytestmark = pytest.mark.integration
