@@ -103,6 +103,8 @@ async def test_a_worker_killed_mid_execute_answers_502_and_never_reruns(cluster_
     command = "echo run >> /tmp/runs; sleep 6; echo done"
     waiting = asyncio.create_task(api.run(env_id, command, timeout_sec=30))
     (first,) = cluster.workers["a"]
+    # Taken and running by the first worker before a second one could take it.
+    await until(lambda: running_in(f"taskenv-{env_id}", "sleep 6"), "the command running")
     # Another worker of the host, heartbeating before the kill: the host lives on however slowly
     # a process starts on a loaded machine, so only the worker is lost.
     cluster.start_worker("a")
