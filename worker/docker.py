@@ -4,6 +4,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import aiodocker
 import aiohttp
@@ -58,3 +59,14 @@ async def disconnect(docker: aiodocker.Docker) -> None:
     await docker.close()
     if not docker.connector.closed:
         await docker.connector.close()
+
+
+def read_only_volume(volume: str, target: str) -> dict[str, Any]:
+    """A mount of the engine-managed `volume` at `target`, read-only, never filled from the image."""
+    return {
+        "Type": "volume",
+        "Source": volume,
+        "Target": target,
+        "ReadOnly": True,
+        "VolumeOptions": {"NoCopy": True},
+    }

@@ -16,6 +16,8 @@ from typing import Any
 
 import aiodocker
 
+from taskenv.worker.docker import read_only_volume
+
 RUNNER_DIR = "/.taskenv"
 RUNNER_NAME = "taskenv-runner"
 RUNNER_PATH = f"{RUNNER_DIR}/{RUNNER_NAME}"
@@ -40,13 +42,7 @@ def sandbox_host_config(volume: str) -> dict[str, Any]:
 
 def sandbox_mount(volume: str) -> dict[str, Any]:
     """The sandbox's read-only view of the runner's volume."""
-    return {
-        "Type": "volume",
-        "Source": volume,
-        "Target": RUNNER_DIR,
-        "ReadOnly": True,
-        "VolumeOptions": {"NoCopy": True},
-    }
+    return read_only_volume(volume, RUNNER_DIR)
 
 
 async def install(docker: aiodocker.Docker, binary: bytes, image: str) -> str:

@@ -32,6 +32,7 @@ from taskenv.shared import task_yaml
 from taskenv.shared.task_archive import TaskFiles, normalise
 from taskenv.shared.task_validation import TASK_YAML
 from taskenv.worker.containers import LABEL_DEPLOYMENT, LABEL_MANAGED
+from taskenv.worker.docker import read_only_volume
 
 TASK_DIR = "/home/user/task"
 LABEL_TASK_DIGEST = "taskenv.task-digest"
@@ -69,13 +70,7 @@ def _filler_name(volume: str) -> str:
 
 def sandbox_mount(volume: str) -> dict[str, Any]:
     """The sandbox's read-only view of the task directory."""
-    return {
-        "Type": "volume",
-        "Source": volume,
-        "Target": TASK_DIR,
-        "ReadOnly": True,
-        "VolumeOptions": {"NoCopy": True},
-    }
+    return read_only_volume(volume, TASK_DIR)
 
 
 def solution_paths(files: TaskFiles) -> set[str]:
