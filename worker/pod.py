@@ -31,7 +31,7 @@ import posixpath
 import secrets
 import tarfile
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from enum import StrEnum
 from typing import Any, NamedTuple, TypeVar
 
@@ -104,7 +104,9 @@ async def start_services(
     plans: list[ServicePlan],
     labels: dict[str, str],
     deadline_at: float,
+    on_started: Callable[[], None] | None = None,
 ) -> None:
+    """`on_started` is called once every service is started, before they are waited for."""
     pod = _Pod(docker, env_id, labels, asyncio.get_running_loop().time() + deadline_at - time.time())
     by_name = {plan.name: plan for plan in plans}
     await pod.volumes(plans)
@@ -112,6 +114,8 @@ async def start_services(
         needs = {(dep, cond) for name in batch for dep, cond in by_name[name].depends_on.items()}
         await _all(pod.wait(dep, cond) for dep, cond in sorted(needs))
         await _all(pod.start(by_name[name], sandbox_id) for name in batch)
+    if on_started is not None:
+        on_started()
     await _all(pod.wait(plan.name, None) for plan in plans)
 
 

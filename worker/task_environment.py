@@ -143,10 +143,15 @@ async def _start_services(
         plans = task_services.plans(compose, files, images=images, settings=worker.settings)
     except task_services.ServiceError as exc:
         raise Unmade(str(exc)) from None
+    runners = worker.runners
+    # The runner's session opens while the services come up (their healthchecks' wait is idle
+    # time for the engine), not after `ready`, when it would take from the next provision.
+    warm = (lambda: runners.warm(record.id)) if runners is not None else None
     try:
         await pod.start_services(
             worker.docker, env_id=record.id, sandbox_id=sandbox_id, plans=plans,
             labels=containers.labels_of(record.to_hash(), worker.deployment), deadline_at=deadline_at,
+            on_started=warm,
         )  # fmt: skip
     except pod.PodFailed as failed:
         raise Unmade(str(failed), failed.log_tail) from None
