@@ -18,10 +18,10 @@ from taskenv.api.auth import Workspace, authenticate
 from taskenv.api.state import AppState, app_state
 from taskenv.shared import task_store
 from taskenv.shared.errors import ErrorType, TaskenvError
+from taskenv.shared.scripts import BlobOutcome
 from taskenv.shared.task_oci import LATEST, MANIFEST_MAX_BYTES, MEDIA_OCI_MANIFEST, SHA256_DIGEST
 from taskenv.shared.task_push import check_name, store_version
 from taskenv.shared.task_refs import visible_version
-from taskenv.shared.task_store import BlobOutcome
 
 _BLOB_MEDIA = "application/octet-stream"
 

@@ -13,6 +13,7 @@ from taskenv.cli.failures import Refused
 from taskenv.cli.table import table
 from taskenv.shared import task_archive, task_store, task_yaml
 from taskenv.shared.redis import arq_client
+from taskenv.shared.scripts import BlobOutcome
 from taskenv.shared.settings import Settings
 from taskenv.shared.task_archive import TaskFiles
 from taskenv.shared.task_oci import (
@@ -25,7 +26,7 @@ from taskenv.shared.task_oci import (
 )
 from taskenv.shared.task_push import config_blob, store_version
 from taskenv.shared.task_refs import TaskRef, visible_version
-from taskenv.shared.task_store import BlobOutcome, TaskVersion
+from taskenv.shared.task_store import TaskVersion
 
 task_app = typer.Typer(no_args_is_help=True, help="The task registry (what `dn task push` stores).")
 # What `dn task push` leaves out of a task's archive.

@@ -484,8 +484,190 @@ return alive
 """,
 )
 
-ALL = (
+# The task registry (shared/task_store.py): blobs, versions, visibility.
+
+
+class BlobOutcome(StrEnum):
+    STORED = "stored"
+    EXISTS = "exists"
+    OVER_BUDGET = "over_budget"
+
+
+class CommitOutcome(StrEnum):
+    COMMITTED = "committed"
+    EXISTS = "exists"
+    MISSING_BLOB = "missing_blob"
+
+
+# Store a blob, pending, if the org's storage has room. Expired pending blobs (uploaded, never
+# named by a version) are freed first. A blob already known is not stored again; if still
+# pending, its deadline moves on.
+PUT_TASK_BLOB = Script(
+    "put_blob",
+    ("blob", "refs", "pending", "used"),
+    ("digest", "data", "now", "deadline", "budget", "blob_prefix"),
+    """
+for _, stale in ipairs(redis.call('ZRANGEBYSCORE', pending, '-inf', now)) do
+  redis.call('ZREM', pending, stale)
+  if redis.call('HGET', refs, stale) == '0' then
+    redis.call('HDEL', refs, stale)
+    redis.call('DECRBY', used, redis.call('STRLEN', blob_prefix .. stale))
+    redis.call('DEL', blob_prefix .. stale)
+  end
+end
+local known = redis.call('HGET', refs, digest)
+if known then
+  if known == '0' then redis.call('ZADD', pending, deadline, digest) end
+  return EXISTS
+end
+if tonumber(redis.call('GET', used) or '0') + #data > tonumber(budget) then return OVER_BUDGET end
+redis.call('SET', blob, data)
+redis.call('HSET', refs, digest, 0)
+redis.call('ZADD', pending, deadline, digest)
+redis.call('INCRBY', used, #data)
+return STORED
+""",
+    enums=(BlobOutcome,),
+)
+
+# A new version, only if (org, name, version) is free and every blob it names is stored; its
+# blobs then count one more reference and are no longer pending.
+COMMIT_TASK_VERSION = Script(
+    "commit_task_version",
+    ("versions", "refs", "pending", "names", "orgs"),
+    ("version", "record", "name", "org"),
+    """
+local existing = redis.call('HGET', versions, version)
+if existing then return {EXISTS, existing} end
+for _, digest in ipairs(digests) do
+  if not redis.call('HGET', refs, digest) then return {MISSING_BLOB, digest} end
+end
+for _, digest in ipairs(digests) do
+  redis.call('HINCRBY', refs, digest, 1)
+  redis.call('ZREM', pending, digest)
+end
+redis.call('HSET', versions, version, record)
+redis.call('SADD', names, name)
+redis.call('SADD', orgs, org)
+return {COMMITTED, ''}
+""",
+    rest="digests",
+    enums=(CommitOutcome,),
+)
+
+# Remove a version; blobs no version names any more are freed. The name's last version takes
+# the name out of the org's names and out of the public ones (and the org's last name, the org
+# out of the orgs with tasks). Answers 1, or 0 if there was no such version.
+DELETE_TASK_VERSION = Script(
+    "delete_task_version",
+    ("versions", "refs", "used", "names", "public", "orgs"),
+    ("version", "name", "qualified", "blob_prefix", "org"),
+    """
+if redis.call('HDEL', versions, version) == 0 then return 0 end
+for _, digest in ipairs(digests) do
+  if redis.call('HINCRBY', refs, digest, -1) <= 0 then
+    redis.call('HDEL', refs, digest)
+    redis.call('DECRBY', used, redis.call('STRLEN', blob_prefix .. digest))
+    redis.call('DEL', blob_prefix .. digest)
+  end
+end
+if redis.call('HLEN', versions) == 0 then
+  redis.call('SREM', names, name)
+  redis.call('SREM', public, qualified)
+  if redis.call('SCARD', names) == 0 then redis.call('SREM', orgs, org) end
+end
+return 1
+""",
+    rest="digests",
+)
+
+# Publish or unpublish a name, if it has a version. Answers 1, or 0 if it has none.
+SET_TASK_VISIBILITY = Script(
+    "set_task_visibility",
+    ("versions", "public"),
+    ("qualified", "published"),
+    """
+if redis.call('EXISTS', versions) == 0 then return 0 end
+if published == '1' then redis.call('SADD', public, qualified) else redis.call('SREM', public, qualified) end
+return 1
+""",
+)
+
+
+# An org's secrets (shared/secrets_store.py): one hash, names unique, values sealed.
+
+
+class SecretOutcome(StrEnum):
+    CREATED = "created"
+    NAME_TAKEN = "name_taken"
+    FULL = "full"
+    UPDATED = "updated"
+    DELETED = "deleted"
+    MISSING = "missing"
+
+
+CREATE_SECRET = Script(
+    "create_secret",
+    keys=("secrets",),
+    args=("id", "name", "record", "max"),
+    body="""
+if redis.call('HEXISTS', secrets, 'name:' .. name) == 1 then return NAME_TAKEN end
+if redis.call('HLEN', secrets) >= 2 * tonumber(max) then return FULL end
+redis.call('HSET', secrets, 'name:' .. name, id, 'id:' .. id, record)
+return CREATED
+""",
+    enums=(SecretOutcome,),
+)
+
+UPDATE_SECRET = Script(
+    "update_secret",
+    keys=("secrets",),
+    args=("id", "value", "updated_at"),
+    body="""
+local raw = redis.call('HGET', secrets, 'id:' .. id)
+if not raw then return MISSING end
+local record = cjson.decode(raw)
+record.value = value
+record.updated_at = updated_at
+redis.call('HSET', secrets, 'id:' .. id, cjson.encode(record))
+return UPDATED
+""",
+    enums=(SecretOutcome,),
+)
+
+DELETE_SECRET = Script(
+    "delete_secret",
+    keys=("secrets",),
+    args=("id",),
+    body="""
+local raw = redis.call('HGET', secrets, 'id:' .. id)
+if not raw then return MISSING end
+redis.call('HDEL', secrets, 'id:' .. id, 'name:' .. cjson.decode(raw).name)
+return DELETED
+""",
+    enums=(SecretOutcome,),
+)
+
+
+# Release the build lock, only if this holder still has it (it may have expired and been taken).
+RELEASE_BUILD_LOCK = Script(
+    "release_build_lock",
+    ("lock",),
+    ("token",),
+    """
+if redis.call('GET', lock) == token then return redis.call('DEL', lock) end
+return 0
+""",
+)
+
+
+# The scripts of environment records, which bind the state names from EnvironmentState.
+ENVIRONMENT_SCRIPTS = (
     ENQUEUE, ADMIT_AND_ENQUEUE, CLAIM_JOB, STORE_AND_PUBLISH, LOOKUP_API_KEY, CREATE_API_KEY,
     REVOKE_API_KEY, JOIN_DEPLOYMENT, CREATE_ENVIRONMENT, SET_IF_STATE, SET_FLAG_ONCE, TEAR_DOWN,
     CLAIM_PROVISION, BEAT, SWEEP, LEAVE,
+)  # fmt: skip
+ALL = (
+    *ENVIRONMENT_SCRIPTS, PUT_TASK_BLOB, COMMIT_TASK_VERSION, DELETE_TASK_VERSION, SET_TASK_VISIBILITY,
+    RELEASE_BUILD_LOCK, CREATE_SECRET, UPDATE_SECRET, DELETE_SECRET,
 )  # fmt: skip

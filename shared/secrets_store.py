@@ -14,15 +14,14 @@ import time
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from taskenv.shared import keys
+from taskenv.shared import keys, scripts
 from taskenv.shared.errors import ErrorType, TaskenvError
-from taskenv.shared.redis_script import Script
+from taskenv.shared.scripts import SecretOutcome
 from taskenv.shared.sealing import Sealer, Unsealable, required
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
@@ -33,58 +32,6 @@ MAX_PER_ORG = 1000
 # Ids named at once by one request (an environment's `secret_ids`).
 MAX_IDS = 100
 _NAME = re.compile(NAME_PATTERN)
-
-
-class SecretOutcome(StrEnum):
-    CREATED = "created"
-    NAME_TAKEN = "name_taken"
-    FULL = "full"
-    UPDATED = "updated"
-    DELETED = "deleted"
-    MISSING = "missing"
-
-
-CREATE = Script(
-    "create_secret",
-    keys=("secrets",),
-    args=("id", "name", "record", "max"),
-    body="""
-if redis.call('HEXISTS', secrets, 'name:' .. name) == 1 then return NAME_TAKEN end
-if redis.call('HLEN', secrets) >= 2 * tonumber(max) then return FULL end
-redis.call('HSET', secrets, 'name:' .. name, id, 'id:' .. id, record)
-return CREATED
-""",
-    enums=(SecretOutcome,),
-)
-
-UPDATE = Script(
-    "update_secret",
-    keys=("secrets",),
-    args=("id", "value", "updated_at"),
-    body="""
-local raw = redis.call('HGET', secrets, 'id:' .. id)
-if not raw then return MISSING end
-local record = cjson.decode(raw)
-record.value = value
-record.updated_at = updated_at
-redis.call('HSET', secrets, 'id:' .. id, cjson.encode(record))
-return UPDATED
-""",
-    enums=(SecretOutcome,),
-)
-
-DELETE = Script(
-    "delete_secret",
-    keys=("secrets",),
-    args=("id",),
-    body="""
-local raw = redis.call('HGET', secrets, 'id:' .. id)
-if not raw then return MISSING end
-redis.call('HDEL', secrets, 'id:' .. id, 'name:' .. cjson.decode(raw).name)
-return DELETED
-""",
-    enums=(SecretOutcome,),
-)
 
 
 class SecretInfo(BaseModel):
@@ -184,7 +131,7 @@ async def create(redis: Redis, sealer: Sealer | None, org: str, name: str, value
     now = repr(time.time())
     secret_id = str(uuid.uuid4())
     record = {"name": name, "value": sealed, "created_at": now, "updated_at": now}
-    outcome = await CREATE.run(
+    outcome = await scripts.CREATE_SECRET.run(
         redis,
         secrets=keys.org_secrets(org),
         id=secret_id,
@@ -226,7 +173,7 @@ async def get(redis: Redis, org: str, secret_id: str) -> SecretInfo:
 async def update(redis: Redis, sealer: Sealer | None, org: str, secret_id: str, value: str) -> SecretInfo:
     """A new value; environments made before keep the one they were made with."""
     sealed = _seal(sealer, check_value(value))
-    outcome = await UPDATE.run(
+    outcome = await scripts.UPDATE_SECRET.run(
         redis, secrets=keys.org_secrets(org), id=secret_id, value=sealed, updated_at=repr(time.time())
     )
     if outcome == SecretOutcome.MISSING:
@@ -235,7 +182,7 @@ async def update(redis: Redis, sealer: Sealer | None, org: str, secret_id: str, 
 
 
 async def delete(redis: Redis, org: str, secret_id: str) -> bool:
-    outcome = await DELETE.run(redis, secrets=keys.org_secrets(org), id=secret_id)
+    outcome = await scripts.DELETE_SECRET.run(redis, secrets=keys.org_secrets(org), id=secret_id)
     return bool(outcome == SecretOutcome.DELETED)
 
 

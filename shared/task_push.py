@@ -12,10 +12,11 @@ from redis.asyncio import Redis
 
 from taskenv.shared import task_archive, task_store
 from taskenv.shared.errors import ErrorType, TaskenvError
+from taskenv.shared.scripts import CommitOutcome
 from taskenv.shared.task_compose import ComposeService, service_plan, services_of
 from taskenv.shared.task_manifest import NAME_PATTERN, VERSION_PATTERN, Issue, error
 from taskenv.shared.task_oci import MANIFEST_MAX_BYTES, Manifest
-from taskenv.shared.task_store import CommitOutcome, TaskVersion
+from taskenv.shared.task_store import TaskVersion
 from taskenv.shared.task_validation import TaskInvalid, ValidatedTask, validate
 
 

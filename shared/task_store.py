@@ -12,123 +12,16 @@ All calls take a bytes Redis client (`decode_responses=False`): blobs are binary
 import json
 import time
 import uuid
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
+from taskenv.shared import scripts
 from taskenv.shared import task_keys as keys
-from taskenv.shared.redis_script import Script
+from taskenv.shared.scripts import BlobOutcome, CommitOutcome
 
 UPLOAD_TTL_SEC = 3600
-
-
-class BlobOutcome(StrEnum):
-    STORED = "stored"
-    EXISTS = "exists"
-    OVER_BUDGET = "over_budget"
-
-
-class CommitOutcome(StrEnum):
-    COMMITTED = "committed"
-    EXISTS = "exists"
-    MISSING_BLOB = "missing_blob"
-
-
-# Store a blob, pending, if the org's storage has room. Expired pending blobs (uploaded, never
-# named by a version) are freed first. A blob already known is not stored again; if still
-# pending, its deadline moves on.
-PUT_BLOB = Script(
-    "put_blob",
-    ("blob", "refs", "pending", "used"),
-    ("digest", "data", "now", "deadline", "budget", "blob_prefix"),
-    """
-for _, stale in ipairs(redis.call('ZRANGEBYSCORE', pending, '-inf', now)) do
-  redis.call('ZREM', pending, stale)
-  if redis.call('HGET', refs, stale) == '0' then
-    redis.call('HDEL', refs, stale)
-    redis.call('DECRBY', used, redis.call('STRLEN', blob_prefix .. stale))
-    redis.call('DEL', blob_prefix .. stale)
-  end
-end
-local known = redis.call('HGET', refs, digest)
-if known then
-  if known == '0' then redis.call('ZADD', pending, deadline, digest) end
-  return EXISTS
-end
-if tonumber(redis.call('GET', used) or '0') + #data > tonumber(budget) then return OVER_BUDGET end
-redis.call('SET', blob, data)
-redis.call('HSET', refs, digest, 0)
-redis.call('ZADD', pending, deadline, digest)
-redis.call('INCRBY', used, #data)
-return STORED
-""",
-    enums=(BlobOutcome,),
-)
-
-# A new version, only if (org, name, version) is free and every blob it names is stored; its
-# blobs then count one more reference and are no longer pending.
-COMMIT = Script(
-    "commit_task_version",
-    ("versions", "refs", "pending", "names", "orgs"),
-    ("version", "record", "name", "org"),
-    """
-local existing = redis.call('HGET', versions, version)
-if existing then return {EXISTS, existing} end
-for _, digest in ipairs(digests) do
-  if not redis.call('HGET', refs, digest) then return {MISSING_BLOB, digest} end
-end
-for _, digest in ipairs(digests) do
-  redis.call('HINCRBY', refs, digest, 1)
-  redis.call('ZREM', pending, digest)
-end
-redis.call('HSET', versions, version, record)
-redis.call('SADD', names, name)
-redis.call('SADD', orgs, org)
-return {COMMITTED, ''}
-""",
-    rest="digests",
-    enums=(CommitOutcome,),
-)
-
-# Remove a version; blobs no version names any more are freed. The name's last version takes
-# the name out of the org's names and out of the public ones (and the org's last name, the org
-# out of the orgs with tasks). Answers 1, or 0 if there was no such version.
-DELETE = Script(
-    "delete_task_version",
-    ("versions", "refs", "used", "names", "public", "orgs"),
-    ("version", "name", "qualified", "blob_prefix", "org"),
-    """
-if redis.call('HDEL', versions, version) == 0 then return 0 end
-for _, digest in ipairs(digests) do
-  if redis.call('HINCRBY', refs, digest, -1) <= 0 then
-    redis.call('HDEL', refs, digest)
-    redis.call('DECRBY', used, redis.call('STRLEN', blob_prefix .. digest))
-    redis.call('DEL', blob_prefix .. digest)
-  end
-end
-if redis.call('HLEN', versions) == 0 then
-  redis.call('SREM', names, name)
-  redis.call('SREM', public, qualified)
-  if redis.call('SCARD', names) == 0 then redis.call('SREM', orgs, org) end
-end
-return 1
-""",
-    rest="digests",
-)
-
-# Publish or unpublish a name, if it has a version. Answers 1, or 0 if it has none.
-VISIBILITY = Script(
-    "set_task_visibility",
-    ("versions", "public"),
-    ("qualified", "published"),
-    """
-if redis.call('EXISTS', versions) == 0 then return 0 end
-if published == '1' then redis.call('SADD', public, qualified) else redis.call('SREM', public, qualified) end
-return 1
-""",
-)
 
 
 class TaskVersion(BaseModel):
@@ -191,7 +84,7 @@ async def put_blob(
     redis: Redis, org: str, digest: str, data: bytes, *, budget_bytes: int, pending_ttl_sec: float
 ) -> BlobOutcome:
     now = time.time()
-    outcome = await PUT_BLOB.run(
+    outcome = await scripts.PUT_TASK_BLOB.run(
         redis,
         blob=keys.task_blob(org, digest),
         refs=keys.task_blob_refs(org),
@@ -218,7 +111,7 @@ async def get_blob(redis: Redis, org: str, digest: str) -> bytes | None:
 
 async def commit(redis: Redis, version: TaskVersion) -> tuple[CommitOutcome, TaskVersion | str | None]:
     """COMMITTED; EXISTS with the version already stored; MISSING_BLOB with its digest."""
-    outcome, detail = await COMMIT.run(
+    outcome, detail = await scripts.COMMIT_TASK_VERSION.run(
         redis,
         versions=keys.task_versions(version.org, version.name),
         refs=keys.task_blob_refs(version.org),
@@ -254,7 +147,7 @@ async def latest(redis: Redis, org: str, name: str) -> TaskVersion | None:
 
 
 async def delete_version(redis: Redis, version: TaskVersion) -> bool:
-    deleted = await DELETE.run(
+    deleted = await scripts.DELETE_TASK_VERSION.run(
         redis,
         versions=keys.task_versions(version.org, version.name),
         refs=keys.task_blob_refs(version.org),
@@ -274,7 +167,7 @@ async def delete_version(redis: Redis, version: TaskVersion) -> bool:
 
 async def set_public(redis: Redis, org: str, name: str, public: bool) -> bool:
     """False when the name has no version."""
-    done = await VISIBILITY.run(
+    done = await scripts.SET_TASK_VISIBILITY.run(
         redis,
         versions=keys.task_versions(org, name),
         public=keys.TASKS_PUBLIC,

@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from taskenv.shared import sealing, secrets_store, task_store
+from taskenv.shared.scripts import CommitOutcome
 from taskenv.shared.task_store import TaskVersion
 from tests.inprocess import InProcess, in_process
 
@@ -49,7 +50,7 @@ async def pushed(stack: InProcess, **fields: Any) -> str:
         verification={"method": "flag", "path": "/tmp/flag", "value": "FLAG{x}"}, **fields,
     )  # fmt: skip
     outcome, _ = await task_store.commit(blobs, version)
-    assert outcome is task_store.CommitOutcome.COMMITTED
+    assert outcome is CommitOutcome.COMMITTED
     return name
 
 

@@ -10,11 +10,11 @@ import yaml
 
 from taskenv.shared import task_archive, task_store
 from taskenv.shared.errors import ErrorType, TaskenvError
+from taskenv.shared.scripts import BlobOutcome
 from taskenv.shared.task_archive import TaskFiles
 from taskenv.shared.task_oci import MEDIA_CONFIG, MEDIA_LAYER_TAR_GZ, MEDIA_OCI_MANIFEST
 from taskenv.shared.task_push import config_blob, store_version
 from taskenv.shared.task_refs import TaskRef, resolve
-from taskenv.shared.task_store import BlobOutcome
 
 MAX = 1 << 20
 BUDGET = 1 << 20

@@ -28,9 +28,8 @@ from typing import Any
 import aiodocker
 from redis.asyncio import Redis
 
-from taskenv.shared import task_archive, task_keys, task_store, task_yaml
+from taskenv.shared import scripts, task_archive, task_keys, task_store, task_yaml
 from taskenv.shared.keys import PREFIX
-from taskenv.shared.redis_script import Script
 from taskenv.shared.task_archive import TaskFiles, normalise
 from taskenv.shared.task_compose import ComposeBuild, ComposeService, service_plan, services_of
 from taskenv.shared.task_store import TaskVersion
@@ -333,20 +332,8 @@ async def _build_locked(
     return True
 
 
-# Release the build lock, only if this holder still has it (it may have expired and been taken).
-RELEASE = Script(
-    "release_build_lock",
-    ("lock",),
-    ("token",),
-    """
-if redis.call('GET', lock) == token then return redis.call('DEL', lock) end
-return 0
-""",
-)
-
-
 async def _release(redis: Redis, key: str, token: str) -> None:
-    await RELEASE.run(redis, lock=key, token=token)
+    await scripts.RELEASE_BUILD_LOCK.run(redis, lock=key, token=token)
 
 
 async def _touch(redis: Redis, version: TaskVersion, host: str) -> None:
