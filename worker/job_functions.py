@@ -18,7 +18,6 @@ from taskenv.shared.jobs import EnvJob, ExecJob, JobResult
 from taskenv.shared.logs import REQUEST_ID
 from taskenv.shared.models import EnvironmentState
 from taskenv.shared.scripts import ClaimOutcome
-from taskenv.shared.settings import Settings
 from taskenv.shared.tasks import TaskSpec
 from taskenv.worker import containers, context, environment_removal, task_environment, task_provision
 from taskenv.worker.context import JobAnswer, WorkerContext
@@ -191,10 +190,6 @@ async def provision(ctx: Ctx, payload: EnvJob) -> dict[str, Any]:
     try:
         if outcome != ClaimOutcome.CLAIMED:
             return {"state": outcome}
-        if await _is_pushed_task(redis, env_id):
-            # Builds, services and scripts take longer than a sandbox: the reaper waits for them
-            # (a lost worker still fails it at once).
-            await task_environment.extend_stalled_deadline(redis, env_id, _task_provision_budget(settings))
         instead = await task_provision.prepare(
             redis, ctx["redis"], worker.docker, env_id, settings, worker.deployment
         )
@@ -205,15 +200,6 @@ async def provision(ctx: Ctx, payload: EnvJob) -> dict[str, Any]:
         # Ran, whatever came of it: the reaper no longer needs to watch for it. (A worker that
         # dies before this line leaves the entry, and the reaper then fails the environment.)
         await store.provision_ran(redis, env_id)
-
-
-async def _is_pushed_task(redis: Redis, env_id: str) -> bool:
-    record = await store.load(redis, env_id)
-    return record is not None and TaskSpec.model_validate_json(record.spec).source is not None
-
-
-def _task_provision_budget(settings: Settings) -> float:
-    return settings.task_build_timeout_sec + settings.provision_timeout_sec + settings.control_timeout_sec
 
 
 async def _hand_back(ctx: Ctx, payload: EnvJob) -> None:

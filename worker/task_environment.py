@@ -26,7 +26,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from taskenv.shared import keys, secrets_store, task_archive, task_services, task_store, task_yaml
+from taskenv.shared import secrets_store, task_archive, task_services, task_store, task_yaml
 from taskenv.shared.environment_record import EnvironmentRecord
 from taskenv.shared.errors import TaskenvError
 from taskenv.shared.task_validation import COMPOSE_FILES
@@ -197,10 +197,3 @@ async def _provision(
 
 def _json(value: str, default: Any) -> Any:
     return json.loads(value) if value else default
-
-
-async def extend_stalled_deadline(redis: Redis, env_id: str, seconds: float) -> None:
-    """A task environment takes longer than a plain sandbox (builds, services, its script): the
-    reaper's stalled-provision deadline moves out while its worker lives (a lost worker still
-    fails it at once)."""
-    await redis.zadd(keys.PROVISIONING, {env_id: time.time() + seconds}, xx=True)

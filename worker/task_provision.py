@@ -3,10 +3,12 @@ are not yet (worker/task_build.py). The environment shows `building` meanwhile (
 `provisioning` record, so quotas, claims and the reaper see it as provisioning), and turns
 `failed` with `error: "task build failed: ..."` and the build log's tail if the build fails."""
 
+import time
+
 import aiodocker
 from redis.asyncio import Redis
 
-from taskenv.shared import store, task_store
+from taskenv.shared import keys, store, task_store
 from taskenv.shared.models import EnvironmentState
 from taskenv.shared.settings import Settings
 from taskenv.shared.tasks import TaskSpec
@@ -36,6 +38,10 @@ async def prepare(
     source = TaskSpec.model_validate_json(record.spec).source
     if source is None:
         return None
+    # Builds, services and scripts take longer than a sandbox: the reaper waits for them (a lost
+    # worker still fails it at once).
+    budget = settings.task_build_timeout_sec + settings.provision_timeout_sec + settings.control_timeout_sec
+    await extend_stalled_deadline(records, env_id, budget)
     version = await task_store.get_version(blobs, source.org, source.name, source.version)
 
     async def building() -> None:
@@ -57,6 +63,11 @@ async def prepare(
     if await store.set_if_state(records, env_id, EnvironmentState.PROVISIONING, **{BUILDING_FIELD: "0"}):
         return None
     return EnvironmentState.TORN_DOWN
+
+
+async def extend_stalled_deadline(records: Redis, env_id: str, seconds: float) -> None:
+    """The reaper's stalled-provision deadline for this environment, moved out."""
+    await records.zadd(keys.PROVISIONING, {env_id: time.time() + seconds}, xx=True)
 
 
 async def _fail(records: Redis, env_id: str, reason: str, log_tail: str) -> None:
