@@ -8,8 +8,7 @@ The one way every path removes an environment: DELETE (the teardown job), expiry
 import logging
 
 from taskenv.shared import keys, scripts, store
-from taskenv.shared.environment_record import EnvironmentRecord
-from taskenv.shared.tasks import TaskScript, TaskSpec
+from taskenv.shared.tasks import TaskSpec
 from taskenv.worker import containers, pod, sandbox_run
 from taskenv.worker.context import WorkerContext
 
@@ -37,7 +36,8 @@ async def _run_teardown_script(worker: WorkerContext, env_id: str) -> None:
     record = await store.load(worker.records, env_id)
     if record is None:
         return
-    step = _teardown_step(record)
+    spec = TaskSpec.model_validate_json(record.spec)
+    step = spec.source.teardown if spec.source is not None else None
     if step is None or await containers.why_stopped(worker.docker, store.container_name(env_id)) is not None:
         return
     first = await scripts.SET_FLAG_ONCE.run(
@@ -45,7 +45,6 @@ async def _run_teardown_script(worker: WorkerContext, env_id: str) -> None:
     )
     if not first:
         return
-    spec = TaskSpec.model_validate_json(record.spec)
     variables = await worker.variables.of(env_id) if worker.variables is not None else {}
     result = await sandbox_run.run_script(
         worker, env_id, f"{sandbox_run.TASK_DIR}/{step.script}", timeout_sec=float(step.timeout),
@@ -56,8 +55,3 @@ async def _run_teardown_script(worker: WorkerContext, env_id: str) -> None:
     # Only while the record is as it was read: a record expired or removed meanwhile is not
     # brought back as a fragment.
     await store.set_if_state(worker.records, env_id, record.state, teardown_outcome=outcome)
-
-
-def _teardown_step(record: EnvironmentRecord) -> TaskScript | None:
-    source = TaskSpec.model_validate_json(record.spec).source
-    return source.teardown if source is not None else None
