@@ -64,7 +64,11 @@ async def run_bench(
         raise
     finally:
         results.cleanup = await complete(
-            cleanup(results.ledger, partial(_delete_env, session, url, docker), partial(_remove_raw, docker))
+            cleanup(
+                results.ledger,
+                partial(_delete_env, session, url, docker),
+                partial(provision_phase.remove_raw, docker),
+            )
         )
 
 
@@ -92,10 +96,6 @@ async def _delete_env(
         raise api_side.Failure(
             api_side.error_name(exc), f"DELETE failed ({exc}); container removed directly"
         ) from exc
-
-
-async def _remove_raw(docker: aiodocker.Docker, name: str) -> None:
-    await provision_phase.remove_raw(docker, name)
 
 
 async def _phases(
