@@ -9,6 +9,7 @@ own lines. A child that dies is started again, at most `MAX_RESTARTS` times per
 """
 
 import asyncio
+import hashlib
 import os
 import signal
 import socket
@@ -30,7 +31,7 @@ from taskenv.cli.operations import build_image
 from taskenv.cli.secrets import ensure_home_key
 from taskenv.shared.apikeys import key_id
 from taskenv.shared.secrets import hash_secret
-from taskenv.shared.settings import Settings
+from taskenv.shared.settings import RunnerTransportKind, Settings
 from taskenv.shared.user_agents import USER_AGENT
 
 STARTUP_TIMEOUT_SEC = 30.0
@@ -113,6 +114,11 @@ class Child:
 
 def _spawn(args: list[str], env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, env=env, start_new_session=True, stdout=log, stderr=log)
+
+
+def runner_link_dir(home: Path) -> Path:
+    """Short (a unix socket's path holds 107 bytes) and one per home."""
+    return Path("/run/taskenv") / hashlib.sha256(str(home).encode()).hexdigest()[:12]
 
 
 def _refuse_if_running(home: Path) -> None:
@@ -245,6 +251,9 @@ def _run(*, workers: int, port: int | None, org: str, workspace: str) -> int:
     env["TASKENV_REDIS_URL"] = instance.embedded_redis_url()
     # The key that seals org secrets: the operator's, else the one kept in the home.
     env["TASKENV_SECRETS_KEY"] = env.get("TASKENV_SECRETS_KEY") or ensure_home_key(home)
+    # The workers run beside the engine: their runners' frames go over unix sockets, not dockerd.
+    env.setdefault("TASKENV_RUNNER_TRANSPORT", RunnerTransportKind.SOCKET)
+    env.setdefault("TASKENV_RUNNER_LINK_DIR", str(runner_link_dir(home)))
     try:
         built = asyncio.run(build_image(only_if_missing=True))
     except Exception as exc:

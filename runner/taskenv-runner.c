@@ -1,7 +1,9 @@
 /* taskenv-runner: starts and supervises commands inside a sandbox for the host's worker.
  *
  * It talks length-prefixed frames on its stdin and stdout (runner/PROTOCOL.md): the worker
- * starts it with `docker exec` (stdin attached), so no socket or host path is involved. Each
+ * starts it with `docker exec`, either with stdin attached, or detached with `--connect PATH`:
+ * then it connects to the worker's unix socket at PATH (in a directory the sandbox sees
+ * read-only) and speaks the same frames over it, as if the socket were its stdin and stdout. Each
  * command is `/bin/sh -c <command>` in a session of its own, stdin /dev/null, stdout and
  * stderr one pipe, its output capped here (what is dropped is counted, never sent). A command
  * is done when its shell exits: what is in its pipe then is sent, then its exit frame; a
@@ -10,7 +12,7 @@
  * process group, their descendants, and every process carrying the command's tag group (a
  * double-forked, `setsid` escapee is reparented to us, the subreaper, and keeps its groups).
  * A command runs with the container's environment, overridden by the variables its START
- * carries. When the worker goes away (stdin ends) every command is killed.
+ * carries. When the worker goes away (its stream ends) every command is killed.
  *
  * Everything here can be replaced by the sandbox (same uid): the host trusts nothing it says
  * beyond its own environment, and enforces deadlines itself. Keep it small and boring. */
@@ -27,7 +29,9 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -558,8 +562,25 @@ static void read_frames(void) {
     inlen -= at;
 }
 
+/* `--connect PATH`: the worker's socket becomes our stdin and stdout. */
+static int connect_stdio(const char *path) {
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof addr.sun_path) { fputs("taskenv-runner: socket path too long\n", stderr); return -1; }
+    memcpy(addr.sun_path, path, strlen(path));
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) { perror("taskenv-runner: connect"); return -1; }
+    if (dup2(fd, 0) < 0 || dup2(fd, 1) < 0) { perror("taskenv-runner: dup2"); return -1; }
+    close(fd);
+    return 0;
+}
+
 int main(int argc, char **argv, char **envp) {
-    (void)argc; (void)argv;
+    if (argc == 3 && strcmp(argv[1], "--connect") == 0) {
+        if (connect_stdio(argv[2]) < 0) return 1;
+    } else if (argc != 1) {
+        fputs("usage: taskenv-runner [--connect SOCKET]\n", stderr);
+        return 2;
+    }
     self = getpid();
     base_env = envp;
     char line[1024], *field[7];

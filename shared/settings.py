@@ -24,6 +24,20 @@ class ExecBackend(StrEnum):
     DOCKER = "docker"
 
 
+class RunnerTransportKind(StrEnum):
+    """How a worker's frames reach a sandbox's runner (runner/PROTOCOL.md, Transport): the stdio
+    of a `docker exec` (works against any engine, a remote DOCKER_HOST included), or a unix socket
+    in a host directory shared with the engine (dockerd off the per-command path)."""
+
+    EXEC = "exec"
+    SOCKET = "socket"
+
+
+# A unix socket's path holds at most 107 bytes: the link dir, an environment id (36) and a
+# socket's name (14, worker/runner_link.py) must fit, with their slashes.
+MAX_RUNNER_LINK_DIR = 48
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TASKENV_", extra="ignore", populate_by_name=True)
 
@@ -90,6 +104,10 @@ class Settings(BaseSettings):
     exec_backend: ExecBackend = ExecBackend.RUNNER
     # The runner the workers put into sandboxes; unset: this checkout's runner/build/taskenv-runner.
     runner_binary: Path | None = None
+    # `socket` needs `runner_link_dir`: an absolute host path, the same in the worker as on the
+    # engine's host (`taskenv up` sets both; compose.yaml mounts it at the same path).
+    runner_transport: RunnerTransportKind = RunnerTransportKind.EXEC
+    runner_link_dir: Path | None = None
     # Budget for jobs that are not commands (provision, teardown, logs).
     control_timeout_sec: float = Field(60.0, gt=0)
     # A task environment's services must be started (healthy, or done for one-shot services) and
@@ -143,6 +161,17 @@ class Settings(BaseSettings):
     logs_tail_lines: int = Field(200, ge=1)
     # "json" (one JSON object per line, with the request id) or "text".
     log_format: str = Field("json", pattern="^(json|text)$")
+
+    @model_validator(mode="after")
+    def _runner_link_fits(self) -> "Settings":
+        link = self.runner_link_dir
+        if self.runner_transport == RunnerTransportKind.SOCKET and link is None:
+            raise ValueError("TASKENV_RUNNER_TRANSPORT=socket needs TASKENV_RUNNER_LINK_DIR")
+        if link is not None and not (link.is_absolute() and len(bytes(link)) <= MAX_RUNNER_LINK_DIR):
+            raise ValueError(
+                f"TASKENV_RUNNER_LINK_DIR must be absolute, at most {MAX_RUNNER_LINK_DIR} characters"
+            )
+        return self
 
     @model_validator(mode="after")
     def _heartbeats_fit(self) -> "Settings":

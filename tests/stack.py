@@ -2,6 +2,7 @@
 redis-server (append-only file on, as `taskenv up` runs it), worker and API child processes,
 its own host id, so its containers and queues are no other test's."""
 
+import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from taskenv.cli.up import runner_link_dir
 from taskenv.shared import keys
 from tests import harness
 from tests.harness import (
@@ -36,15 +38,21 @@ class Stack:
         self.deployment = ""
         self.sock = home / "redis.sock"
         self.port = free_port()
+        self.link_dir = runner_link_dir(home)
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = settings_env(
             self.sock,
             self.port,
             tasks_dir(home),
             self.host,
-            TASKENV_QUEUE=self.host,
-            TASKENV_LOG_FORMAT="text",
-            **(settings or {}),
+            **{
+                "TASKENV_QUEUE": self.host,
+                "TASKENV_LOG_FORMAT": "text",
+                # As `taskenv up` runs its workers: runners connect over sockets in a short path.
+                "TASKENV_RUNNER_TRANSPORT": "socket",
+                "TASKENV_RUNNER_LINK_DIR": str(self.link_dir),
+                **(settings or {}),
+            },
         )
         self.redis: subprocess.Popen[bytes] | None = None
         self.worker: subprocess.Popen[bytes] | None = None
@@ -119,6 +127,7 @@ class Stack:
         ids = self.containers()
         if ids:
             subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+        shutil.rmtree(self.link_dir, ignore_errors=True)
         self._log.close()
 
 

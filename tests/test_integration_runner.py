@@ -1,5 +1,6 @@
 """The in-sandbox runner against sandboxes that attack it, end to end over HTTP on a stack of
-its own with TASKENV_EXEC_BACKEND=runner (runner/PROTOCOL.md).
+its own with TASKENV_EXEC_BACKEND=runner (runner/PROTOCOL.md), once per transport: frames over a
+unix socket (as `taskenv up` runs) and over a `docker exec`'s stdio.
 
 An unprivileged sandbox cannot touch its runner at all (it runs as root there). A sandbox whose
 task runs as root can kill, stop, or write into its runner: each attack gets a clear answer by
@@ -24,11 +25,19 @@ pytestmark = pytest.mark.integration
 LATE_SEC = 1.5
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@pytest.fixture(scope="module", params=["socket", "exec"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("runner")
-    with running(home, {"TASKENV_EXEC_BACKEND": "runner"}, rooted=ROOT_TASK) as started:
+    settings = {"TASKENV_EXEC_BACKEND": "runner", "TASKENV_RUNNER_TRANSPORT": request.param}
+    with running(home, settings, rooted=ROOT_TASK) as started:
         yield started
+
+
+def needs_stdio(stack: Stack) -> None:
+    """Attacks that write into the runner's stdout: over the socket transport it has none to
+    write into (tests/test_integration_runner_socket.py shows /proc cannot open its socket)."""
+    if stack.env["TASKENV_RUNNER_TRANSPORT"] == "socket":
+        pytest.skip("the runner's stream is a socket here")
 
 
 @pytest.fixture
@@ -60,9 +69,11 @@ async def rooted(http: httpx.AsyncClient, stack: Stack) -> AsyncIterator[Env]:
     await http.delete(ready.url)
 
 
-async def test_commands_run_through_the_runner(http, env):
+async def test_commands_run_through_the_runner_over_its_transport(http, stack, env):
     answer = (await run(http, env, "ps -o user,args")).json()
+    connected = "/.taskenv/taskenv-runner --connect /.taskenv-link/s-" in answer["output"]
     assert "/.taskenv/taskenv-runner" in answer["output"], answer
+    assert connected == (stack.env["TASKENV_RUNNER_TRANSPORT"] == "socket"), answer
 
 
 async def test_an_unprivileged_sandbox_cannot_touch_its_runner(http, stack, env):
@@ -90,6 +101,7 @@ async def test_a_root_sandbox_that_kills_its_runner_gets_a_prompt_502(http, stac
 
 
 async def test_a_root_sandbox_can_forge_only_its_own_callers_answer(http, stack):
+    needs_stdio(stack)
     rooted = await provision(http, stack, task_ref="rooted")  # fresh: its first command is id 1
     exit_42 = r"\000\000\000\017\203\000\000\000\001\000\052\000\000\000\000\000\000\000\000"
     started = time.monotonic()
@@ -115,6 +127,7 @@ async def test_a_root_sandbox_can_forge_only_its_own_callers_answer(http, stack)
     ],
 )
 async def test_a_root_sandbox_writing_into_its_runners_stream_gets_a_prompt_502(http, stack, attack, reason):
+    needs_stdio(stack)
     rooted = await provision(http, stack, task_ref="rooted")
     started = time.monotonic()
     response = await run(http, rooted, f"{attack}; sleep 30", timeout_sec=20)

@@ -1,7 +1,7 @@
-"""The runner binary driven directly on this host through a pipe, as the worker drives it in a
-sandbox (runner/PROTOCOL.md): execution semantics, the output cap, the tree kill, background
-children, and what it does with bad frames. Needs root (it switches users, as in a sandbox)
-and the binary (`make -C runner`).
+"""The runner binary driven directly on this host through a pipe, or connected to a unix socket
+(`--connect`), as the worker drives it in a sandbox (runner/PROTOCOL.md): execution semantics,
+the output cap, the tree kill, background children, and what it does with bad frames. Needs
+root (it switches users, as in a sandbox) and the binary (`make -C runner`).
 
 Commands run as uid 54321, a user nothing else on this machine runs as, so what they start can
 be found, and swept, without touching anyone else's processes.
@@ -11,6 +11,7 @@ import asyncio
 import os
 import secrets
 import shutil
+import socket
 import struct
 import tempfile
 import time
@@ -20,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from taskenv.worker.output import CappedOutput
-from taskenv.worker.runner_client import CommandTimedOut, RunnerSession
+from taskenv.worker.runner_client import CommandTimedOut, RunnerSession, RunnerTransport
+from taskenv.worker.runner_link import SocketTransport
 from taskenv.worker.runner_protocol import (
     MAX_OUTPUT_CHUNK,
     START_HEAD,
@@ -78,14 +80,44 @@ def workdir() -> Iterator[Path]:
 
 
 @pytest.fixture
-async def runner() -> AsyncIterator[RunnerSession]:
-    process = await spawn()
-    session = RunnerSession(ProcessTransport(process))
+def short_dir() -> Iterator[Path]:
+    """A directory whose sockets' paths fit in 107 bytes (pytest's own may not)."""
+    path = Path(tempfile.mkdtemp(prefix="tr-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def spawn_connected(directory: Path) -> tuple[asyncio.subprocess.Process, SocketTransport]:
+    """The runner started with `--connect` to a socket listening in `directory`, its stdio
+    unused (as with a detached `docker exec`), and the worker's side of its connection."""
+    path = directory / "runner.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen(1)
+        listener.setblocking(False)
+        process = await asyncio.create_subprocess_exec(
+            str(DEFAULT_BINARY), "--connect", str(path), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"},
+        )  # fmt: skip
+        async with asyncio.timeout(5):
+            connection, _ = await asyncio.get_running_loop().sock_accept(listener)
+    return process, await SocketTransport.over(connection, exe=None)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["stdio", "socket"])
+async def runner(request: pytest.FixtureRequest, short_dir: Path) -> AsyncIterator[RunnerSession]:
+    transport: RunnerTransport
+    if request.param == "stdio":
+        process = await spawn()
+        transport = ProcessTransport(process)
+    else:
+        process, transport = await spawn_connected(short_dir)
+    session = RunnerSession(transport)
     await session.open(within_sec=5)
     yield session
     await session.close()
     async with asyncio.timeout(5):
-        await process.wait()
+        assert await process.wait() == 0
 
 
 async def run(session: RunnerSession, command: str, workdir: Path, limit: int = MIB, timeout: float = 10):
@@ -283,6 +315,41 @@ async def test_closing_the_session_kills_what_it_runs(workdir):
     assert await process.wait() == 0
     with pytest.raises(Exception, match="closed by the worker"):
         await running
+
+
+async def test_closing_the_socket_kills_what_it_runs(workdir, short_dir):
+    tag = secrets.randbelow(10**6) + 10**6
+    process, transport = await spawn_connected(short_dir)
+    session = RunnerSession(transport)
+    await session.open(within_sec=5)
+    running = asyncio.create_task(run(session, f"sleep {tag} & sleep {tag}", workdir))
+    async with asyncio.timeout(5):
+        while len([c for c in processes_of(UID) if f"sleep {tag}" in c]) < 2:
+            await asyncio.sleep(0.01)
+    await session.close()
+    assert await until_gone(f"sleep {tag}") == []
+    assert await process.wait() == 0
+    with pytest.raises(Exception, match="closed by the worker"):
+        await running
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "said"),
+    [
+        (["--connect", "/nonexistent/runner.sock"], 1, b"taskenv-runner: connect: No such file"),
+        (["--connect", "/" + "x" * 200], 1, b"taskenv-runner: socket path too long"),
+        (["--connect"], 2, b"usage: taskenv-runner"),
+        (["--listen", "x"], 2, b"usage: taskenv-runner"),
+    ],
+)
+async def test_a_runner_that_cannot_connect_exits_at_once_with_the_reason(args, status, said):
+    process = await asyncio.create_subprocess_exec(
+        str(DEFAULT_BINARY), *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(5):
+        out, err = await process.communicate()
+    assert (process.returncode, out) == (status, b"") and err.startswith(said), err
 
 
 async def test_output_chunks_are_within_the_frame_bound(runner, workdir):

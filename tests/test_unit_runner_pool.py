@@ -1,6 +1,8 @@
 """A worker's runner sessions (pure logic, fake sessions): one per environment however many
 commands ask at once, a lost one replaced, an environment without a runner served by
-`docker exec` for a while, all closed at teardown and shutdown."""
+`docker exec` for a while, all closed at teardown and shutdown; with a link dir, the sandbox's
+mount of it, a runner that did not come over its socket asked over exec from then on, the link
+dir removed at teardown and kept at shutdown."""
 
 import asyncio
 
@@ -34,8 +36,8 @@ def opened(monkeypatch) -> list[str]:
     """Every environment a session was opened for; an env id starting with `none` has no runner."""
     calls: list[str] = []
 
-    async def fake_open(docker, env_id: str, within_sec: float = 1) -> RunnerSession:
-        calls.append(env_id)
+    async def fake_open(docker, env_id: str, within_sec: float = 1, link_dir=None) -> RunnerSession:
+        calls.append(env_id if link_dir is None else f"{env_id} over {link_dir.name}")
         await asyncio.sleep(0.01)
         if env_id.startswith("none"):
             raise RunnerLost("no hello from the runner")
@@ -93,3 +95,34 @@ async def test_teardown_drops_the_session_and_a_warm_start_opens_it_ahead(opened
     assert not session.alive and session.transport.closed  # type: ignore[attr-defined]
     pool.warm("none-x")  # a failure ahead is only logged
     await pool.close()
+
+
+ENV_ID = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"
+
+
+async def test_with_a_link_dir_the_sandbox_mounts_its_own_and_loses_it_at_teardown(opened, tmp_path):
+    pool = RunnerPool(None, "volume", tmp_path / "link")  # type: ignore[arg-type]
+    assert pool.link_mounts(ENV_ID) == [
+        {
+            "Type": "bind",
+            "Source": str(tmp_path / "link" / ENV_ID),
+            "Target": "/.taskenv-link",
+            "ReadOnly": True,
+        }
+    ]
+    assert await pool.session(ENV_ID) is not None
+    # The fake's session is no socket's: the runner did not connect, and is not asked to again.
+    await pool.close()
+    assert (tmp_path / "link" / ENV_ID).is_dir()  # a worker's end leaves it to the next worker
+    assert await pool.session(ENV_ID) is not None
+    assert opened == [f"{ENV_ID} over link", ENV_ID]
+    await pool.drop(ENV_ID)
+    assert not (tmp_path / "link" / ENV_ID).exists()
+
+
+def test_without_a_usable_link_dir_the_sandbox_mounts_nothing(tmp_path, caplog):
+    assert RunnerPool(None, "volume").link_mounts(ENV_ID) == []  # type: ignore[arg-type]
+    (tmp_path / "file").write_text("")
+    assert RunnerPool(None, "volume", tmp_path / "file").link_mounts(ENV_ID) == []  # type: ignore[arg-type]
+    assert RunnerPool(None, "volume", tmp_path).link_mounts("../escape") == []  # type: ignore[arg-type]
+    assert caplog.text.count("its runner uses the exec transport") == 2

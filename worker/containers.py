@@ -41,8 +41,8 @@ def container_config(
     """Hardened by default: no network, no capabilities, no privilege gain, bounded memory,
     pids and CPU, a read-only root with a size-capped /tmp, and an init process that reaps
     orphaned children. With `runner_volume`, the runner mounted read-only and the three
-    capabilities it needs (worker/runner_volume.py); `extra_mounts` (read-only volumes: a task's
-    directory) added to its mounts."""
+    capabilities it needs (worker/runner_volume.py); `extra_mounts` (read-only: a task's directory,
+    the runner's link dir) added to its mounts."""
     resources = spec.resources
     memory = resources.memory_mb * 1024 * 1024
     config: dict[str, Any] = {

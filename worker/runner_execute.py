@@ -23,6 +23,7 @@ from taskenv.worker.docker import CONTAINER_GONE, docker_errors
 from taskenv.worker.kill import kill_tree
 from taskenv.worker.output import CappedOutput
 from taskenv.worker.runner_client import CommandTimedOut, RunnerLost, RunnerRefused, RunnerSession
+from taskenv.worker.runner_link import SocketTransport
 from taskenv.worker.runner_sessions import ExecStreamTransport, RunnerPool
 
 log = logging.getLogger("taskenv.worker")
@@ -100,7 +101,7 @@ async def _kill_from_outside(docker: aiodocker.Docker, session: RunnerSession, j
 
 
 async def _kill_runner_tree(session: RunnerSession) -> int:
-    if not isinstance(session.transport, ExecStreamTransport):
+    if not isinstance(session.transport, ExecStreamTransport | SocketTransport):
         return 0
     info = await session.transport.exe.inspect()
     pid, container_id = int(info.get("Pid") or 0), str(info.get("ContainerID", ""))

@@ -1,5 +1,7 @@
-"""A worker process's runner sessions: one per environment, each a `docker exec` of the runner
-with its stdio attached, opened at the environment's first command and closed at teardown.
+"""A worker process's runner sessions: one per environment, each a `docker exec` of the runner,
+opened at the environment's first command and closed at teardown. Its frames go over the exec's
+stdio (the `exec` transport) or, with TASKENV_RUNNER_TRANSPORT=socket, over a unix socket in the
+environment's link dir (worker/runner_link.py), with dockerd off the per-command path.
 
 Why an exec per worker process rather than the container's own stdio: several worker
 processes serve one Docker host, and a container has one stdin; two attached writers could
@@ -13,22 +15,27 @@ command opens a new one; when a worker process restarts, its new sessions are op
 way, and the old runners, their stdin closed with the old process's connections, kill what they
 ran and exit. An environment whose runner does not greet within `HELLO_TIMEOUT_SEC` (a
 container made before the runner was mounted, an image that cannot run it) is served with plain
-`docker exec` until `RETRY_AFTER_SEC` has passed.
+`docker exec` until `RETRY_AFTER_SEC` has passed. A runner that does not connect over its socket
+(a sandbox made without the link dir's mount, a link dir the engine does not share) is served
+over the exec transport instead, said once in the log.
 """
 
 import asyncio
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import aiodocker
 from aiodocker.execs import Exec
 
-from taskenv.shared.settings import ExecBackend, Settings
+from taskenv.shared.settings import ExecBackend, RunnerTransportKind, Settings
 from taskenv.shared.store import container_name
 from taskenv.shared.tasks import DEFAULT_IMAGE
+from taskenv.worker import runner_link
 from taskenv.worker.containers import managed_on_host
 from taskenv.worker.runner_client import RunnerLost, RunnerSession
+from taskenv.worker.runner_link import Listener, RunnerGone, SocketTransport
 from taskenv.worker.runner_volume import DEFAULT_BINARY, RUNNER_PATH, install
 
 log = logging.getLogger("taskenv.worker")
@@ -46,6 +53,8 @@ STDERR_LOGGED = 300
 class ExecStreamTransport:
     """The runner's frames ride the exec's stdout; its stderr is logged, bounded. The exec is
     kept: its host pid is how a runner that stopped answering is killed from outside."""
+
+    kind = RunnerTransportKind.EXEC
 
     def __init__(self, exe: Exec, env_id: str) -> None:
         self.exe = exe
@@ -68,20 +77,66 @@ class ExecStreamTransport:
 
 
 async def open_session(
+    docker: aiodocker.Docker, env_id: str, within_sec: float = HELLO_TIMEOUT_SEC, link_dir: Path | None = None
+) -> RunnerSession:
+    """Start a runner in the environment's container and wait for its hello: over a socket in
+    `link_dir` when the environment has its directory there, else (or when the runner does not
+    connect) over the exec's stdio."""
+    if link_dir is not None and runner_link.is_linked(link_dir, env_id):
+        try:
+            return await open_socket_session(docker, env_id, link_dir, within_sec)
+        except RunnerLost as exc:
+            log.warning(
+                "runner of %s did not come over its socket (%s): using the exec transport", env_id, exc
+            )
+    return await open_exec_session(docker, env_id, within_sec)
+
+
+async def open_exec_session(
     docker: aiodocker.Docker, env_id: str, within_sec: float = HELLO_TIMEOUT_SEC
 ) -> RunnerSession:
-    """Start a runner in the environment's container and wait for its hello."""
-    container = docker.containers.container(container_name(env_id))
     try:
         async with asyncio.timeout(within_sec):
-            exe = await container.exec(
-                [RUNNER_PATH], stdin=True, stdout=True, stderr=True, user="0:0", workdir="/"
-            )
+            exe = await _runner_exec(docker, env_id, [RUNNER_PATH], attached=True)
     except TimeoutError:
         raise RunnerLost(f"the engine did not start the runner within {within_sec:g} s") from None
     session = RunnerSession(ExecStreamTransport(exe, env_id))
     await session.open(within_sec)
     return session
+
+
+async def open_socket_session(
+    docker: aiodocker.Docker, env_id: str, link_dir: Path, within_sec: float = HELLO_TIMEOUT_SEC
+) -> RunnerSession:
+    """Bind a socket in the environment's directory, start the runner detached to connect to
+    it, take its one connection; the socket's file is gone before the first frame."""
+    try:
+        listener = Listener(link_dir, env_id)
+    except OSError as exc:
+        raise RunnerLost(f"cannot listen in {link_dir / env_id}: {exc}") from None
+    try:
+        async with asyncio.timeout(within_sec):
+            exe = await _runner_exec(
+                docker, env_id, [RUNNER_PATH, "--connect", listener.sandbox_path], attached=False
+            )
+            await exe.start(detach=True)
+            connection = await listener.accept(exe)
+    except TimeoutError:
+        raise RunnerLost(f"the runner did not connect within {within_sec:g} s") from None
+    except RunnerGone as exc:
+        raise RunnerLost(str(exc)) from None
+    finally:
+        listener.close()
+    session = RunnerSession(await SocketTransport.over(connection, exe))
+    await session.open(within_sec)
+    return session
+
+
+async def _runner_exec(docker: aiodocker.Docker, env_id: str, command: list[str], *, attached: bool) -> Exec:
+    container = docker.containers.container(container_name(env_id))
+    return await container.exec(
+        command, stdin=attached, stdout=attached, stderr=attached, user="0:0", workdir="/"
+    )
 
 
 async def start_for_host(
@@ -94,9 +149,26 @@ async def start_for_host(
         return None
     pool = await start_pool(docker, settings.runner_binary or DEFAULT_BINARY, DEFAULT_IMAGE)
     if pool is not None:
+        if settings.runner_transport == RunnerTransportKind.SOCKET and settings.runner_link_dir:
+            pool.link_dir = await usable_link_dir(docker, settings.runner_link_dir)
         running = await managed_on_host(docker, settings.host_id, deployment)
         pool.warm(*sorted(env_id for env_id, found in running.items() if found.running))
     return pool
+
+
+async def usable_link_dir(docker: aiodocker.Docker, link_dir: Path) -> Path | None:
+    """`link_dir`, its stale environments' directories removed, when the engine shares it with
+    this process; else None, said once in the log (sessions then use the exec transport)."""
+    try:
+        why = await runner_link.why_not_shared(docker, link_dir, DEFAULT_IMAGE)
+        if why is None:
+            await runner_link.prune(docker, link_dir)
+    except (OSError, aiodocker.DockerError) as exc:
+        why = f"{type(exc).__name__}: {exc}"
+    if why is not None:
+        log.warning("runner link dir unusable, runners use the exec transport: %s", why)
+        return None
+    return link_dir
 
 
 async def start_pool(docker: aiodocker.Docker, binary: Path, image: str) -> "RunnerPool | None":
@@ -117,12 +189,16 @@ async def start_pool(docker: aiodocker.Docker, binary: Path, image: str) -> "Run
 
 
 class RunnerPool:
-    """The open sessions of this worker process, by environment, and the volume that sandboxes
-    made by this worker mount the runner from."""
+    """The open sessions of this worker process, by environment, the volume that sandboxes
+    made by this worker mount the runner from, and with the socket transport, the host directory
+    where their runners connect."""
 
-    def __init__(self, docker: aiodocker.Docker, volume: str) -> None:
+    def __init__(self, docker: aiodocker.Docker, volume: str, link_dir: Path | None = None) -> None:
         self._docker = docker
         self.volume = volume
+        self.link_dir = link_dir
+        # Environments whose runner did not come over its socket: reopened over exec at once.
+        self._exec_only: set[str] = set()
         self._sessions: dict[str, RunnerSession] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._unavailable: dict[str, float] = {}
@@ -141,16 +217,31 @@ class RunnerPool:
             found = self._sessions.get(env_id)
             if found is not None and found.alive:
                 return found
+            link_dir = None if env_id in self._exec_only else self.link_dir
             try:
-                opened = await open_session(self._docker, env_id)
+                opened = await open_session(self._docker, env_id, link_dir=link_dir)
             except RunnerLost as exc:
                 log.warning("runner of %s unavailable, using docker exec: %s", env_id, exc)
                 self._unavailable[env_id] = time.monotonic() + RETRY_AFTER_SEC
                 return None
+            if link_dir is not None and not isinstance(opened.transport, SocketTransport):
+                self._exec_only.add(env_id)
             opened.on_lost = self._forget
             self._sessions[env_id] = opened
             self._unavailable.pop(env_id, None)
             return opened
+
+    def link_mounts(self, env_id: str) -> list[dict[str, Any]]:
+        """What the environment's sandbox mounts for its runner to connect over a socket (its
+        directory made here, before the sandbox): nothing without the socket transport, or when
+        the directory cannot be made (its runner then uses the exec transport)."""
+        if self.link_dir is None:
+            return []
+        try:
+            return [runner_link.prepare(self.link_dir, env_id)]
+        except (OSError, ValueError) as exc:
+            log.warning("no runner link dir for %s (%s): its runner uses the exec transport", env_id, exc)
+            return []
 
     def warm(self, *env_ids: str) -> None:
         """Open these sessions in the background, a few at a time (after a provision; at a
@@ -174,14 +265,22 @@ class RunnerPool:
                 del self._sessions[env_id]
 
     async def drop(self, env_id: str) -> None:
-        """At teardown: close the environment's session and forget it."""
+        """At teardown: close the environment's session, forget it, remove its link dir."""
+        await self._close_session(env_id)
+        self._exec_only.discard(env_id)
+        if self.link_dir is not None:
+            await asyncio.to_thread(runner_link.remove, self.link_dir, env_id)
+
+    async def _close_session(self, env_id: str) -> None:
         self._unavailable.pop(env_id, None)
         self._locks.pop(env_id, None)
         if (session := self._sessions.pop(env_id, None)) is not None:
             await session.close()
 
     async def close(self) -> None:
+        """At the worker's end: its sessions close (their runners kill what they ran and exit);
+        the environments and their link dirs stay, for the next worker."""
         for task in list(self._warming):
             task.cancel()
         for env_id in list(self._sessions):
-            await self.drop(env_id)
+            await self._close_session(env_id)

@@ -69,6 +69,8 @@ async def make(worker: WorkerContext, blobs: Redis, record: EnvironmentRecord, s
     source = spec.source
     files = await _task_files(worker, blobs, source) if source is not None else None
     mounts = [await _staged(worker, source, files)] if source is not None and files is not None else []
+    if worker.runners is not None:
+        mounts += worker.runners.link_mounts(record.id)
     sandbox_id = await containers.create_and_start(
         worker.docker, record.to_hash(), spec, worker.deployment,
         worker.runners.volume if worker.runners else None, extra_mounts=mounts,

@@ -1,0 +1,198 @@
+"""The socket transport's host side (runner/PROTOCOL.md, Transport): per environment a directory
+the worker makes on the host, `<link dir>/<env id>/`, which its sandbox sees read-only at
+`/.taskenv-link`; a session is one socket the worker binds there, to which the runner, started
+by a detached `docker exec --connect`, connects once. The frames then go over that connection,
+and dockerd copies none of them.
+
+Why the worker listens and the runner connects: the worker only ever binds (never connects to,
+never follows) a path in a directory that it made and that the sandbox cannot write, so no
+symlink or socket swap in the sandbox can send the worker anywhere. The socket is the worker's
+(root's), mode 0600: the runner (root in the sandbox) can connect, the task's own user cannot.
+A task that runs as root could connect first and pose as its own runner: it breaks only its own
+session, as it already can by killing or writing into its runner.
+"""
+
+import asyncio
+import os
+import re
+import secrets
+import shutil
+import socket
+import stat
+import time
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+from aiodocker.execs import Exec
+
+from taskenv.shared.settings import RunnerTransportKind
+
+LINK_MOUNT = "/.taskenv-link"
+# Only directories named as environment ids are ever made or removed in the link dir.
+ENV_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# A link dir whose sandbox is not on the engine is removed at a worker's start once older than
+# this: a provision in flight (its directory made, its sandbox not created yet) keeps its own.
+STALE_AFTER_SEC = 300.0
+# How often the runner's exec is looked at while its connection is awaited: one that ended (no
+# mount, an old runner) falls back at once instead of at the timeout.
+EXEC_POLL_SEC = 0.05
+READ_CHUNK = 64 * 1024
+
+
+def env_dir(link_dir: Path, env_id: str) -> Path:
+    if not ENV_ID.match(env_id):
+        raise ValueError(f"not an environment id: {env_id!r}")
+    return link_dir / env_id
+
+
+def prepare(link_dir: Path, env_id: str) -> dict[str, Any]:
+    """Make the environment's directory (before its sandbox) and return the sandbox's read-only
+    mount of it."""
+    path = env_dir(link_dir, env_id)
+    link_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    path.mkdir(mode=0o755, exist_ok=True)
+    return {"Type": "bind", "Source": str(path), "Target": LINK_MOUNT, "ReadOnly": True}
+
+
+def remove(link_dir: Path, env_id: str) -> None:
+    if ENV_ID.match(env_id):
+        shutil.rmtree(link_dir / env_id, ignore_errors=True)
+
+
+def is_linked(link_dir: Path, env_id: str) -> bool:
+    """The environment's directory is there, a directory of ours that no one else can write
+    (never a symlink): its sandbox was made with the mount."""
+    try:
+        found = os.lstat(env_dir(link_dir, env_id))
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISDIR(found.st_mode) and found.st_uid == os.getuid() and not found.st_mode & 0o022
+
+
+async def prune(docker: aiodocker.Docker, link_dir: Path) -> int:
+    """Remove the directories of environments whose sandbox no longer is on the engine (of any
+    deployment: a link dir may be shared by mistake), once stale. The number removed."""
+    found = await docker.containers.list(all=True, filters='{"label": ["taskenv.env"]}')
+    alive = {c["Labels"]["taskenv.env"] for c in found}
+    return await asyncio.to_thread(_prune, link_dir, alive, time.time() - STALE_AFTER_SEC)
+
+
+def _prune(link_dir: Path, alive: set[str], before: float) -> int:
+    removed = 0
+    with suppress(FileNotFoundError), os.scandir(link_dir) as entries:
+        for entry in entries:
+            if ENV_ID.match(entry.name) and entry.name not in alive and _stale_dir(entry, before):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed += 1
+    return removed
+
+
+def _stale_dir(entry: os.DirEntry[str], before: float) -> bool:
+    return entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < before
+
+
+async def why_not_shared(docker: aiodocker.Docker, link_dir: Path, image: str) -> str | None:
+    """None when the engine sees `link_dir` as this process does (a probe file of a random name,
+    bind-mounted into a container that is created, never started, and removed); else why not:
+    a worker in a container without the link dir mounted at the same path."""
+    await asyncio.to_thread(link_dir.mkdir, mode=0o755, parents=True, exist_ok=True)
+    probe = link_dir / f".probe-{secrets.token_hex(8)}"
+    probe.touch(mode=0o600)
+    try:
+        config: dict[str, Any] = {
+            "Image": image,
+            "Cmd": ["/never-started"],
+            "NetworkDisabled": True,
+            "HostConfig": {
+                "NetworkMode": "none",
+                "Mounts": [{"Type": "bind", "Source": str(probe), "Target": "/probe", "ReadOnly": True}],
+            },
+        }
+        try:
+            container = await docker.containers.create(
+                config, name=f"taskenv-link-probe-{secrets.token_hex(6)}"
+            )
+        except aiodocker.DockerError as exc:
+            return f"the engine does not see {link_dir} ({exc.message})"
+        await container.delete(force=True)
+        return None
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+class Listener:
+    """One socket in an environment's directory, bound for one runner's connection."""
+
+    def __init__(self, link_dir: Path, env_id: str) -> None:
+        self.name = f"s-{secrets.token_hex(6)}"
+        self.path = env_dir(link_dir, env_id) / self.name
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # Linux gives the bound file the socket's own mode (under the umask): 0600 from the
+            # start, with no moment when another uid could connect.
+            os.fchmod(self._sock.fileno(), 0o600)
+            self._sock.bind(str(self.path))
+            self._sock.listen(1)
+            self._sock.setblocking(False)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def sandbox_path(self) -> str:
+        return f"{LINK_MOUNT}/{self.name}"
+
+    async def accept(self, exe: Exec) -> socket.socket:
+        """The runner's connection; RunnerGone if its exec ends first. Unbounded: the caller
+        bounds it."""
+        accepting = asyncio.ensure_future(asyncio.get_running_loop().sock_accept(self._sock))
+        try:
+            while True:
+                done, _ = await asyncio.wait({accepting}, timeout=EXEC_POLL_SEC)
+                if done:
+                    return accepting.result()[0]
+                info = await exe.inspect()
+                if not info.get("Running") and info.get("ExitCode") is not None:
+                    raise RunnerGone(f"the runner exited with code {info['ExitCode']} before connecting")
+        finally:
+            accepting.cancel()
+
+    def close(self) -> None:
+        self._sock.close()
+        with suppress(OSError):
+            self.path.unlink()
+
+
+class RunnerGone(Exception):
+    """The runner's exec ended before it connected."""
+
+
+class SocketTransport:
+    """The runner's frames over its unix socket. The exec is kept: its host pid is how a runner
+    that stopped answering is killed from outside."""
+
+    kind = RunnerTransportKind.SOCKET
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, exe: Exec) -> None:
+        self.exe = exe
+        self._reader = reader
+        self._writer = writer
+
+    @classmethod
+    async def over(cls, connection: socket.socket, exe: Exec) -> "SocketTransport":
+        reader, writer = await asyncio.open_unix_connection(sock=connection, limit=READ_CHUNK)
+        return cls(reader, writer, exe)
+
+    async def read(self) -> bytes | None:
+        return await self._reader.read(READ_CHUNK) or None
+
+    async def write(self, data: bytes) -> None:
+        self._writer.write(data)
+        await self._writer.drain()
+
+    async def close(self) -> None:
+        self._writer.close()
+        with suppress(OSError, ConnectionError):
+            await self._writer.wait_closed()
