@@ -2,9 +2,11 @@
 HTTP, queue or worker in between (runner/PROTOCOL.md).
 
 Each environment gets one session of the bench's own (a `docker exec` of the runner, opened at
-its first exec, so the warm-up pays for it), beside the worker's. What it measures is the
-runner, the engine's stdio copy and one asyncio client: what is left when taskenv itself costs
-nothing. Environments made without the runner (TASKENV_EXEC_BACKEND=docker) answer
+its first exec, so the warm-up pays for it), beside the worker's, over the transport the
+deployment's worker uses: a socket in the environment's link dir when its sandbox mounts one
+(found in the engine's inspect; the bench runs beside the engine), else the exec's stdio. What
+it measures is the runner, that transport and one asyncio client: what is left when taskenv
+itself costs nothing. Environments made without the runner (TASKENV_EXEC_BACKEND=docker) answer
 `RunnerLost` here: the side is then all errors, which the report shows.
 """
 
@@ -17,8 +19,10 @@ import aiodocker
 from taskenv.bench.raw_side import USER, WORKDIR
 from taskenv.bench.stats import Sample
 from taskenv.bench.workloads import Workload, check
+from taskenv.shared.store import container_name
 from taskenv.worker.output import CappedOutput
 from taskenv.worker.runner_client import RunnerSession
+from taskenv.worker.runner_link import mounted_link_dir
 from taskenv.worker.runner_sessions import open_session
 
 OUTPUT_LIMIT = 1024 * 1024
@@ -47,7 +51,9 @@ class RunnerSide:
         async with self._opening[env_id]:
             session = self._sessions.get(env_id)
             if session is None or not session.alive:
-                session = self._sessions[env_id] = await open_session(self._docker, env_id)
+                link_dir = await mounted_link_dir(self._docker, container_name(env_id), env_id)
+                session = await open_session(self._docker, env_id, link_dir=link_dir)
+                self._sessions[env_id] = session
             return session
 
     async def close(self) -> None:

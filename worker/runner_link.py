@@ -93,6 +93,15 @@ def _stale_dir(entry: os.DirEntry[str], before: float) -> bool:
     return entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < before
 
 
+async def mounted_link_dir(docker: aiodocker.Docker, container: str, env_id: str) -> Path | None:
+    """The link dir whose environment directory this sandbox mounts (as the engine reports it),
+    or None: for a process beside the engine that did not make it (the bench's runner side)."""
+    mounts = (await docker.containers.container(container).show()).get("Mounts") or []
+    source = next((m.get("Source") for m in mounts if m.get("Destination") == LINK_MOUNT), None)
+    path = Path(source) if source else None
+    return path.parent if path is not None and path.name == env_id else None
+
+
 async def why_not_shared(docker: aiodocker.Docker, link_dir: Path, image: str) -> str | None:
     """None when the engine sees `link_dir` as this process does (a probe file of a random name,
     bind-mounted into a container that is created, never started, and removed); else why not:
