@@ -3,13 +3,14 @@
 fails if an arq upgrade changes them.
 
 The record is written by `scripts.ENQUEUE` (or, for an execute, `scripts.ADMIT_AND_ENQUEUE`),
-in one round trip where arq takes three; the job's id is also pushed to the queue's wake list,
-for a worker blocked on it (worker/arq_worker.py).
+in one round trip where arq takes three; the job's id (with its record, when small: `Wake`) is
+also pushed to the queue's wake list, for a worker blocked on it (worker/arq_worker.py).
 """
 
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
+import msgpack
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
@@ -17,6 +18,35 @@ from redis.asyncio import Redis
 from taskenv.shared import jobs, keys, scripts
 from taskenv.shared.jobs import JOB_TIMEOUT_SEC
 from taskenv.shared.scripts import AdmissionOutcome
+
+# A job record up to this size rides its wake (`Wake`); a larger one (a long command) is read by
+# the worker that pops it, which keeps the wake lists' memory bounded by their cap.
+WAKE_CARRY_MAX_BYTES = 4096
+
+
+class Wake(NamedTuple):
+    """An entry of a queue's wake list: the job's id and, for a small job, arq's record of it
+    and when that record expires (ms since the epoch), so the worker that pops it runs it
+    without reading it back. Written by the enqueuer (`arguments`), read by the worker
+    (worker/arq_worker.py); Redis is trusted, yet an entry that is not one is refused whole."""
+
+    job_id: str
+    record: bytes | None = None
+    expires_ms: int = 0
+
+    def encode(self) -> bytes:
+        fields = (self.job_id,) if self.record is None else tuple(self)
+        return bytes(msgpack.packb(fields, use_bin_type=True))
+
+    @classmethod
+    def decode(cls, entry: bytes) -> "Wake":
+        fields = msgpack.unpackb(entry, raw=False)
+        match fields:
+            case [str(job_id)]:
+                return cls(job_id)
+            case [str(job_id), bytes(record), int(expires_ms)]:
+                return cls(job_id, record, expires_ms)
+        raise ValueError(f"not a wake entry: {entry[:64]!r}")
 
 
 def arguments(
@@ -45,6 +75,8 @@ def arguments(
         serializer=jobs.serialize,
     )
     expires_ms = max(1, int(expires_sec * 1000))
+    carried = len(record) <= WAKE_CARRY_MAX_BYTES
+    wake = Wake(job_id, record, enqueued_ms + expires_ms) if carried else Wake(job_id)
     return {
         "job": job_key_prefix + job_id,
         "result": result_key_prefix + job_id,
@@ -60,6 +92,7 @@ def arguments(
         # a job that another worker is running.
         "claim_ms": expires_ms + int(JOB_TIMEOUT_SEC * 1000),
         "queue_bound": queue_bound,
+        "wake_entry": wake.encode(),
     }
 
 

@@ -102,12 +102,16 @@ end
 # What arq's `enqueue_job` does (the job key expires with the job, so a job that waited past its
 # deadline never starts), plus handing the id to the queue's workers: the job is claimed here
 # (arq's in-progress key) for whichever worker pops its wake, so that worker runs it without a
-# claim round trip and no other worker's pass over the queue takes it. Past the wake list's cap
-# the job is left unclaimed, for the workers' periodic pass to find. A queue holding its bound
-# of jobs (waiting and running; 0: no bound) takes no more. A job that exists already can only be this very
-# call's, retried after a lost reply (ids are fresh uuids): it is queued.
+# claim round trip and no other worker's pass over the queue takes it; a small job's record
+# rides its wake (`wake_entry`: shared/enqueue.py `Wake`), so that worker needs no read either.
+# Past the wake list's cap the job is left unclaimed, for the workers' periodic pass to find. A
+# queue holding its bound of jobs (waiting and running; 0: no bound) takes no more. A job that
+# exists already can only be this very call's, retried after a lost reply (ids are fresh uuids):
+# it is queued.
 _ENQUEUE_KEYS = ("job", "result", "queue", "wake", "in_progress")
-_ENQUEUE_ARGS = ("expiry_ms", "serialized_job", "score", "job_id", "wake_cap", "claim_ms", "queue_bound")
+_ENQUEUE_ARGS = (
+    "expiry_ms", "serialized_job", "score", "job_id", "wake_cap", "claim_ms", "queue_bound", "wake_entry",
+)  # fmt: skip
 _ENQUEUE_FUNCTION = """
 local function enqueue()
   if redis.call('EXISTS', job, result) > 0 then return QUEUED end
@@ -117,7 +121,7 @@ local function enqueue()
   redis.call('ZADD', queue, score, job_id)
   if redis.call('LLEN', wake) < tonumber(wake_cap) then
     redis.call('PSETEX', in_progress, claim_ms, '1')
-    redis.call('RPUSH', wake, job_id)
+    redis.call('RPUSH', wake, wake_entry)
     redis.call('EXPIRE', wake, 86400)
   end
   return QUEUED

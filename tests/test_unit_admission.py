@@ -8,6 +8,7 @@ import pytest
 from taskenv.api.dispatch import Admission, Dispatcher, Idempotency, NotAdmitted, Replay
 from taskenv.api.ratelimit import OrgRate
 from taskenv.shared import commands, jobs, keys, scripts
+from taskenv.shared.enqueue import Wake
 from taskenv.shared.errors import ErrorType, TaskenvError
 
 
@@ -57,7 +58,7 @@ async def test_a_ready_environment_takes_commands_up_to_its_slots(redis):
     assert refused.value.reason == "busy"
     # Admitted jobs are arq jobs in the queue, announced on the wake list, holding a slot.
     assert await redis.zrange(keys.arq_queue("q"), 0, -1) == [b"j1", b"j2"]
-    assert await redis.lrange(keys.wake("q"), 0, -1) == [b"j1", b"j2"]
+    assert [Wake.decode(e).job_id for e in await redis.lrange(keys.wake("q"), 0, -1)] == ["j1", "j2"]
     assert await redis.zcard(keys.env_commands("e1")) == 2
     assert await redis.exists("arq:job:j3") == 0  # a refused command is not enqueued
     # A slot whose deadline passed frees itself.
@@ -90,7 +91,7 @@ async def test_a_woken_job_is_claimed_for_its_popper_and_past_the_cap_left_to_th
     await submit("j2")
     # j1 is announced and claimed (arq's in-progress key): only the worker that pops it runs it,
     # and the claim outlasts any run it can still start.
-    assert await redis.lrange(keys.wake("q"), 0, -1) == [b"j1"]
+    assert [Wake.decode(e).job_id for e in await redis.lrange(keys.wake("q"), 0, -1)] == ["j1"]
     assert await redis.pttl("arq:in-progress:j1") > (30 + jobs.JOB_TIMEOUT_SEC - 1) * 1000
     # j2 found the wake list full: queued unclaimed, so the workers' pass over the queue takes it.
     assert await redis.exists("arq:in-progress:j2") == 0

@@ -114,3 +114,18 @@ def test_serialize_job_signature_and_record() -> None:
     assert (job.function, list(job.args), job.kwargs, job.enqueue_time.timestamp()) == (
         jobs.EXECUTE, [payload], {"reply_to": "r", "request_id": ""}, 1.234,
     )  # fmt: skip
+
+
+def test_run_job_reads_a_job_as_the_carried_read_answers_it() -> None:
+    # worker/arq_worker.py `_CarriedRead` answers exactly this first transaction of run_job for a
+    # job whose record rode its wake; anything else it sends to Redis (a silent slow path).
+    source = inspect.getsource(Worker.run_job)
+    read = (
+        "async with self.pool.pipeline(transaction=True) as pipe:",
+        "pipe.get(job_key_prefix + job_id)",
+        "pipe.incr(retry_key_prefix + job_id)",
+        "pipe.expire(retry_key_prefix + job_id, 88400)",
+        "v, job_try, _ = await pipe.execute()",
+    )
+    at = [source.index(line) for line in read]
+    assert at == sorted(at) and source.count("self.pool.pipeline(") == 1, "run_job's transactions changed"

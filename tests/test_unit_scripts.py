@@ -7,7 +7,7 @@ from arq.constants import in_progress_key_prefix
 from lupa import lua51
 
 from taskenv.shared import keys, scripts
-from taskenv.shared.enqueue import enqueue
+from taskenv.shared.enqueue import Wake, enqueue
 from taskenv.shared.models import EnvironmentState
 from taskenv.shared.redis_script import Script
 
@@ -98,6 +98,7 @@ async def test_an_unannounced_job_is_left_for_the_workers_pass(redis: fakeredis.
     assert not await redis.exists(in_progress_key_prefix + "j0")
     # Announced, it is claimed for the worker that pops its wake; a bound refuses past it.
     assert await enqueue(redis, **job, job_id="j3", queue_bound=5) == scripts.AdmissionOutcome.QUEUED
-    assert await redis.lrange(keys.wake("provision"), 0, -1) == ["j3"]
+    (entry,) = await redis.execute_command("LRANGE", keys.wake("provision"), 0, -1, NEVER_DECODE=True)
+    assert Wake.decode(entry).job_id == "j3"
     assert await redis.exists(in_progress_key_prefix + "j3")
     assert await enqueue(redis, **job, job_id="j4", queue_bound=4) == scripts.AdmissionOutcome.QUEUE_FULL

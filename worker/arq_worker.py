@@ -5,6 +5,9 @@ each poll re-reads every job in the queue, running ones included. Here the enque
 each job id to the queue's wake list, claimed for whichever worker pops it; that worker BLPOPs
 it and runs it at once, with no claim of its own, and does arq's full pass over the queue only
 once per `idle_wait_sec` (jobs past the wake list's cap, cron).
+A small job's record rides its wake (shared/enqueue.py `Wake`): arq's `run_job` still runs it,
+but its first round trip (read the record, count the try) is answered from the wake instead of
+Redis (`_WakeFedRedis`).
 Results go back to the waiting API process over pub/sub as soon as the job returns, in the
 one round trip that also frees the command's slots and does arq's own end of the job (its
 stored copy of the result, which a waiter that missed the message reads at its deadline; the
@@ -12,12 +15,14 @@ job's keys removed): arq's `on_job_end` hands the answer over, its `finish_job` 
 """
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
 from arq import cron
+from arq.connections import ArqRedis
 from arq.constants import (
     abort_jobs_ss,
     in_progress_key_prefix,
@@ -27,9 +32,11 @@ from arq.constants import (
 )
 from arq.utils import timestamp_ms, to_ms
 from arq.worker import Worker, func
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
 
 from taskenv.shared import commands, jobs, keys, scripts, sealing
+from taskenv.shared.enqueue import Wake
 from taskenv.shared.jobs import JOB_TIMEOUT_SEC
 from taskenv.shared.redis import arq_client, records_client
 from taskenv.shared.settings import Settings
@@ -43,6 +50,77 @@ log = logging.getLogger("taskenv.worker")
 WAKE_BATCH = 64
 # The one key of the workers' shared ctx before `startup` builds the typed context from it.
 _SETTINGS = "settings"
+# The wake whose record answers arq's read of its job: set around the start of that job's task
+# only, so its copy of the context is the one place it is seen (`_WakeFedRedis.pipeline`).
+_CARRIED: contextvars.ContextVar[Wake | None] = contextvars.ContextVar("taskenv_carried_wake", default=None)
+
+
+class _CarriedRead:
+    """arq's `run_job` reads a job in a transaction: GET its record, INCR and EXPIRE its try
+    count (arq 0.28, tests/test_unit_arq_contract.py). For a woken job whose record rode its
+    wake, exactly those three are answered here: the record, try 1, and no round trip. The count
+    is not written: the enqueuer's claim on a woken job outlives its record
+    (shared/enqueue.py), so no second run can ever read it; arq's end of the job deletes it
+    anyway. Anything else queued goes to Redis as queued, through the real pipeline."""
+
+    def __init__(self, wake: Wake, pipe: Pipeline) -> None:
+        self._wake = wake
+        self._pipe = pipe
+        self._queued: list[tuple[str, str]] = []
+
+    async def __aenter__(self) -> "_CarriedRead":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._pipe.reset()  # type: ignore[no-untyped-call]
+
+    def get(self, name: str) -> "_CarriedRead":
+        self._queued.append(("get", name))
+        self._pipe.get(name)
+        return self
+
+    def incr(self, name: str, amount: int = 1) -> "_CarriedRead":
+        self._queued.append(("incr", name) if amount == 1 else ("incrby", name))
+        self._pipe.incr(name, amount)
+        return self
+
+    def expire(self, name: str, time: int) -> "_CarriedRead":
+        self._queued.append(("expire", name) if time == 88400 else ("expire other", name))
+        self._pipe.expire(name, time)
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        self._queued.append((name, ""))
+        return getattr(self._pipe, name)
+
+    async def execute(self) -> list[Any]:
+        job_id = self._wake.job_id
+        read = [("get", job_key_prefix + job_id), ("incr", retry_key_prefix + job_id)]
+        if self._queued == [*read, ("expire", retry_key_prefix + job_id)]:
+            return [self._wake.record, 1, True]
+        return list(await self._pipe.execute())
+
+
+class _WakeFedRedis(ArqRedis):
+    """The workers' arq client: a job task's first transaction, in a task started for a wake
+    that carried its record, is that record's `_CarriedRead`; everything else is Redis."""
+
+    @classmethod
+    def over(cls, client: ArqRedis) -> "_WakeFedRedis":
+        return cls(
+            client.connection_pool,
+            job_serializer=client.job_serializer,
+            job_deserializer=client.job_deserializer,
+            default_queue_name=client.default_queue_name,
+        )
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Any:
+        pipe = super().pipeline(transaction, shard_hint)
+        carried = _CARRIED.get()
+        if carried is None or not transaction:
+            return pipe
+        _CARRIED.set(None)  # the job's own transactions, later in this task, are Redis's
+        return _CarriedRead(carried, pipe)
 
 
 class WakeableWorker(Worker):
@@ -73,8 +151,8 @@ class WakeableWorker(Worker):
                 await self._poll_iteration()
                 next_pass = loop.time() + self.idle_wait_sec
                 while not self._stopping and (left := next_pass - loop.time()) > 0:
-                    for job_id in await self._next_woken(left):
-                        await self._run_woken(job_id.decode())
+                    for entry in await self._next_woken(left):
+                        await self._run_woken(entry)
                 backoff = 0.1
             except (RedisError, OSError) as exc:
                 # Redis restarting or unreachable: keep the process, and the commands it runs,
@@ -131,11 +209,22 @@ class WakeableWorker(Worker):
         super()._release_sem_dec_counter_on_complete()
         self._job_ended.set()
 
-    async def _run_woken(self, job_id: str) -> None:
-        """Run a job whose enqueuer claimed it for the worker that popped its wake: this one."""
+    async def _run_woken(self, entry: bytes) -> None:
+        """Run a job whose enqueuer claimed it for the worker that popped its wake: this one;
+        from the record the wake carries while that record is live, else as arq reads it."""
+        try:
+            wake = Wake.decode(entry)
+        except ValueError:
+            log.error("queue %s: dropped a wake entry that is not one: %r", self.queue_name, entry[:64])
+            return
         await self.sem.acquire()
         self.job_counter += 1
-        self._start(job_id, timestamp_ms())
+        now = timestamp_ms()
+        carried = _CARRIED.set(wake if wake.record is not None and now < wake.expires_ms else None)
+        try:
+            self._start(wake.job_id, now)
+        finally:
+            _CARRIED.reset(carried)
 
     def _start(self, job_id: str, score: int) -> None:
         task = self.loop.create_task(self._run_job_contained(job_id, score))
@@ -359,7 +448,7 @@ def _worker(
     return WakeableWorker(
         functions=functions,
         queue_name=keys.arq_queue(queue),
-        redis_pool=arq_client(settings),
+        redis_pool=_WakeFedRedis.over(arq_client(settings)),
         ctx=ctx,
         max_jobs=max_jobs,
         queue_read_limit=max_jobs * 5,
