@@ -242,7 +242,12 @@ def _run(*, workers: int, port: int | None, org: str, workspace: str) -> int:
     env[instance.HOME_VARIABLE] = str(home)
     if port is not None:
         env["TASKENV_API_PORT"] = str(port)
-    settings = Settings(redis_url=instance.embedded_redis_url())
+    # The workers run beside the engine: their runners' frames go over unix sockets, not dockerd.
+    env.setdefault("TASKENV_RUNNER_TRANSPORT", RunnerTransportKind.SOCKET)
+    env.setdefault("TASKENV_RUNNER_LINK_DIR", str(runner_link_dir(home)))
+    settings = Settings(
+        redis_url=instance.embedded_redis_url(), runner_link_dir=env["TASKENV_RUNNER_LINK_DIR"]
+    )
     if port is not None:
         settings = settings.model_copy(update={"api_port": port})
     _refuse_if_running(home)
@@ -251,9 +256,6 @@ def _run(*, workers: int, port: int | None, org: str, workspace: str) -> int:
     env["TASKENV_REDIS_URL"] = instance.embedded_redis_url()
     # The key that seals org secrets: the operator's, else the one kept in the home.
     env["TASKENV_SECRETS_KEY"] = env.get("TASKENV_SECRETS_KEY") or ensure_home_key(home)
-    # The workers run beside the engine: their runners' frames go over unix sockets, not dockerd.
-    env.setdefault("TASKENV_RUNNER_TRANSPORT", RunnerTransportKind.SOCKET)
-    env.setdefault("TASKENV_RUNNER_LINK_DIR", str(runner_link_dir(home)))
     try:
         built = asyncio.run(build_image(only_if_missing=True))
     except Exception as exc:
