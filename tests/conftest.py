@@ -21,6 +21,7 @@ from tests.harness import (
     CLEANUP_GRACE_SEC,
     SDK,
     create_key,
+    dn_environment,
     docker_ready,
     free_port,
     remove_containers,
@@ -199,10 +200,7 @@ def dn_env(tmp_path: Path) -> dict[str, str]:
     """A HOME of its own and proxies that lead nowhere: nothing `dn` does leaves loopback."""
     home = tmp_path / "home"
     home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DREADNODE_", "_DN_"))}
-    blackhole = "http://127.0.0.1:9"
-    env.update(HOME=str(home), HTTP_PROXY=blackhole, HTTPS_PROXY=blackhole, ALL_PROXY=blackhole)
-    return {**env, "NO_PROXY": "127.0.0.1,localhost", "COLUMNS": "200", "NO_COLOR": "1"}
+    return dn_environment(home)
 
 
 @pytest.fixture

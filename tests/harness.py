@@ -47,6 +47,15 @@ FAST_TIMINGS = {
 SDK = Path(__file__).parent.parent / ".venv-sdk"
 
 
+def dn_environment(home: Path) -> dict[str, str]:
+    """The environment of a `dn` process: `home` as its HOME and proxies that lead nowhere, so
+    nothing it does leaves loopback (nor reads the developer's own ~/.dreadnode)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DREADNODE_", "_DN_"))}
+    blackhole = "http://127.0.0.1:9"
+    env.update(HOME=str(home), HTTP_PROXY=blackhole, HTTPS_PROXY=blackhole, ALL_PROXY=blackhole)
+    return {**env, "NO_PROXY": "127.0.0.1,localhost", "COLUMNS": "200", "NO_COLOR": "1"}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

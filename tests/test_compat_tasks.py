@@ -4,12 +4,15 @@ byte, pushed again (skipped: same `oci_digest`), published, synced with others, 
 task validate` refuses, taskenv refuses too when the CLI's own check is skipped."""
 
 import re
+import shutil
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.harness import create_key
+from tests.harness import create_key, dn_environment
 from tests.test_compat_sdk import _dn, _json
 
 pytestmark = [pytest.mark.integration, pytest.mark.compat]
@@ -48,6 +51,25 @@ def init_task(dn_bin: Path, env: dict[str, str], parent: Path, name: str) -> Pat
     return task
 
 
+def tasks_seen(service, env: dict[str, str], path: str = "") -> httpx.Response:
+    """What taskenv's task routes answer to `env`'s key: a state check needs no `dn` process
+    (each starts the SDK, seconds of CPU); every `dn task` command is still run at least once."""
+    url = f"{service.base_url}/api/v1/org/{env['DREADNODE_ORGANIZATION']}/tasks{path}"
+    return httpx.get(url, headers={"X-API-Key": env["DREADNODE_API_KEY"]}, timeout=60)
+
+
+def task_names(service, env: dict[str, str]) -> list[str]:
+    listed = tasks_seen(service, env)
+    assert listed.status_code == 200, listed.text
+    return sorted(row["name"] for row in listed.json()["tasks"])
+
+
+def dn_at_once(dn_bin: Path, env: dict[str, str], *calls: tuple[str, ...]) -> list[str]:
+    """Independent `dn` commands side by side (each waits mostly on its own imports): stdouts."""
+    with ThreadPoolExecutor(len(calls)) as threads:
+        return list(threads.map(lambda args: ok(_dn(dn_bin, env, *args)), calls))
+
+
 def files_of(directory: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
@@ -63,19 +85,23 @@ def test_dn_task_lifecycle(service, dn_bin, dn_env, tmp_path):
     pushed = ok(_dn(dn_bin, env, "task", "push", str(task)))
     assert "Pushed" in pushed and "web-lab" in pushed, pushed
 
-    listed = _json(ok(_dn(dn_bin, env, "task", "list", "--json")))
+    pulled = tmp_path / "pulled"
+    listing, shown, readme, _ = dn_at_once(
+        dn_bin,
+        env,
+        ("task", "list", "--json"),
+        ("task", "info", "web-lab", "--json"),
+        ("task", "info", "web-lab", "--readme"),
+        ("task", "pull", "web-lab", "--output", str(pulled)),
+    )
+    listed = _json(listing)
     assert [row["name"] for row in listed] == ["web-lab"]
     assert listed[0]["is_public"] is False and listed[0]["version"] == "0.1.0"
-
-    info = _json(ok(_dn(dn_bin, env, "task", "info", "web-lab", "--json")))
+    info = _json(shown)
     assert info["name"] == "web-lab" and info["version"] == "0.1.0"
     assert info["instruction"].startswith("Solve the web-lab challenge")
     assert re.fullmatch(r"sha256:[0-9a-f]{64}", info["oci_digest"])
-    readme = ok(_dn(dn_bin, env, "task", "info", "web-lab", "--readme"))
     assert "A lab for the compatibility test" in readme
-
-    pulled = tmp_path / "pulled"
-    ok(_dn(dn_bin, env, "task", "pull", "web-lab", "--output", str(pulled)))
     assert files_of(pulled) == files_of(task), "the pulled task differs from the pushed one"
 
     # Unchanged: `dn` compares the version's `oci_digest` with its own build and uploads nothing,
@@ -88,28 +114,36 @@ def test_dn_task_lifecycle(service, dn_bin, dn_env, tmp_path):
     seen = _json(ok(_dn(dn_bin, other, "task", "info", f"{org}/web-lab", "--json")))
     assert seen["is_public"] is True and seen["oci_digest"] == info["oci_digest"]
     ok(_dn(dn_bin, env, "task", "unpublish", "web-lab"))
-    hidden = _dn(dn_bin, other, "task", "info", f"{org}/web-lab", "--json")
-    assert hidden.returncode != 0 and "not found" in hidden.stdout + hidden.stderr
+    hidden = httpx.get(
+        f"{service.base_url}/api/v1/org/{org}/tasks/web-lab",
+        headers={"X-API-Key": other["DREADNODE_API_KEY"]},
+        timeout=60,
+    )
+    assert hidden.status_code == 404, hidden.text
 
     ok(_dn(dn_bin, env, "task", "delete", "web-lab@0.1.0", "--yes"))
-    gone = _dn(dn_bin, env, "task", "info", "web-lab@0.1.0", "--json")
-    assert gone.returncode != 0 and "not found" in gone.stdout + gone.stderr
-    assert _json(ok(_dn(dn_bin, env, "task", "list", "--json"))) == []
+    assert tasks_seen(service, env, "/web-lab/0.1.0").status_code == 404
+    assert task_names(service, env) == []
 
 
 def test_dn_task_sync_of_a_directory(service, dn_bin, dn_env, tmp_path):
     env = scope_env(service, dn_env, f"sync-{uuid.uuid4().hex[:8]}")
     root = tmp_path / "tasks"
-    for name in ("lab-one", "lab-two"):
-        init_task(dn_bin, env, root, name)
+    with ThreadPoolExecutor(2) as threads:
+        list(threads.map(lambda name: init_task(dn_bin, env, root, name), ("lab-one", "lab-two")))
     first = ok(_dn(dn_bin, env, "task", "sync", str(root)))
     assert "2 uploaded" in first, first
     second = ok(_dn(dn_bin, env, "task", "sync", str(root)))
     assert "0 uploaded" in second and "2 skipped" in second, second
-    assert sorted(row["name"] for row in _json(ok(_dn(dn_bin, env, "task", "list", "--json")))) == [
-        "lab-one",
-        "lab-two",
-    ]
+    assert task_names(service, env) == ["lab-one", "lab-two"]
+
+
+@pytest.fixture(scope="module")
+def bad_lab(service, dn_bin, tmp_path_factory) -> Path:
+    """A task made by `dn task init`, once: each case below breaks a copy of it."""
+    home = tmp_path_factory.mktemp("bad-lab")
+    env = {**dn_environment(home), "DREADNODE_SERVER": service.base_url}
+    return init_task(dn_bin, env, home, "bad-lab")
 
 
 @pytest.mark.parametrize(
@@ -132,14 +166,14 @@ def test_dn_task_sync_of_a_directory(service, dn_bin, dn_env, tmp_path):
         ),
     ],
 )
-def test_invalid_tasks_are_refused_at_push(service, dn_bin, dn_env, tmp_path, change, expected):
+def test_invalid_tasks_are_refused_at_push(service, dn_bin, dn_env, bad_lab, tmp_path, change, expected):
     env = scope_env(service, dn_env, f"bad-{uuid.uuid4().hex[:8]}")
-    task = init_task(dn_bin, env, tmp_path, "bad-lab")
+    task = shutil.copytree(bad_lab, tmp_path / "bad-lab")
     change(task)
     pushed = _dn(dn_bin, env, "task", "push", str(task), "--skip-validate")
     assert pushed.returncode != 0, pushed.stdout
     assert "400" in pushed.stdout + pushed.stderr and expected in pushed.stdout + pushed.stderr
-    assert _json(ok(_dn(dn_bin, env, "task", "list", "--json"))) == [], "a refused task is not stored"
+    assert task_names(service, env) == [], "a refused task is not stored"
 
 
 def _replace(path: Path, old: str, new: str) -> None:
