@@ -222,7 +222,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
         middleware=[
             Middleware(TrailingSlash),
-            *request_ids_and_metrics.middleware(),
+            Middleware(request_ids_and_metrics.RequestObservability, routes=routes),
             *(
                 [Middleware(MinimumClientVersion, minimums=settings.min_client_versions)]
                 if settings.min_client_versions
