@@ -191,6 +191,19 @@ services:
     assert str(failed).startswith("service 'bad' ")
 
 
+async def test_a_service_without_a_healthcheck_that_dies_as_it_starts_is_not_taken_as_up(docker, env_id):
+    """Running at its first read, exited a moment later: the settling time sees it fail."""
+    text = """
+services:
+  brief:
+    image: taskenv/default:1
+    command: sh -c 'echo going; sleep 0.05; exit 3'
+"""
+    with pytest.raises(pod.PodFailed) as caught:
+        await start(docker, env_id, text)
+    assert (caught.value.service, caught.value.reason) == ("brief", pod.PodFailure.CRASHED)
+
+
 async def test_removal_touches_no_other_deployment(docker, env_id):
     other = await docker.volumes.create(  # type: ignore[no-untyped-call]
         {"Name": f"{container_name(env_id)}-other", "Labels": labels(env_id, "another-deployment")}

@@ -14,10 +14,12 @@ import aiodocker
 from redis.asyncio import Redis
 
 from taskenv.shared.settings import Settings
+from taskenv.worker.task_files import TaskFilesCache
 
 if TYPE_CHECKING:
     from taskenv.shared.sealing import Sealer
     from taskenv.worker.command_env import CommandEnvironments
+    from taskenv.worker.container_events import ContainerEvents
     from taskenv.worker.membership import Membership
     from taskenv.worker.runner_sessions import RunnerPool
 
@@ -41,6 +43,11 @@ class WorkerContext:
     sealer: "Sealer | None" = None
     # The variables environments' commands run with (worker/command_env.py).
     variables: "CommandEnvironments | None" = None
+    # Pushed tasks' files, read once per archive (worker/task_files.py).
+    task_files: TaskFilesCache = field(default_factory=TaskFilesCache)
+    # Wake-ups when this deployment's containers change (worker/container_events.py); None:
+    # a provision polls its services' state.
+    events: "ContainerEvents | None" = None
 
 
 @dataclass

@@ -32,6 +32,7 @@ import secrets
 import tarfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import nullcontext, suppress
 from enum import StrEnum
 from typing import Any, NamedTuple, TypeVar
 
@@ -40,13 +41,21 @@ from aiodocker.volumes import DockerVolume
 
 from taskenv.shared.store import container_name
 from taskenv.shared.task_services import DependsCondition, ServicePlan, TaskMount, start_order
+from taskenv.worker.container_events import ContainerEvents
 from taskenv.worker.containers import LABEL_DEPLOYMENT, LABEL_ENV, LABEL_HOST, LABEL_MANAGED, LABEL_SERVICE
 
 LABEL_VOLUME = "taskenv.volume"
 POLL_SEC = 0.1
-# A service's state is read this often while its environment waits for it: the environment is
-# `ready` at most this long after its last service is (one inspect each time, ~1 ms of dockerd).
-WAIT_POLL_SEC = 0.02
+# A service's state is read when the engine says it changed (worker/container_events.py) and
+# at least this often (an event lost while the stream reconnects)...
+WAIT_POLL_SEC = 0.5
+# ...or this often without the engine's events: the environment is then `ready` at most this
+# long after its last service is (one inspect each time, ~1 ms of dockerd).
+WAIT_POLL_BLIND_SEC = 0.02
+# A service with no healthcheck is up once it has been running this long: one that crashes as it
+# starts (a bad command, a missing file) is then seen failing, not taken as up in the moment
+# between its start and its exit.
+SETTLE_SEC = 0.25
 LOG_TAIL_LINES = 50
 LOG_TAIL_BYTES = 8 * 1024
 LOG_LINE_CHARS = 400
@@ -105,9 +114,12 @@ async def start_services(
     labels: dict[str, str],
     deadline_at: float,
     on_started: Callable[[], None] | None = None,
+    events: ContainerEvents | None = None,
 ) -> None:
-    """`on_started` is called once every service is started, before they are waited for."""
-    pod = _Pod(docker, env_id, labels, asyncio.get_running_loop().time() + deadline_at - time.time())
+    """`on_started` is called once every service is started, before they are waited for.
+    `events` wakes the waits when a service changes; without it they poll."""
+    deadline = asyncio.get_running_loop().time() + deadline_at - time.time()
+    pod = _Pod(docker, env_id, labels, deadline, events)
     by_name = {plan.name: plan for plan in plans}
     await pod.volumes(plans)
     for batch in start_order(plans):
@@ -158,9 +170,17 @@ def judge(state: dict[str, Any], condition: DependsCondition | None) -> bool | P
 
 class _Pod:
     def __init__(
-        self, docker: aiodocker.Docker, env_id: str, labels: dict[str, str], deadline: float
+        self,
+        docker: aiodocker.Docker,
+        env_id: str,
+        labels: dict[str, str],
+        deadline: float,
+        events: ContainerEvents | None,
     ) -> None:
         self.docker, self.env_id, self.labels, self.deadline = docker, env_id, labels, deadline
+        self.events = events
+        # When each service's start returned (the loop's clock): its settling time counts from it.
+        self.started: dict[str, float] = {}
 
     async def volumes(self, plans: list[ServicePlan]) -> None:
         filled: set[str] = set()
@@ -223,25 +243,46 @@ class _Pod:
             ) from None
         try:
             await self.bounded(plan.name, container.start())
+            self.started[plan.name] = asyncio.get_running_loop().time()
         except aiodocker.DockerError as exc:
             raise await self.failed(plan.name, PodFailure.START_FAILED, _message(exc)) from None
 
     async def wait(self, service: str, condition: DependsCondition | None) -> None:
+        name = service_container(self.env_id, service)
+        with self.events.watching(name) if self.events else nullcontext(asyncio.Event()) as changed:
+            await self.wait_watched(service, condition, changed)
+
+    async def wait_watched(
+        self, service: str, condition: DependsCondition | None, changed: asyncio.Event
+    ) -> None:
         container = self.docker.containers.container(service_container(self.env_id, service))
         awaited = f"waited for {condition.value if condition else 'it to be up'}"
         while True:
+            changed.clear()
             try:
                 state = (await self.bounded(service, container.show(), awaited)).get("State") or {}
             except aiodocker.DockerError as exc:
                 raise PodFailed(service, PodFailure.ENGINE_ERROR, _message(exc)) from None
             outcome = judge(state, condition)
-            if outcome is True:
+            settling = self.settling(service, condition, state) if outcome is True else 0.0
+            if outcome is True and settling <= 0:
                 return
             if isinstance(outcome, PodFailure):
                 raise await self.failed(service, outcome, _detail(state))
-            if asyncio.get_running_loop().time() >= self.deadline:
+            left = self.deadline - asyncio.get_running_loop().time()
+            if left <= 0:
                 raise await self.failed(service, PodFailure.TIMEOUT, awaited)
-            await asyncio.sleep(WAIT_POLL_SEC)
+            poll = WAIT_POLL_SEC if self.events is not None and self.events.live else WAIT_POLL_BLIND_SEC
+            with suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(settling or poll, left))
+
+    def settling(self, service: str, condition: DependsCondition | None, state: dict[str, Any]) -> float:
+        """Seconds until a running service without a healthcheck counts as up (0: it does)."""
+        if condition is not None or (state.get("Health") or {}).get("Status") not in (None, "none"):
+            return 0.0
+        if not state.get("Running") or service not in self.started:
+            return 0.0
+        return self.started[service] + SETTLE_SEC - asyncio.get_running_loop().time()
 
     async def bounded(self, service: str, step: Awaitable[_T], detail: str = "") -> _T:
         try:
