@@ -190,12 +190,12 @@ async def provision(ctx: Ctx, payload: EnvJob) -> dict[str, Any]:
     try:
         if outcome != ClaimOutcome.CLAIMED:
             return {"state": outcome}
-        instead = await task_provision.prepare(
+        prepared = await task_provision.prepare(
             redis, ctx["redis"], worker.docker, env_id, settings, worker.deployment
         )
-        if instead is not None:
-            return {"state": instead}
-        return await _provision(redis, ctx["redis"], worker, env_id)
+        if not isinstance(prepared, task_provision.Prepared):
+            return {"state": prepared}
+        return await _provision(redis, ctx["redis"], worker, prepared)
     finally:
         # Ran, whatever came of it: the reaper no longer needs to watch for it. (A worker that
         # dies before this line leaves the entry, and the reaper then fails the environment.)
@@ -220,14 +220,13 @@ async def _hand_back(ctx: Ctx, payload: EnvJob) -> None:
         )
 
 
-async def _provision(redis: Redis, blobs: Redis, worker: WorkerContext, env_id: str) -> dict[str, Any]:
-    record = await store.load(redis, env_id)
-    if record is None or record.state != EnvironmentState.PROVISIONING:
-        return {"state": record.state if record else None}
-    spec = TaskSpec.model_validate_json(record.spec)
+async def _provision(
+    redis: Redis, blobs: Redis, worker: WorkerContext, prepared: task_provision.Prepared
+) -> dict[str, Any]:
+    env_id, spec = prepared.record.id, prepared.spec
     try:
         with docker_errors("provision"), DOCKER_SECONDS.labels("create").time():
-            made = await task_environment.make(worker, blobs, record, spec)
+            made = await task_environment.make(worker, blobs, prepared.record, spec, prepared.version)
     except (task_environment.Unmade, TaskenvError) as exc:
         await _fail_provision(worker, env_id, spec, exc)
         return {"state": EnvironmentState.FAILED}

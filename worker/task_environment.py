@@ -18,7 +18,6 @@ output's tail); the caller fails the environment and removes what was made. Ever
 bounded by TASKENV_PROVISION_TIMEOUT_SEC.
 """
 
-import asyncio
 import json
 import time
 from dataclasses import dataclass, field
@@ -26,10 +25,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from taskenv.shared import secrets_store, task_archive, task_services, task_store, task_yaml
+from taskenv.shared import secrets_store, task_services
 from taskenv.shared.environment_record import EnvironmentRecord
 from taskenv.shared.errors import TaskenvError
-from taskenv.shared.task_validation import COMPOSE_FILES
+from taskenv.shared.task_store import TaskVersion
 from taskenv.shared.task_variables import (
     command_env,
     model_variables,
@@ -41,6 +40,7 @@ from taskenv.shared.tasks import TaskScript, TaskSource, TaskSpec
 from taskenv.worker import containers, pod, sandbox_run, task_volume
 from taskenv.worker.context import WorkerContext
 from taskenv.worker.task_build import image_tag
+from taskenv.worker.task_files import TaskFiles, Unreadable
 
 TASK_DIR = task_volume.TASK_DIR
 # The tail of a failed script's output kept in the environment's error.
@@ -64,19 +64,26 @@ class Made:
     variables: dict[str, str] = field(default_factory=dict)
 
 
-async def make(worker: WorkerContext, blobs: Redis, record: EnvironmentRecord, spec: TaskSpec) -> Made:
+async def make(
+    worker: WorkerContext,
+    blobs: Redis,
+    record: EnvironmentRecord,
+    spec: TaskSpec,
+    version: TaskVersion | None,
+) -> Made:
+    """`version` is the stored version of the task `spec.source` names (None for a built-in task)."""
     deadline_at = time.time() + worker.settings.provision_timeout_sec
     source = spec.source
-    files = await _task_files(worker, blobs, source) if source is not None else None
-    mounts = [await _staged(worker, source, files)] if source is not None and files is not None else []
+    task = await _task_files(worker, blobs, source) if source is not None else None
+    mounts = [await _staged(worker, source, task)] if source is not None and task is not None else []
     if worker.runners is not None:
         mounts += worker.runners.link_mounts(record.id)
     sandbox_id = await containers.create_and_start(
         worker.docker, record.to_hash(), spec, worker.deployment,
         worker.runners.volume if worker.runners else None, extra_mounts=mounts,
     )  # fmt: skip
-    if source is not None and files is not None and source.services:
-        await _start_services(worker, blobs, record, source, files, sandbox_id, deadline_at)
+    if source is not None and task is not None and source.services:
+        await _start_services(worker, record, task, version, sandbox_id, deadline_at)
     urls = service_urls(source.ports) if source is not None else {}
     inputs = _json(record.inputs, {})
     base = await _base_variables(worker, record, source)
@@ -96,53 +103,38 @@ async def make(worker: WorkerContext, blobs: Redis, record: EnvironmentRecord, s
     return Made(fields=fields, variables=variables)
 
 
-async def _task_files(worker: WorkerContext, blobs: Redis, source: TaskSource) -> task_archive.TaskFiles:
-    blob = await task_store.get_blob(blobs, source.org, source.oci_digest)
-    if blob is None:
-        raise Unmade(f"task {source.org}/{source.name}@{source.version} is no longer stored")
+async def _task_files(worker: WorkerContext, blobs: Redis, source: TaskSource) -> TaskFiles:
     try:
-        return await asyncio.to_thread(task_archive.read, blob, worker.settings.max_task_bytes)
-    except task_archive.ArchiveError as exc:
-        raise Unmade(f"task archive unreadable: {exc}") from None
+        return await worker.task_files.get(blobs, source, worker.settings.max_task_bytes)
+    except Unreadable as exc:
+        raise Unmade(str(exc)) from None
 
 
-async def _staged(worker: WorkerContext, source: TaskSource, files: task_archive.TaskFiles) -> dict[str, Any]:
+async def _staged(worker: WorkerContext, source: TaskSource, task: TaskFiles) -> dict[str, Any]:
     try:
         volume = await task_volume.ensure_staged(
-            worker.docker, source.oci_digest, files, deployment=worker.deployment,
-            image=worker.settings.sandbox_image, exclude={_solution_of(files)},
+            worker.docker, source.oci_digest, task.files, deployment=worker.deployment,
+            image=worker.settings.sandbox_image, exclude={task.solution},
         )  # fmt: skip
     except task_volume.StagingFailed as exc:
         raise Unmade(f"the task directory could not be staged: {exc}") from None
     return task_volume.sandbox_mount(volume)
 
 
-def _solution_of(files: task_archive.TaskFiles) -> str:
-    """The solution script task.yaml names (validated at push), never staged for the agent."""
-    manifest = task_yaml.load(files.text("task.yaml") or "")
-    solution = manifest.get("solution") if isinstance(manifest, dict) else None
-    script = solution.get("script") if isinstance(solution, dict) else None
-    return task_archive.normalise(str(script)) if script else task_volume.DEFAULT_SOLUTION
-
-
 async def _start_services(
     worker: WorkerContext,
-    blobs: Redis,
     record: EnvironmentRecord,
-    source: TaskSource,
-    files: task_archive.TaskFiles,
+    task: TaskFiles,
+    version: TaskVersion | None,
     sandbox_id: str,
     deadline_at: float,
 ) -> None:
-    compose_name = next((name for name in COMPOSE_FILES if name in files.files), None)
-    compose = task_yaml.load(files.text(compose_name) or "") if compose_name else None
-    if not isinstance(compose, dict):
+    if not isinstance(task.compose, dict):
         raise Unmade("the task's docker-compose.yaml is missing or not a mapping")
-    version = await task_store.get_version(blobs, source.org, source.name, source.version)
     # Services with a `build:` run the image built for this version (worker/task_build.py).
     images = {name: image_tag(version, name) for name in version.build_services} if version else {}
     try:
-        plans = task_services.plans(compose, files, images=images, settings=worker.settings)
+        plans = task_services.plans(task.compose, task.files, images=images, settings=worker.settings)
     except task_services.ServiceError as exc:
         raise Unmade(str(exc)) from None
     runners = worker.runners
@@ -153,7 +145,7 @@ async def _start_services(
         await pod.start_services(
             worker.docker, env_id=record.id, sandbox_id=sandbox_id, plans=plans,
             labels=containers.labels_of(record.to_hash(), worker.deployment), deadline_at=deadline_at,
-            on_started=warm,
+            on_started=warm, events=worker.events,
         )  # fmt: skip
     except pod.PodFailed as failed:
         raise Unmade(str(failed), failed.log_tail) from None

@@ -4,13 +4,16 @@ are not yet (worker/task_build.py). The environment shows `building` meanwhile (
 `failed` with `error: "task build failed: ..."` and the build log's tail if the build fails."""
 
 import time
+from dataclasses import dataclass
 
 import aiodocker
 from redis.asyncio import Redis
 
 from taskenv.shared import keys, store, task_store
+from taskenv.shared.environment_record import EnvironmentRecord
 from taskenv.shared.models import EnvironmentState
 from taskenv.shared.settings import Settings
+from taskenv.shared.task_store import TaskVersion
 from taskenv.shared.tasks import TaskSpec
 from taskenv.worker.task_build import BuildFailed, BuildPolicy, PullPolicy, ensure_built
 
@@ -27,24 +30,38 @@ def policy_of(settings: Settings) -> BuildPolicy:
     )
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """An environment that may go on to its sandbox: its record as loaded, its spec, and the
+    stored version of its task (None for a built-in one), whose images are on this host."""
+
+    record: EnvironmentRecord
+    spec: TaskSpec
+    version: TaskVersion | None = None
+
+
 async def prepare(
     records: Redis, blobs: Redis, docker: aiodocker.Docker, env_id: str, settings: Settings, deployment: str
-) -> EnvironmentState | None:
-    """None when the environment may go on to its sandbox (nothing to build, or built); else the
+) -> Prepared | EnvironmentState:
+    """The environment, when it may go on to its sandbox (nothing to build, or built); else the
     state it is in instead (failed: its record says why; or torn down meanwhile)."""
     record = await store.load(records, env_id)
     if record is None or record.state is not EnvironmentState.PROVISIONING:
         return record.state if record else EnvironmentState.TORN_DOWN
-    source = TaskSpec.model_validate_json(record.spec).source
+    spec = TaskSpec.model_validate_json(record.spec)
+    source = spec.source
     if source is None:
-        return None
+        return Prepared(record, spec)
     # Builds, services and scripts take longer than a sandbox: the reaper waits for them (a lost
     # worker still fails it at once).
     budget = settings.task_build_timeout_sec + settings.provision_timeout_sec + settings.control_timeout_sec
     await extend_stalled_deadline(records, env_id, budget)
     version = await task_store.get_version(blobs, source.org, source.name, source.version)
 
+    flagged: list[bool] = []
+
     async def building() -> None:
+        flagged.append(True)
         await store.set_if_state(records, env_id, EnvironmentState.PROVISIONING, **{BUILDING_FIELD: "1"})
 
     try:
@@ -60,8 +77,12 @@ async def prepare(
     except (aiodocker.DockerError, ValueError) as exc:  # the engine, or an unreadable stored task
         await _fail(records, env_id, str(exc)[:400], "")
         return EnvironmentState.FAILED
+    if not flagged and not record.building:
+        # Never shown `building` (by the API, or above): nothing to undo in the record (a
+        # teardown meanwhile is seen when the environment turns ready).
+        return Prepared(record, spec, version)
     if await store.set_if_state(records, env_id, EnvironmentState.PROVISIONING, **{BUILDING_FIELD: "0"}):
-        return None
+        return Prepared(record, spec, version)
     return EnvironmentState.TORN_DOWN
 
 
