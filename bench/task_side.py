@@ -18,6 +18,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiodocker
 import aiohttp
@@ -32,7 +33,7 @@ from taskenv.shared.task_oci import Manifest
 from taskenv.shared.task_refs import TaskRef
 from taskenv.shared.task_validation import COMPOSE_FILES
 from taskenv.shared.tasks import TaskSpec
-from taskenv.worker import pod
+from taskenv.worker import pod, runner_link
 from taskenv.worker.containers import LABEL_ENV, LABEL_SERVICE, container_config
 from taskenv.worker.runner_volume import RUNNER_DIR
 from taskenv.worker.task_volume import TASK_DIR, sandbox_mount
@@ -55,6 +56,9 @@ class TaskPod:
     task_volume: str
     runner_volume: str | None
     plans: list[task_services.ServicePlan]
+    # The runner's link dir (the socket transport), when the environment's sandbox mounts one:
+    # a raw pod mounts a directory of its own there, as taskenv's sandboxes do.
+    link_dir: Path | None = None
 
     @property
     def services(self) -> int:
@@ -89,7 +93,8 @@ async def discover(
     if any(not bind.is_file for plan in plans for bind in plan.binds):
         raise NotMeasurable("a service binds a task directory: not measured raw")
     sandbox = TaskSpec(name="bench", image=info["Config"]["Image"])
-    return TaskPod(sandbox, str(mounts[TASK_DIR]), mounts.get(RUNNER_DIR), plans)
+    link_dir = await runner_link.mounted_link_dir(docker, sandboxes[0]["Id"], env_id)
+    return TaskPod(sandbox, str(mounts[TASK_DIR]), mounts.get(RUNNER_DIR), plans, link_dir)
 
 
 async def pull(
@@ -130,9 +135,10 @@ async def timed_provision(docker: aiodocker.Docker, task: TaskPod, ledger: Ledge
 async def make(docker: aiodocker.Docker, task: TaskPod, name: str, poll_sec: float) -> None:
     labels = {LABEL_BENCH: "true", LABEL_POD: name}
     record = {"id": name, "host": "bench", "org": "bench", "workspace": "bench"}
-    config = container_config(
-        record, task.sandbox, "bench", task.runner_volume, [sandbox_mount(task.task_volume)]
-    )
+    mounts = [sandbox_mount(task.task_volume)]
+    if task.link_dir is not None:
+        mounts.append(runner_link.prepare(task.link_dir, _link_id(name)))
+    config = container_config(record, task.sandbox, "bench", task.runner_volume, mounts)
     config["Labels"] = labels
     sandbox = await docker.containers.create(config, name=name)
     await sandbox.start()
@@ -172,13 +178,21 @@ async def _wait(
         await asyncio.sleep(poll_sec)
 
 
+def _link_id(name: str) -> str:
+    """The raw pod's link directory: named as an environment id, as the link dir requires."""
+    return str(uuid.UUID(name.removeprefix(POD_PREFIX)))
+
+
 async def remove(docker: aiodocker.Docker, name: str) -> None:
-    """A pod whole: its services, its sandbox, its volumes (found by its label)."""
+    """A pod whole: its services, its sandbox, its volumes (found by its label), its link directory."""
     labels = {"label": [f"{LABEL_POD}={name}"]}
     for found in await docker.containers.list(all=True, filters=json.dumps(labels)):
         if f"/{name}" not in (found["Names"] or []):
             await remove_container(docker, str(found.id))
+    link_dir = await _mounted_link_dir(docker, name)
     await remove_container(docker, name)
+    if link_dir is not None:
+        await asyncio.to_thread(runner_link.remove, link_dir, _link_id(name))
     listed = await docker.volumes.list(filters=labels)  # type: ignore[no-untyped-call]
     for volume in listed.get("Volumes") or []:
         await _remove_volume(docker, str(volume["Name"]))
@@ -190,3 +204,12 @@ async def _remove_volume(docker: aiodocker.Docker, volume: str) -> None:
     except aiodocker.DockerError as exc:
         if exc.status != 404:
             raise
+
+
+async def _mounted_link_dir(docker: aiodocker.Docker, name: str) -> Path | None:
+    try:
+        return await runner_link.mounted_link_dir(docker, name, _link_id(name))
+    except aiodocker.DockerError as exc:
+        if exc.status == 404:
+            return None
+        raise
