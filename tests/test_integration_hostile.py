@@ -158,7 +158,9 @@ async def test_no_host_secrets_are_reachable(client, env, rooted, service):
     environ = await output_of(client, rooted, "tr '\\0' '\\n' < /proc/1/environ; env")
     assert "TASKENV_" not in environ and "REDIS" not in environ, environ
     mounts = set((await output_of(client, rooted, "cut -d' ' -f2 /proc/mounts")).split())
-    # /.taskenv: the runner, read-only (runner/PROTOCOL.md; tests/test_integration_runner.py).
+    # /.taskenv: the runner, read-only (runner/PROTOCOL.md; tests/test_integration_runner.py);
+    # /.taskenv-link: its link dir with the socket transport, read-only and its own
+    # (tests/test_integration_runner_socket.py).
     engine = {
         "/etc/resolv.conf",
         "/etc/hostname",
@@ -167,6 +169,7 @@ async def test_no_host_secrets_are_reachable(client, env, rooted, service):
         "/tmp",
         "/",
         "/.taskenv",
+        "/.taskenv-link",
     }
     kernel = {m for m in mounts if m.split("/")[1] in ("proc", "sys", "dev")}
     assert {"/", "/tmp"} <= mounts - kernel <= engine, mounts
