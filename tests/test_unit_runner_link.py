@@ -1,7 +1,8 @@
 """The socket transport's host side without Docker (worker/runner_link.py): the listening
 socket is root's alone (mode 0600 from its bind: another uid cannot connect), it takes one
 connection and leaves no file behind; the transport carries bytes both ways and ends cleanly;
-only directories named as environment ids are made, trusted or pruned."""
+only directories named as environment ids are made, trusted or pruned; a link dir the engine does
+not share is not used."""
 
 import asyncio
 import os
@@ -14,11 +15,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiodocker
 import pytest
 
 from taskenv.shared.settings import MAX_RUNNER_LINK_DIR, RunnerTransportKind, Settings
 from taskenv.worker import runner_link
 from taskenv.worker.runner_link import Listener, RunnerGone, SocketTransport
+from taskenv.worker.runner_sessions import usable_link_dir
 
 ENV_ID = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"
 OTHER_UID = 54321
@@ -154,3 +157,22 @@ def test_settings_refuse_a_socket_transport_without_a_short_absolute_link_dir(se
 def test_the_longest_link_dir_leaves_room_for_an_environment_and_a_socket():
     listener_path = Path("/" + "x" * (MAX_RUNNER_LINK_DIR - 1)) / ENV_ID / "s-0123456789ab"
     assert len(str(listener_path).encode()) <= 107
+
+
+class EngineElsewhere:
+    """An engine that does not see this process's files: a worker in a container without the
+    link dir mounted at the host's path."""
+
+    class containers:  # as aiodocker names it
+        @staticmethod
+        async def create(config: dict[str, object], name: str) -> None:
+            source = config["HostConfig"]["Mounts"][0]["Source"]  # type: ignore[index]
+            raise aiodocker.DockerError(400, {"message": f"bind source path does not exist: {source}"})
+
+
+async def test_a_link_dir_the_engine_does_not_share_is_not_used(link_dir, caplog):
+    assert await usable_link_dir(EngineElsewhere(), link_dir) is None  # type: ignore[arg-type]
+    assert (
+        "runners use the exec transport" in caplog.text and "bind source path does not exist" in caplog.text
+    )
+    assert list(link_dir.iterdir()) == []  # the probe file is gone
