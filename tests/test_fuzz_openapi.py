@@ -35,6 +35,7 @@ from taskenv.api.app import create_app
 from taskenv.api.openapi import OPENAPI_PATH, build_document
 from taskenv.shared.idempotency import HEADER as IDEMPOTENCY_HEADER
 from taskenv.shared.settings import Settings
+from tests.helpers import eventually
 from tests.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -52,6 +53,7 @@ class Target:
     stack: Stack
     key: str
     other_key: str
+    http: httpx.Client  # with `key`: one client for the module (each new one loads the CA bundle)
     env_id: str = ""
     token: str = ""
     gone_id: str = ""
@@ -66,9 +68,9 @@ class Target:
 
     def provision(self, client: httpx.Client) -> tuple[str, str]:
         created = client.post(self.url, json={"task_ref": "default", "timeout_sec": 900}).json()
-        for _ in range(600):
-            if client.get(f"{self.url}/{created['id']}/status").json()["state"] != "provisioning":
-                break
+        status = f"{self.url}/{created['id']}/status"
+        eventually(lambda: client.get(status).json()["state"] != "provisioning", "provisioned", 180)
+        assert client.get(status).json()["state"] == "ready"
         return created["id"], created["execute_token"]
 
 
@@ -77,15 +79,16 @@ def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     settings = {"TASKENV_AUTH_FAIL_LIMIT": "100000000", "TASKENV_MAX_LIFETIME_SEC": "900"}
     stack = Stack(tmp_path_factory.mktemp("fuzz"), settings).start()
     try:
-        target = Target(stack, stack.key(ORG, WORKSPACE), stack.key("other", WORKSPACE))
-        with httpx.Client(headers={"X-API-Key": target.key}, timeout=30) as client:
+        key = stack.key(ORG, WORKSPACE)
+        with httpx.Client(headers={"X-API-Key": key}, timeout=30) as client:
+            target = Target(stack, key, stack.key("other", WORKSPACE), client)
             target.env_id, target.token = target.provision(client)
             target.gone_id, target.gone_token = target.provision(client)
             assert client.delete(f"{target.url}/{target.gone_id}").status_code == 204
             secrets = f"{stack.base_url}/api/v1/org/{ORG}/secrets"
             target.secret_id = client.post(secrets, json={"name": "FUZZ_KEPT", "value": "v"}).json()["id"]
             assert client.get(f"{stack.base_url}{OPENAPI_PATH}").json() == DOCUMENT
-        yield target
+            yield target
     finally:
         stack.close()
 
@@ -197,8 +200,7 @@ def test_fuzz_the_served_document(case: Any, data: st.DataObject, fuzz_target: T
     fuzz_target.statuses[(case.operation.label, response.status_code)] += 1
     if response.status_code == 201 and case.path.endswith("/environments"):  # not a secret's
         fuzz_target.provisions += 1
-        env_id = response.json()["id"]
-        gone = httpx.delete(f"{fuzz_target.url}/{env_id}", headers={"X-API-Key": fuzz_target.key}, timeout=30)
+        gone = fuzz_target.http.delete(f"{fuzz_target.url}/{response.json()['id']}")
         assert gone.status_code == 204
 
 
