@@ -10,6 +10,13 @@ scripts/sdk-venv.sh
 .venv/bin/ruff format --check .
 .venv/bin/mypy taskenv
 TASKENV_REDIS_PASSWORD=validate docker-compose -f compose.yaml config -q
+# A run starts hundreds of Python processes: with PYTHONDONTWRITEBYTECODE set, each compiled all
+# it imported. Their bytecode is cached outside the checkout instead (tests/conftest.py does the
+# same for a pytest started by hand, but only from its own import on).
+if [ -n "${PYTHONDONTWRITEBYTECODE:-}" ]; then
+  unset PYTHONDONTWRITEBYTECODE
+  export PYTHONPYCACHEPREFIX="${PYTHONPYCACHEPREFIX:-${XDG_CACHE_HOME:-$HOME/.cache}/taskenv/pycache}"
+fi
 # In parallel: the integration tests mostly wait on Docker and Redis, so more workers than the
 # machine's cores pay (each starts its own Redis, API and worker processes, on its own host id).
 # One module's tests stay on one worker (loadscope), so a module-scoped fixture (a stack, a fuzz
