@@ -101,6 +101,19 @@ STANDALONE_TESTS = (
 )
 
 
+# Modules whose tests share one stack or fixture and take a minute or more together (a real
+# compose build, the `dn` CLI's processes, the fuzz): they go first too, so that none of them is
+# the last unit left running while the other workers are idle.
+LONG_MODULES = (
+    "test_integration_compose.py",
+    "test_compat_tasks.py",
+    "test_compat_sdk.py",
+    "test_compat_task_environments.py",
+    "test_compat_openapi.py",
+    "test_fuzz_openapi.py",
+)
+
+
 def _standalone(nodeid: str) -> bool:
     return nodeid.split("::", 1)[0].endswith(STANDALONE_TESTS)
 
@@ -108,7 +121,7 @@ def _standalone(nodeid: str) -> bool:
 class _StandaloneFirst(OrderedDict[str, Any]):
     def __setitem__(self, scope: str, tests: Any) -> None:
         super().__setitem__(scope, tests)
-        if _standalone(scope):
+        if _standalone(scope) or scope.endswith(LONG_MODULES):
             self.move_to_end(scope, last=False)
 
 
