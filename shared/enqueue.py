@@ -7,6 +7,7 @@ in one round trip where arq takes three; the job's id (with its record, when sma
 also pushed to the queue's wake list, for a worker blocked on it (worker/arq_worker.py).
 """
 
+import re
 import time
 from typing import Any, NamedTuple
 
@@ -22,6 +23,8 @@ from taskenv.shared.scripts import AdmissionOutcome
 # A job record up to this size rides its wake (`Wake`); a larger one (a long command) is read by
 # the worker that pops it, which keeps the wake lists' memory bounded by their cap.
 WAKE_CARRY_MAX_BYTES = 4096
+# The job ids enqueuers make (uuid4 hex): ASCII, so never a whole msgpack entry.
+_BARE_JOB_ID = re.compile(rb"[0-9a-f]{32}")
 
 
 class Wake(NamedTuple):
@@ -40,12 +43,18 @@ class Wake(NamedTuple):
 
     @classmethod
     def decode(cls, entry: bytes) -> "Wake":
-        fields = msgpack.unpackb(entry, raw=False)
+        try:
+            fields = msgpack.unpackb(entry, raw=False)
+        except (ValueError, msgpack.UnpackException):
+            fields = None
         match fields:
             case [str(job_id)]:
                 return cls(job_id)
             case [str(job_id), bytes(record), int(expires_ms)]:
                 return cls(job_id, record, expires_ms)
+        if fields is None and _BARE_JOB_ID.fullmatch(entry):
+            # An enqueuer from before this format pushed the bare id (workers upgrade first).
+            return cls(entry.decode())
         raise ValueError(f"not a wake entry: {entry[:64]!r}")
 
 
