@@ -4,6 +4,14 @@
 # With no registry at hand, scripts/offline_image.py makes the base image from this machine's
 # Debian packages and the wheels from .venv, then runs this same file.
 ARG PYTHON_IMAGE=python:3.11-slim
+
+# The dependency list alone: the layer that installs it is then rebuilt only when the list
+# changes, not at every edit of pyproject.toml's other tables or of README.md.
+FROM ${PYTHON_IMAGE} AS requirements
+COPY pyproject.toml /tmp/
+RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/tmp/pyproject.toml", "rb"))["project"]["dependencies"]))' \
+      > /tmp/requirements.txt
+
 FROM ${PYTHON_IMAGE}
 # Extra pip options: the offline build's `--no-index --no-build-isolation` (its wheels come in .wheels/).
 ARG PIP_OPTIONS=
@@ -15,11 +23,11 @@ RUN if [ ! -x /bin/busybox ]; then \
     fi \
     && (getent passwd taskenv >/dev/null || useradd --system --uid 10001 --no-create-home --home-dir /app taskenv)
 WORKDIR /app
-# .wheels/ exists only in offline builds; its wheels land beside pyproject.toml.
-COPY pyproject.toml README.md LICENSE .wheel[s] /tmp/deps/
-RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/tmp/deps/pyproject.toml", "rb"))["project"]["dependencies"]))' \
-      > /tmp/deps/requirements.txt \
-    && python3 -m pip install $PIP_OPTIONS --find-links /tmp/deps -r /tmp/deps/requirements.txt \
+COPY --from=requirements /tmp/requirements.txt /tmp/deps/
+# .wheels/ exists only in offline builds (LICENSE is there for the pattern to match a file in
+# any build); its wheels land beside requirements.txt.
+COPY LICENSE .wheel[s] /tmp/deps/
+RUN python3 -m pip install $PIP_OPTIONS --find-links /tmp/deps -r /tmp/deps/requirements.txt \
     && rm -rf /tmp/deps
 COPY pyproject.toml README.md LICENSE ./
 COPY shared shared

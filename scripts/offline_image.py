@@ -213,11 +213,21 @@ def repack(dist: Distribution, into: Path) -> Path:
                 record_name = text
                 continue
             data = (site / text).read_bytes()
-            archive.writestr(text, data)
+            archive.writestr(_entry(text), data)
             records.append(f"{text},{_record_hash(data)},{len(data)}")
         records.append(f"{record_name},,")
-        archive.writestr(record_name, "\n".join(records) + "\n")
+        archive.writestr(_entry(record_name), "\n".join(records) + "\n")
     return wheel
+
+
+def _entry(name: str) -> zipfile.ZipInfo:
+    """A wheel's member with a fixed time: the same files make the same wheel, byte for byte, so
+    the Dockerfile's layer that installs them is taken from the build cache (`writestr` with a
+    bare name stamps the current time, which made every build reinstall every dependency)."""
+    entry = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    entry.compress_type = zipfile.ZIP_DEFLATED
+    entry.external_attr = 0o644 << 16
+    return entry
 
 
 def build_wheels() -> None:
