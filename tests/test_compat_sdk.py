@@ -12,12 +12,13 @@ import re
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.harness import create_key, wait_api
 
 pytestmark = [pytest.mark.integration, pytest.mark.compat]
 
@@ -45,16 +46,6 @@ def containers_of(env_id: str) -> list[str]:
         text=True,
         check=True,
     ).stdout.split()
-
-
-def new_key(service, org: str, workspace: str) -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "taskenv", "keys", "create", "--org", org, "--workspace", workspace],
-        env=service.env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
 
 
 def test_sdk_version_is_the_one_pinned(dn_bin, dn_env):
@@ -89,7 +80,7 @@ def test_task_environment(service, dn_bin, dn_env):
 
 def test_every_api_client_environment_method(service, dn_bin, dn_env):
     workspace = f"sdk-{uuid.uuid4().hex[:8]}"  # a workspace of its own: listing totals are exact
-    key = new_key(service, "compat", workspace)
+    key = create_key(service.env, "compat", workspace)  # `taskenv keys create`: test_integration_cli
     seen = run_script(
         dn_bin, dn_env, "client_methods.py", service.base_url, key, "compat", workspace, service.other_key
     )
@@ -302,16 +293,7 @@ def test_older_sdk_gets_426_naming_the_minimum(service, dn_bin, dn_env):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert api.poll() is None, "the API exited"
-            try:
-                if httpx.get(f"{base}/api/v1/openapi.json").is_success:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the API did not start"
-            time.sleep(0.05)
+        wait_api(base, api)
         args = (base, service.key, "acme", "main")
         old = run_script(dn_bin, {**dn_env, "_DN_TEST_VERSION": "2.0.40"}, "upgrade.py", *args)
         assert old["sent"] == "dreadnode-sdk/2.0.40"
