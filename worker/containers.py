@@ -85,6 +85,19 @@ def container_config(
     return config
 
 
+async def create(
+    docker: aiodocker.Docker,
+    record: Record,
+    spec: TaskSpec,
+    deployment: str,
+    runner_volume: str | None = None,
+    extra_mounts: list[dict[str, Any]] | None = None,
+) -> aiodocker.containers.DockerContainer:
+    """The sandbox, created, not started."""
+    config = container_config(record, spec, deployment, runner_volume, extra_mounts)
+    return await docker.containers.create(config, name=container_name(record["id"]))
+
+
 async def create_and_start(
     docker: aiodocker.Docker,
     record: Record,
@@ -93,9 +106,7 @@ async def create_and_start(
     runner_volume: str | None = None,
     extra_mounts: list[dict[str, Any]] | None = None,
 ) -> str:
-    name = container_name(record["id"])
-    config = container_config(record, spec, deployment, runner_volume, extra_mounts)
-    container = await docker.containers.create(config, name=name)
+    container = await create(docker, record, spec, deployment, runner_volume, extra_mounts)
     await container.start()
     return str(container.id)
 

@@ -115,31 +115,35 @@ async def start_services(
     deadline_at: float,
     on_started: Callable[[], None] | None = None,
     events: ContainerEvents | None = None,
+    sandbox_started: Coroutine[Any, Any, None] | None = None,
 ) -> None:
     """`on_started` is called once every service is started, before they are waited for.
-    `events` wakes the waits when a service changes; without it they poll."""
+    `events` wakes the waits when a service changes; without it they poll. `sandbox_started`
+    (the created sandbox's start) runs while the services' volumes and containers are created:
+    a container can join a namespace whose owner is not running yet, only not start in it."""
     deadline = asyncio.get_running_loop().time() + deadline_at - time.time()
     pod = _Pod(docker, env_id, labels, deadline, events)
     by_name = {plan.name: plan for plan in plans}
-    await pod.volumes(plans)
+    await _all([pod.create_all(plans, sandbox_id), *([sandbox_started] if sandbox_started else [])])
     for batch in start_order(plans):
         needs = {(dep, cond) for name in batch for dep, cond in by_name[name].depends_on.items()}
         await _all(pod.wait(dep, cond) for dep, cond in sorted(needs))
-        await _all(pod.start(by_name[name], sandbox_id) for name in batch)
+        await _all(pod.start(name) for name in batch)
     if on_started is not None:
         on_started()
     await _all(pod.wait(plan.name, None) for plan in plans)
 
 
 async def _all(waits: Any) -> None:
-    """Run together; the first `PodFailed` cancels the others and is raised as itself."""
+    """Run together; the first failure cancels the others and is raised as itself (a
+    `PodFailed` first, if any)."""
     coroutines: list[Coroutine[Any, Any, None]] = list(waits)
     try:
         async with asyncio.TaskGroup() as group:
             for coroutine in coroutines:
                 group.create_task(coroutine)
     except BaseExceptionGroup as raised:
-        failed = raised.subgroup(PodFailed)
+        failed = raised.subgroup(PodFailed) or raised.subgroup(Exception)
         while failed is not None and isinstance(failed.exceptions[0], BaseExceptionGroup):
             failed = failed.exceptions[0]
         if failed is None:
@@ -224,7 +228,12 @@ class _Pod:
         finally:
             await filler.delete(force=True)
 
-    async def start(self, plan: ServicePlan, sandbox_id: str) -> None:
+    async def create_all(self, plans: list[ServicePlan], sandbox_id: str) -> None:
+        """Every service's volumes, then every service's container, not started."""
+        await self.volumes(plans)
+        await _all(self.create(plan, sandbox_id) for plan in plans)
+
+    async def create(self, plan: ServicePlan, sandbox_id: str) -> None:
         config = service_config(plan, env_id=self.env_id, sandbox_id=sandbox_id, labels=self.labels)
         name = service_container(self.env_id, plan.name)
         try:
@@ -241,11 +250,14 @@ class _Pod:
             raise PodFailed(
                 plan.name, PodFailure.CREATE_FAILED, f"file {bind.target}: {_message(exc)}"
             ) from None
+
+    async def start(self, service: str) -> None:
+        container = self.docker.containers.container(service_container(self.env_id, service))
         try:
-            await self.bounded(plan.name, container.start())
-            self.started[plan.name] = asyncio.get_running_loop().time()
+            await self.bounded(service, container.start())
         except aiodocker.DockerError as exc:
-            raise await self.failed(plan.name, PodFailure.START_FAILED, _message(exc)) from None
+            raise await self.failed(service, PodFailure.START_FAILED, _message(exc)) from None
+        self.started[service] = asyncio.get_running_loop().time()
 
     async def wait(self, service: str, condition: DependsCondition | None) -> None:
         name = service_container(self.env_id, service)

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiodocker.containers import DockerContainer
 from redis.asyncio import Redis
 
 from taskenv.shared import secrets_store, task_services
@@ -76,14 +77,19 @@ async def make(
     source = spec.source
     task = await _task_files(worker, blobs, source) if source is not None else None
     mounts = [await _staged(worker, source, task)] if source is not None and task is not None else []
+    plans = (
+        _plans(worker, task, version) if source is not None and task is not None and source.services else []
+    )
     if worker.runners is not None:
         mounts += worker.runners.link_mounts(record.id)
-    sandbox_id = await containers.create_and_start(
+    sandbox = await containers.create(
         worker.docker, record.to_hash(), spec, worker.deployment,
         worker.runners.volume if worker.runners else None, extra_mounts=mounts,
     )  # fmt: skip
-    if source is not None and task is not None and source.services:
-        await _start_services(worker, record, task, version, sandbox_id, deadline_at)
+    if plans:
+        await _start_services(worker, record, plans, sandbox, deadline_at)
+    else:
+        await sandbox.start()
     urls = service_urls(source.ports) if source is not None else {}
     inputs = _json(record.inputs, {})
     base = await _base_variables(worker, record, source)
@@ -121,31 +127,36 @@ async def _staged(worker: WorkerContext, source: TaskSource, task: TaskFiles) ->
     return task_volume.sandbox_mount(volume)
 
 
-async def _start_services(
-    worker: WorkerContext,
-    record: EnvironmentRecord,
-    task: TaskFiles,
-    version: TaskVersion | None,
-    sandbox_id: str,
-    deadline_at: float,
-) -> None:
+def _plans(
+    worker: WorkerContext, task: TaskFiles, version: TaskVersion | None
+) -> list[task_services.ServicePlan]:
     if not isinstance(task.compose, dict):
         raise Unmade("the task's docker-compose.yaml is missing or not a mapping")
     # Services with a `build:` run the image built for this version (worker/task_build.py).
     images = {name: image_tag(version, name) for name in version.build_services} if version else {}
     try:
-        plans = task_services.plans(task.compose, task.files, images=images, settings=worker.settings)
+        return task_services.plans(task.compose, task.files, images=images, settings=worker.settings)
     except task_services.ServiceError as exc:
         raise Unmade(str(exc)) from None
+
+
+async def _start_services(
+    worker: WorkerContext,
+    record: EnvironmentRecord,
+    plans: list[task_services.ServicePlan],
+    sandbox: DockerContainer,
+    deadline_at: float,
+) -> None:
+    """The sandbox's start and the services' creation side by side, then the services' starts."""
     runners = worker.runners
     # The runner's session opens while the services come up (their healthchecks' wait is idle
     # time for the engine), not after `ready`, when it would take from the next provision.
     warm = (lambda: runners.warm(record.id)) if runners is not None else None
     try:
         await pod.start_services(
-            worker.docker, env_id=record.id, sandbox_id=sandbox_id, plans=plans,
+            worker.docker, env_id=record.id, sandbox_id=str(sandbox.id), plans=plans,
             labels=containers.labels_of(record.to_hash(), worker.deployment), deadline_at=deadline_at,
-            on_started=warm, events=worker.events,
+            on_started=warm, events=worker.events, sandbox_started=sandbox.start(),
         )  # fmt: skip
     except pod.PodFailed as failed:
         raise Unmade(str(failed), failed.log_tail) from None
