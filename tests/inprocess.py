@@ -140,9 +140,16 @@ class InProcess:
         return await apikeys.create(self.records, org, workspace)
 
 
+class _FakeSandbox:
+    id = "fake-sandbox"
+
+    async def start(self) -> None:
+        return None
+
+
 def _fake_docker(monkeypatch: pytest.MonkeyPatch, worker: FakeWorker) -> None:
-    async def create_and_start(*_: Any, **__: Any) -> str:
-        return "fake-sandbox"
+    async def create(*_: Any, **__: Any) -> _FakeSandbox:
+        return _FakeSandbox()
 
     async def no_services(*_: Any) -> pod.Removed:
         return pod.Removed(containers=0, volumes=0)
@@ -157,7 +164,7 @@ def _fake_docker(monkeypatch: pytest.MonkeyPatch, worker: FakeWorker) -> None:
         exit_code, output = await worker.command(payload["command"])
         return {"exit_code": exit_code, "output": output}
 
-    monkeypatch.setattr(worker_containers, "create_and_start", create_and_start)
+    monkeypatch.setattr(worker_containers, "create", create)
     monkeypatch.setattr(worker_containers, "remove", remove)
     monkeypatch.setattr(pod, "remove_environment", no_services)
     monkeypatch.setattr(worker_containers, "tail_logs", tail_logs)

@@ -98,19 +98,6 @@ async def create(
     return await docker.containers.create(config, name=container_name(record["id"]))
 
 
-async def create_and_start(
-    docker: aiodocker.Docker,
-    record: Record,
-    spec: TaskSpec,
-    deployment: str,
-    runner_volume: str | None = None,
-    extra_mounts: list[dict[str, Any]] | None = None,
-) -> str:
-    container = await create(docker, record, spec, deployment, runner_volume, extra_mounts)
-    await container.start()
-    return str(container.id)
-
-
 async def remove(docker: aiodocker.Docker, name: str, deployment: str) -> bool:
     """Force-remove; False when there was nothing to remove, or the container of that name is
     another deployment's. When another remover (the reaper, a second DELETE) got there first,
