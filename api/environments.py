@@ -1,8 +1,10 @@
 """The task-environment routes, under /api/v1/org/{org}/ws/{workspace}/environments."""
 
+import asyncio
 import logging
 import time
 import uuid
+from contextlib import suppress
 
 from pydantic import BaseModel, Field
 from starlette.requests import Request
@@ -49,6 +51,19 @@ log = logging.getLogger("taskenv.api")
 
 def json_response(model: BaseModel, status_code: int = 200) -> Response:
     return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
+
+
+# The longest a status request may wait for a provision to end (`?wait_sec=`), and how often it
+# reads the record meanwhile, should a worker's announcement be lost.
+MAX_STATUS_WAIT_SEC = 30.0
+STATUS_RECHECK_SEC = 1.0
+
+
+class StatusQuery(BaseModel):
+    """`wait_sec`: answer once the environment is no longer provisioning (or building), or after
+    this long, whichever comes first; 0 answers at once (a taskenv extension)."""
+
+    wait_sec: float = Field(0.0, ge=0.0, le=MAX_STATUS_WAIT_SEC)
 
 
 class ListQuery(BaseModel):
@@ -147,8 +162,27 @@ async def get_environment(request: Request) -> Response:
 async def get_status(request: Request) -> Response:
     state = app_state(request)
     scope = await require_workspace(state.records, request)
+    query = parse_query(request, StatusQuery)
     record = await record_in(state, scope, request.path_params["env_id"])
+    if query.wait_sec > 0 and record.state == EnvironmentState.PROVISIONING:
+        await _until_settled(state, record.id, query.wait_sec)
+        record = await record_in(state, scope, record.id)
     return json_response(store.to_status(record))
+
+
+async def _until_settled(state: AppState, env_id: str, wait_sec: float) -> None:
+    """Until the environment is no longer provisioning, or `wait_sec` has passed: woken by the
+    worker's announcement (registered before the record is read, so none is missed), and the
+    record read again every `STATUS_RECHECK_SEC` should one be lost."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_sec
+    with state.listener.settled(env_id) as settled:
+        while (left := deadline - loop.time()) > 0:
+            record = await store.load(state.records, env_id)
+            if record is None or record.state != EnvironmentState.PROVISIONING or settled.done():
+                return
+            with suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(settled), min(left, STATUS_RECHECK_SEC))
 
 
 async def delete_environment(request: Request) -> Response:

@@ -20,7 +20,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from taskenv.api.environments import ListQuery
+from taskenv.api.environments import ListQuery, StatusQuery
 from taskenv.api.secret_routes import SecretCreate, SecretUpdate, UserSecret, UserSecretsList
 from taskenv.shared.errors import STATUS, ErrorEnvelope, ExecTimeoutEnvelope
 from taskenv.shared.idempotency import HEADER as IDEMPOTENCY_HEADER
@@ -126,11 +126,12 @@ DOCS: dict[str, Doc] = {
     ),
     "get_environment": Doc("One environment", "environments", Auth.API_KEY, (200, Environment), (404,)),
     "get_status": Doc(
-        "An environment's state (poll it until ready)",
+        "An environment's state (poll it until ready, or wait with `wait_sec`: a taskenv extension)",
         "environments",
         Auth.API_KEY,
         (200, EnvironmentStatus),
         (404,),
+        query=StatusQuery,
     ),
     "delete_environment": Doc(
         "Tear down an environment (idempotent)",

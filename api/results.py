@@ -7,7 +7,8 @@ reconnect all waiters check theirs at once.
 
 The same subscription hears of lost hosts and workers (shared/hosts.py): the requests waiting
 on them answer 502 at once instead of at their deadline, and those watching a host's losses
-(a DELETE, whose teardown may be re-run) hear of each.
+(a DELETE, whose teardown may be re-run) hear of each. It also hears of provisions that ended
+(`keys.SETTLED`), for the status requests waiting for one (`?wait_sec=`).
 """
 
 import asyncio
@@ -40,6 +41,8 @@ class ResultListener:
         self._by_queue: dict[str, set[str]] = {}
         # Host → futures of the requests watching it, set to the kind of its next loss.
         self._watching: dict[str, set[asyncio.Future[LossKind]]] = {}
+        # Environment id → futures of the status requests waiting for its provision to end.
+        self._settling: dict[str, set[asyncio.Future[None]]] = {}
         self._subscribed = asyncio.Event()
         self._recovering: set[asyncio.Task[None]] = set()
 
@@ -80,6 +83,20 @@ class ResultListener:
             if not watching and self._watching.get(host) is watching:
                 del self._watching[host]
 
+    @contextmanager
+    def settled(self, env_id: str) -> Iterator["asyncio.Future[None]"]:
+        """A future set when, within the block, a worker announces that the environment's
+        provision ended (a hint: read the record to know how)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        settling = self._settling.setdefault(env_id, set())
+        settling.add(future)
+        try:
+            yield future
+        finally:
+            settling.discard(future)
+            if not settling and self._settling.get(env_id) is settling:
+                del self._settling[env_id]
+
     async def stored_result(self, job_id: str) -> JobResult | None:
         """arq's stored copy of a result: the fallback when no message arrived."""
         info = await Job(job_id, self.redis, _deserializer=jobs.deserialize).result_info()
@@ -97,7 +114,7 @@ class ResultListener:
         while True:
             try:
                 async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(self.channel, keys.EVENTS)
+                    await pubsub.subscribe(self.channel, keys.EVENTS, keys.SETTLED)
                     if pubsub.connection is not None:
                         # After a short outage redis-py reconnects and resubscribes by itself
                         # (shared/redis.py retries): recover what was published meanwhile.
@@ -110,6 +127,8 @@ class ResultListener:
                             continue
                         if message["channel"] in (keys.EVENTS, keys.EVENTS.encode()):
                             self._loss(message["data"])
+                        elif message["channel"] in (keys.SETTLED, keys.SETTLED.encode()):
+                            self._settled(message["data"])
                         else:
                             self._receive(message["data"])
             except asyncio.CancelledError:
@@ -153,6 +172,12 @@ class ResultListener:
             )
         for job_id in job_ids:
             self._deliver(jobs.failed(job_id, error))
+
+    def _settled(self, data: bytes | str) -> None:
+        env_id = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+        for future in self._settling.get(env_id, ()):
+            if not future.done():
+                future.set_result(None)
 
     def _deliver(self, result: JobResult) -> None:
         future = self._waiting.get(result.get("job_id", ""))

@@ -129,6 +129,9 @@ KNOWN_HOSTS = f"{PREFIX}hosts:known"
 WORKERS = f"{PREFIX}workers"
 # Pub/sub channel on which a host's or a worker's loss is announced to the API processes.
 EVENTS = f"{PREFIX}events"
+# Pub/sub channel on which a worker announces that an environment's provision ended (its id):
+# the status requests waiting for it (`?wait_sec=`) answer at once.
+SETTLED = f"{PREFIX}settled"
 
 
 def host(host_id: str) -> str:

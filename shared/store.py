@@ -168,7 +168,12 @@ async def stalled_provisions(redis: Redis, now: float) -> list[str]:
 
 
 async def provision_ran(redis: Redis, env_id: str) -> None:
-    await redis.zrem(keys.PROVISIONING, env_id)
+    """The provision's job ended (ready, failed, or given up): the reaper stops watching it, and
+    the API processes hear of it, for the status requests that wait for it."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zrem(keys.PROVISIONING, env_id)
+        pipe.publish(keys.SETTLED, env_id)
+        await pipe.execute()
 
 
 async def claim_provision(

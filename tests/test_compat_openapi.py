@@ -300,6 +300,8 @@ def test_every_documented_response_is_what_the_route_returns(stack: Stack) -> No
         probe(operation, 401, env(a), nobody)
         probe(operation, 403, env(a), theirs)
         probe(operation, 404, env(missing), mine)
+    probe("get_status", 200, env(a), mine, params={"wait_sec": 1})
+    probe("get_status", 422, env(a), mine, params={"wait_sec": 31})
     probe("delete_environment", 401, env(a), nobody)
     probe("delete_environment", 403, env(a), theirs)
     probe("delete_environment", 404, env(missing), mine)

@@ -35,6 +35,23 @@ async def test_provision_answers_at_once_then_becomes_ready(client, service):
     assert (await client.delete(url)).status_code == 204
 
 
+@pytest.mark.parametrize(("task_ref", "settled"), [("default", "ready"), ("broken", "failed")])
+async def test_a_status_request_with_wait_sec_answers_when_the_provision_ends(
+    client, service, task_ref, settled
+):
+    response = await client.post(service.envs_url(), json={"task_ref": task_ref})
+    url = f"{service.envs_url()}/{response.json()['id']}"
+    # One request, sent while the sandbox is still being made: its answer is the end state.
+    waited = await client.get(f"{url}/status", params={"wait_sec": 30})
+    assert waited.status_code == 200 and waited.json()["state"] == settled, waited.json()
+    # On a settled environment it answers at once, as without it.
+    assert (await client.get(f"{url}/status", params={"wait_sec": 30})).json()["state"] == settled
+    for bad in ("-1", "31", "soon"):
+        refused = await client.get(f"{url}/status", params={"wait_sec": bad})
+        assert refused.status_code == 422 and refused.json()["type"] == "validation_error"
+    await client.delete(url)
+
+
 async def test_teardown_removes_the_container(client, service, env):
     assert container_exists(env.id)
     assert (await client.delete(env.url)).status_code == 204
