@@ -20,6 +20,8 @@ from taskenv.shared.user_agents import USER_AGENT
 READY_TIMEOUT_SEC = 120.0
 # Still on its way to `ready`: `building` is a pushed task's provision waiting for its images.
 PENDING_STATES = frozenset({"provisioning", "building"})
+# How long one status request may wait for the provision to end (the API's `wait_sec`).
+STATUS_WAIT_SEC = "10"
 CONNECT_TIMEOUT_SEC = 30.0
 # Below uvicorn's 5-s keep-alive: the client drops an idle connection before the server can
 # close it under a request being sent (a POST on it would fail, not be retried).
@@ -120,10 +122,15 @@ async def create(
 
 
 async def wait_ready(session: aiohttp.ClientSession, url: str, env_id: str, poll_sec: float) -> None:
-    """Poll the status until `ready`; the poll interval is the resolution of provision latency."""
+    """Ask for the status until `ready`, each request waiting for the provision to end
+    (`?wait_sec=`: answered at once when it does, so no polling interval blurs the latency, and
+    no stream of requests takes CPU from the containers being made); `poll_sec` between asks
+    only when an answer comes back still pending."""
     async with asyncio.timeout(READY_TIMEOUT_SEC):
         while True:
-            answer = await call(session, "GET", f"{url}/{env_id}/status")
+            answer = await call(
+                session, "GET", f"{url}/{env_id}/status", params={"wait_sec": STATUS_WAIT_SEC}
+            )
             if answer.status != 200:
                 raise Failure(str(answer.status), answer.text[:200])
             status = answer.json()

@@ -17,9 +17,11 @@ from taskenv.bench import api_side, raw_side, task_side
 from taskenv.bench.config import BenchConfig
 from taskenv.bench.ledger import Ledger, release
 from taskenv.bench.progress import Tracker
+from taskenv.bench.raw_side import LABEL_BENCH
 from taskenv.bench.results import Results
 from taskenv.bench.rounds import Side, interleave
 from taskenv.bench.stats import Sample
+from taskenv.worker.container_events import ContainerEvents
 
 
 async def remove_raw(docker: aiodocker.Docker, name: str) -> None:
@@ -44,9 +46,11 @@ async def run(
     ledger = results.ledger
     made: list[api_side.Env] = []
     raw = partial(raw_side.timed_provision, docker, raw_side.default_spec(), ledger)
+    events = ContainerEvents(docker, f"{LABEL_BENCH}=true")
     if task_side.is_pushed(config.task_ref):
         pod = await _warm_up(config, tracker, session, docker, url, ledger)
-        raw = partial(task_side.timed_provision, docker, pod, ledger, config.poll_sec)
+        events.start()
+        raw = partial(task_side.timed_provision, docker, pod, ledger, config.poll_sec, events)
     pool = set(ledger.envs)
 
     async def through_taskenv(_: int) -> Sample:
@@ -76,7 +80,10 @@ async def run(
         ),
         Side(through_engine, results.provision_raw, tracker.phase("provision raw", count), release_raw),
     )
-    await interleave(sides, count, config.rounds, config.provision_concurrency)
+    try:
+        await interleave(sides, count, config.rounds, config.provision_concurrency)
+    finally:
+        await events.close()
 
 
 async def _warm_up(

@@ -249,7 +249,7 @@ def render(figures: Figures, console: Console) -> None:
             f"provision: {config['provisions']} per side at"
             f" {_concurrency(config['provision_concurrency'], config['provisions'], config['rounds'])},"
             f" interleaved in {_rounds(figures.provision)}"
-            f" (taskenv: POST to status ready, polled every {config['poll_sec'] * 1000:g} ms)"
+            " (taskenv: POST to status ready, waited for with ?wait_sec)"
         )
         console.print(pair_table(title, figures.provision, "provision"))
     if figures.hold and (figures.hold.requests or figures.api_rss):

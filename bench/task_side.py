@@ -17,6 +17,7 @@ import asyncio
 import json
 import time
 import uuid
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from taskenv.shared.task_refs import TaskRef
 from taskenv.shared.task_validation import COMPOSE_FILES
 from taskenv.shared.tasks import TaskSpec
 from taskenv.worker import pod, runner_link
+from taskenv.worker.container_events import ContainerEvents
 from taskenv.worker.containers import LABEL_ENV, LABEL_SERVICE, container_config
 from taskenv.worker.runner_volume import RUNNER_DIR
 from taskenv.worker.task_volume import TASK_DIR, sandbox_mount
@@ -119,20 +121,30 @@ def new_name() -> str:
     return f"{POD_PREFIX}{uuid.uuid4().hex}"
 
 
-async def timed_provision(docker: aiodocker.Docker, task: TaskPod, ledger: Ledger, poll_sec: float) -> Sample:
+async def timed_provision(
+    docker: aiodocker.Docker,
+    task: TaskPod,
+    ledger: Ledger,
+    poll_sec: float,
+    events: ContainerEvents | None = None,
+) -> Sample:
     """Sandbox, volumes, services, until every service is up; the name is in the ledger first."""
     name = new_name()
     ledger.add_raw(name)
     started = time.perf_counter()
     try:
         async with asyncio.timeout(READY_TIMEOUT_SEC):
-            await guarded(ledger, make(docker, task, name, poll_sec))
+            await guarded(ledger, make(docker, task, name, poll_sec, events))
     except Exception as exc:
         return Sample(started, time.perf_counter(), error_name(exc))
     return Sample(started, time.perf_counter())
 
 
-async def make(docker: aiodocker.Docker, task: TaskPod, name: str, poll_sec: float) -> None:
+async def make(
+    docker: aiodocker.Docker, task: TaskPod, name: str, poll_sec: float, events: ContainerEvents | None = None
+) -> None:
+    """`events` (the engine's, for the bench's containers) wakes the waits, as taskenv's
+    worker is woken; without it they read the state every `poll_sec`."""
     labels = {LABEL_BENCH: "true", LABEL_POD: name}
     record = {"id": name, "host": "bench", "org": "bench", "workspace": "bench"}
     mounts = [sandbox_mount(task.task_volume)]
@@ -147,9 +159,9 @@ async def make(docker: aiodocker.Docker, task: TaskPod, name: str, poll_sec: flo
     by_name = {plan.name: plan for plan in task.plans}
     for batch in task_services.start_order(task.plans):
         needs = {(dep, cond) for service in batch for dep, cond in by_name[service].depends_on.items()}
-        await asyncio.gather(*(_wait(docker, name, dep, cond, poll_sec) for dep, cond in needs))
+        await asyncio.gather(*(_wait(docker, name, dep, cond, poll_sec, events) for dep, cond in needs))
         await asyncio.gather(*(_start(docker, name, str(sandbox.id), by_name[s], labels) for s in batch))
-    await asyncio.gather(*(_wait(docker, name, plan.name, None, poll_sec) for plan in task.plans))
+    await asyncio.gather(*(_wait(docker, name, plan.name, None, poll_sec, events) for plan in task.plans))
 
 
 async def _start(
@@ -166,16 +178,22 @@ async def _start(
 
 async def _wait(
     docker: aiodocker.Docker, name: str, service: str, condition: task_services.DependsCondition | None,
-    poll_sec: float,
+    poll_sec: float, events: ContainerEvents | None,
 ) -> None:  # fmt: skip
-    container = docker.containers.container(pod.service_container(name, service))
-    while True:
-        outcome = pod.judge((await container.show()).get("State") or {}, condition)
-        if outcome is True:
-            return
-        if isinstance(outcome, pod.PodFailure):
-            raise NotMeasurable(f"service {service!r} {outcome}")
-        await asyncio.sleep(poll_sec)
+    container_name = pod.service_container(name, service)
+    container = docker.containers.container(container_name)
+    with events.watching(container_name) if events else nullcontext(asyncio.Event()) as changed:
+        while True:
+            changed.clear()
+            outcome = pod.judge((await container.show()).get("State") or {}, condition)
+            if outcome is True:
+                return
+            if isinstance(outcome, pod.PodFailure):
+                raise NotMeasurable(f"service {service!r} {outcome}")
+            with suppress(TimeoutError):
+                await asyncio.wait_for(
+                    changed.wait(), pod.WAIT_POLL_SEC if events and events.live else poll_sec
+                )
 
 
 def _link_id(name: str) -> str:

@@ -170,4 +170,4 @@ def test_the_report_says_how_it_interleaved_and_what_concurrency_blocks_allowed(
     text = " ".join(console.export_text().split())  # titles wrap at the table width
     assert "2 per side at concurrency 1 over 4 environments, interleaved in 2 rounds" in text
     assert "4 per side at concurrency 2 (the block size; 10 asked), interleaved in 2 rounds" in text
-    assert "polled every 10 ms" in text
+    assert "waited for with ?wait_sec" in text

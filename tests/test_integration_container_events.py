@@ -18,7 +18,7 @@ from taskenv.shared.store import container_name
 from taskenv.shared.task_archive import TaskFiles
 from taskenv.shared.task_services import plans
 from taskenv.worker import pod
-from taskenv.worker.container_events import ContainerEvents
+from taskenv.worker.container_events import ContainerEvents, of_deployment
 from taskenv.worker.containers import LABEL_DEPLOYMENT, LABEL_ENV, LABEL_HOST, LABEL_MANAGED
 from tests.helpers import until
 
@@ -34,7 +34,7 @@ def labels(env_id: str, deployment: str = DEPLOYMENT) -> dict[str, str]:
 
 @pytest.fixture
 async def events(docker: aiodocker.Docker) -> AsyncIterator[ContainerEvents]:
-    watcher = ContainerEvents(docker, DEPLOYMENT)
+    watcher = ContainerEvents(docker, of_deployment(DEPLOYMENT))
     watcher.start()
     await until(lambda: watcher.live, "the event stream open", timeout=10)
     try:
@@ -137,7 +137,7 @@ async def test_without_a_live_stream_the_wait_reads_the_state_on_the_short_timer
 ) -> None:
     """A stream that is not open (the engine restarting) must not leave a wait on the slow timer."""
     monkeypatch.setattr(pod, "WAIT_POLL_SEC", 60.0)
-    closed = ContainerEvents(docker, DEPLOYMENT)  # never started: not live
+    closed = ContainerEvents(docker, of_deployment(DEPLOYMENT))  # never started: not live
     compose = {
         "services": {
             "web": {

@@ -42,7 +42,7 @@ from taskenv.shared.redis import arq_client, records_client
 from taskenv.shared.settings import Settings
 from taskenv.worker import context, docker, job_functions, reaper, runner_sessions, verify
 from taskenv.worker.command_env import CommandEnvironments
-from taskenv.worker.container_events import ContainerEvents
+from taskenv.worker.container_events import ContainerEvents, of_deployment
 from taskenv.worker.context import JobAnswer, WorkerContext
 
 log = logging.getLogger("taskenv.worker")
@@ -327,7 +327,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         variables=CommandEnvironments(records, sealer),
     )  # fmt: skip
     context.install(ctx, worker)
-    worker.events = ContainerEvents(worker.docker, joined)
+    worker.events = ContainerEvents(worker.docker, of_deployment(joined))
     worker.events.start()
     await reaper.reap_with(worker)
     worker.runners = await runner_sessions.start_for_host(settings, worker.docker, joined)

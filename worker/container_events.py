@@ -27,12 +27,16 @@ WATCHED = ("start", "die", "oom", "health_status")
 RECONNECT_SEC = 1.0
 
 
+def of_deployment(deployment: str) -> str:
+    """The label filter for one deployment's containers."""
+    return f"{LABEL_DEPLOYMENT}={deployment}"
+
+
 class ContainerEvents:
-    def __init__(self, docker: aiodocker.Docker, deployment: str) -> None:
+    def __init__(self, docker: aiodocker.Docker, label: str) -> None:
+        """Events of the containers carrying `label` (`key=value`)."""
         self._docker = docker
-        self._filters = json.dumps(
-            {"type": ["container"], "label": [f"{LABEL_DEPLOYMENT}={deployment}"], "event": list(WATCHED)}
-        )
+        self._filters = json.dumps({"type": ["container"], "label": [label], "event": list(WATCHED)})
         self._watchers: dict[str, set[asyncio.Event]] = {}
         self._stream: DockerEvents | None = None
         self._task: asyncio.Task[None] | None = None
