@@ -124,7 +124,7 @@ def test_run_job_reads_a_job_as_the_carried_read_answers_it() -> None:
         "async with self.pool.pipeline(transaction=True) as pipe:",
         "pipe.get(job_key_prefix + job_id)",
         "pipe.incr(retry_key_prefix + job_id)",
-        "pipe.expire(retry_key_prefix + job_id, 88400)",
+        f"pipe.expire(retry_key_prefix + job_id, {arq_worker.ARQ_TRY_COUNT_TTL_SEC})",
         "v, job_try, _ = await pipe.execute()",
     )
     at = [source.index(line) for line in read]

@@ -49,6 +49,9 @@ log = logging.getLogger("taskenv.worker")
 
 # Job ids taken off a wake list in one round trip at most: a burst's share for this worker.
 WAKE_BATCH = 64
+# The EXPIRE arq's `run_job` sets on a job's try count (a literal in arq 0.28:
+# tests/test_unit_arq_contract.py holds it).
+ARQ_TRY_COUNT_TTL_SEC = 88400
 # The one key of the workers' shared ctx before `startup` builds the typed context from it.
 _SETTINGS = "settings"
 # The wake whose record answers arq's read of its job: set around the start of that job's task
@@ -86,7 +89,7 @@ class _CarriedRead:
         return self
 
     def expire(self, name: str, time: int) -> "_CarriedRead":
-        self._queued.append(("expire", name) if time == 88400 else ("expire other", name))
+        self._queued.append(("expire", name) if time == ARQ_TRY_COUNT_TTL_SEC else ("expire other", name))
         self._pipe.expire(name, time)
         return self
 
