@@ -3,13 +3,18 @@ validation, the error envelope, the states' 404/403/409, Idempotency-Key, and a 
 answer, against fakeredis and a fake worker. The same through real processes and sandboxes:
 tests/test_integration_*.py."""
 
+import asyncio
 import uuid
+from collections import Counter
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.helpers import Env
+from taskenv.api import environments as api_environments
+from taskenv.shared import store
+from taskenv.shared.models import EnvironmentState
+from tests.helpers import Env, until_true
 from tests.inprocess import InProcess, in_process, provisioned
 
 
@@ -147,3 +152,74 @@ async def test_a_job_that_fails_in_the_worker_is_an_envelope_not_a_hang(stack, e
     stack.worker.command = broken
     answer = envelope(await execute(stack, env, {"command": "true", "timeout_sec": 5}), 500, "app_error")
     assert "bug" not in answer["detail"]  # the worker's internals are not told to the client
+
+
+async def _waited_status(stack: InProcess, key: str, env_id: str, wait_sec: float) -> dict[str, Any]:
+    url = f"{stack.envs_url()}/{env_id}/status"
+    answer = await stack.http.get(url, params={"wait_sec": wait_sec}, headers={"X-API-Key": key})
+    assert answer.status_code == 200, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+async def _created(stack: InProcess, key: str) -> str:
+    answer = await stack.http.post(stack.envs_url(), json={"task_ref": "default"}, headers={"X-API-Key": key})
+    assert answer.status_code == 201, answer.text
+    return str(answer.json()["id"])
+
+
+def _async(check: Any) -> Any:
+    async def checked() -> bool:
+        return bool(check())
+
+    return checked
+
+
+async def test_a_status_wait_answers_when_the_worker_announces_the_provision_ended(
+    stack, key, loads, monkeypatch
+):
+    """The announcement alone ends the wait: the record's re-reads are set an hour apart."""
+    monkeypatch.setattr(api_environments, "STATUS_RECHECK_SEC", 3600.0)
+    stack.worker.paused = True
+    env_id = await _created(stack, key)
+    waiting = asyncio.create_task(_waited_status(stack, key, env_id, 20))
+    # The route's read, then the wait's first (after it registered for the announcement).
+    await until_true(_async(lambda: loads[env_id] >= 2), "the status request waiting")
+    stack.worker.paused = False
+    async with asyncio.timeout(10):
+        assert (await waiting)["state"] == "ready"
+
+
+async def test_a_status_wait_sees_a_provision_end_whose_announcement_was_lost(stack, key, loads, monkeypatch):
+    monkeypatch.setattr(api_environments, "STATUS_RECHECK_SEC", 0.05)
+    stack.worker.paused = True
+    env_id = await _created(stack, key)
+    waiting = asyncio.create_task(_waited_status(stack, key, env_id, 20))
+    # The route's read, then the wait's first (after it registered for the announcement).
+    await until_true(_async(lambda: loads[env_id] >= 2), "the status request waiting")
+    # Ready without the worker's announcement: only the request's own re-read can see it.
+    assert await store.set_if_state(
+        stack.records, env_id, EnvironmentState.PROVISIONING, state=EnvironmentState.READY
+    )
+    async with asyncio.timeout(10):
+        assert (await waiting)["state"] == "ready"
+
+
+async def test_a_status_wait_answers_the_current_state_at_its_end(stack, key):
+    stack.worker.paused = True
+    env_id = await _created(stack, key)
+    assert (await _waited_status(stack, key, env_id, 0.2))["state"] == "provisioning"
+
+
+@pytest.fixture
+def loads(monkeypatch) -> Counter[str]:
+    """Reads of each environment's record (the route's, then its wait's)."""
+    counted: Counter[str] = Counter()
+    load = store.load
+
+    async def counting(redis: Any, env_id: str) -> Any:
+        counted[env_id] += 1
+        return await load(redis, env_id)
+
+    monkeypatch.setattr(store, "load", counting)
+    return counted
