@@ -16,7 +16,8 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
+from typing import TypeVar
 
 from arq.connections import ArqRedis
 from arq.jobs import Job
@@ -27,6 +28,7 @@ from taskenv.shared.jobs import JobResult
 from taskenv.shared.scripts import LossKind
 
 log = logging.getLogger("taskenv.api")
+_T = TypeVar("_T")
 
 
 class ResultListener:
@@ -70,32 +72,14 @@ class ResultListener:
                 if not on_queue and self._by_queue.get(queue) is on_queue:
                     del self._by_queue[queue]
 
-    @contextmanager
-    def losses(self, host: str) -> Iterator["asyncio.Future[LossKind]"]:
+    def losses(self, host: str) -> AbstractContextManager["asyncio.Future[LossKind]"]:
         """A future set when, within the block, `host` or any of its worker processes is lost."""
-        future: asyncio.Future[LossKind] = asyncio.get_running_loop().create_future()
-        watching = self._watching.setdefault(host, set())
-        watching.add(future)
-        try:
-            yield future
-        finally:
-            watching.discard(future)
-            if not watching and self._watching.get(host) is watching:
-                del self._watching[host]
+        return _registered(self._watching, host)
 
-    @contextmanager
-    def settled(self, env_id: str) -> Iterator["asyncio.Future[None]"]:
+    def settled(self, env_id: str) -> AbstractContextManager["asyncio.Future[None]"]:
         """A future set when, within the block, a worker announces that the environment's
         provision ended (a hint: read the record to know how)."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        settling = self._settling.setdefault(env_id, set())
-        settling.add(future)
-        try:
-            yield future
-        finally:
-            settling.discard(future)
-            if not settling and self._settling.get(env_id) is settling:
-                del self._settling[env_id]
+        return _registered(self._settling, env_id)
 
     async def stored_result(self, job_id: str) -> JobResult | None:
         """arq's stored copy of a result: the fallback when no message arrived."""
@@ -195,6 +179,20 @@ class ResultListener:
                 result = await self.stored_result(job_id)
                 if result is not None:
                     self._deliver(result)
+
+
+@contextmanager
+def _registered(registry: dict[str, set["asyncio.Future[_T]"]], key: str) -> Iterator["asyncio.Future[_T]"]:
+    """A new future in `registry` under `key` for the block's length."""
+    future: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+    members = registry.setdefault(key, set())
+    members.add(future)
+    try:
+        yield future
+    finally:
+        members.discard(future)
+        if not members and registry.get(key) is members:
+            del registry[key]
 
 
 def _lost(detail: str) -> TaskenvError:

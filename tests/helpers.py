@@ -2,8 +2,9 @@
 ready, execute, and poll a condition with a deadline (never a fixed sleep)."""
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,3 +111,28 @@ def commands_in_flight(redis_url: str, env_id: str) -> int:
         return int(client.zcard(keys.env_commands(env_id)))
     finally:
         client.close()
+
+
+@contextlib.asynccontextmanager
+async def pod_sandbox(
+    docker: Any, env_id: str, labels: dict[str, str], deployment: str
+) -> AsyncIterator[str]:
+    """A running sandbox named as `env_id`'s, for tests of its services (worker/pod.py); it and
+    every service and volume of the environment removed after."""
+    from taskenv.shared.store import container_name
+    from taskenv.worker import pod
+
+    config: dict[str, Any] = {
+        "Image": "taskenv/default:1",
+        "Cmd": ["sleep", "600"],
+        "Labels": labels,
+        # No `NetworkDisabled`: with it the engine leaves /etc/hosts empty and `localhost` (the
+        # services' address) resolves nowhere; `NetworkMode: none` alone gives loopback only.
+        "HostConfig": {"NetworkMode": "none", "CapDrop": ["ALL"], "SecurityOpt": ["no-new-privileges"]},
+    }
+    sandbox = await docker.containers.run(config, name=container_name(env_id))
+    try:
+        yield env_id
+    finally:
+        await pod.remove_environment(docker, env_id, deployment)
+        await sandbox.delete(force=True)

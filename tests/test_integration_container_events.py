@@ -20,7 +20,7 @@ from taskenv.shared.task_services import plans
 from taskenv.worker import pod
 from taskenv.worker.container_events import ContainerEvents, of_deployment
 from taskenv.worker.containers import LABEL_DEPLOYMENT, LABEL_ENV, LABEL_HOST, LABEL_MANAGED
-from tests.helpers import until
+from tests.helpers import pod_sandbox, until
 
 pytestmark = pytest.mark.integration
 
@@ -46,18 +46,28 @@ async def events(docker: aiodocker.Docker) -> AsyncIterator[ContainerEvents]:
 @pytest.fixture
 async def env_id(docker: aiodocker.Docker) -> AsyncIterator[str]:
     value = f"test-events-{secrets.token_hex(6)}"
-    config: dict[str, Any] = {
-        "Image": IMAGE,
-        "Cmd": ["sleep", "600"],
-        "Labels": labels(value),
-        "HostConfig": {"NetworkMode": "none", "CapDrop": ["ALL"], "SecurityOpt": ["no-new-privileges"]},
-    }
-    sandbox = await docker.containers.run(config, name=container_name(value))
-    try:
+    async with pod_sandbox(docker, value, labels(value), DEPLOYMENT):
         yield value
-    finally:
-        await pod.remove_environment(docker, value, DEPLOYMENT)
-        await sandbox.delete(force=True)
+
+
+async def start_web(docker: aiodocker.Docker, env_id: str, events: ContainerEvents) -> None:
+    """A service whose healthcheck passes from its first probe, 0.3 s after its start: its
+    wait needs a second read of its state, which the slow timer (set to 60 s) cannot give."""
+    compose = {
+        "services": {
+            "web": {
+                "image": IMAGE,
+                "command": "sleep 600",
+                "healthcheck": {"test": ["CMD", "true"], "interval": "300ms", "retries": 5},
+            }
+        }
+    }
+    service_plans = plans(compose, TaskFiles(), images={}, settings=Settings())
+    async with asyncio.timeout(20):
+        await pod.start_services(
+            docker, env_id=env_id, sandbox_id=container_name(env_id), plans=service_plans,
+            labels=labels(env_id), deadline_at=time.time() + 30, events=events,
+        )  # fmt: skip
 
 
 async def changed_within(changed: asyncio.Event, seconds: float) -> bool:
@@ -113,21 +123,7 @@ async def test_a_pods_wait_ends_when_the_engine_says_healthy(
     docker: aiodocker.Docker, events: ContainerEvents, env_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(pod, "WAIT_POLL_SEC", 60.0)
-    compose = {
-        "services": {
-            "web": {
-                "image": IMAGE,
-                "command": "httpd -f -p 8080",
-                "healthcheck": {"test": ["CMD", "true"], "interval": "300ms", "retries": 5},
-            }
-        }
-    }
-    service_plans = plans(compose, TaskFiles(), images={}, settings=Settings())
-    async with asyncio.timeout(20):
-        await pod.start_services(
-            docker, env_id=env_id, sandbox_id=container_name(env_id), plans=service_plans,
-            labels=labels(env_id), deadline_at=time.time() + 30, events=events,
-        )  # fmt: skip
+    await start_web(docker, env_id, events)
     state = (await docker.containers.container(pod.service_container(env_id, "web")).show())["State"]
     assert state["Health"]["Status"] == "healthy"
 
@@ -138,18 +134,4 @@ async def test_without_a_live_stream_the_wait_reads_the_state_on_the_short_timer
     """A stream that is not open (the engine restarting) must not leave a wait on the slow timer."""
     monkeypatch.setattr(pod, "WAIT_POLL_SEC", 60.0)
     closed = ContainerEvents(docker, of_deployment(DEPLOYMENT))  # never started: not live
-    compose = {
-        "services": {
-            "web": {
-                "image": IMAGE,
-                "command": "sleep 600",
-                "healthcheck": {"test": ["CMD", "true"], "interval": "300ms", "retries": 5},
-            }
-        }
-    }
-    service_plans = plans(compose, TaskFiles(), images={}, settings=Settings())
-    async with asyncio.timeout(20):
-        await pod.start_services(
-            docker, env_id=env_id, sandbox_id=container_name(env_id), plans=service_plans,
-            labels=labels(env_id), deadline_at=time.time() + 30, events=closed,
-        )  # fmt: skip
+    await start_web(docker, env_id, closed)

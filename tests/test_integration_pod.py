@@ -8,7 +8,6 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiodocker
 import pytest
@@ -20,6 +19,7 @@ from taskenv.shared.task_archive import TaskFiles
 from taskenv.shared.task_services import DependsCondition, ServicePlan, plans
 from taskenv.worker import pod
 from taskenv.worker.containers import LABEL_DEPLOYMENT, LABEL_ENV, LABEL_HOST, LABEL_MANAGED
+from tests.helpers import pod_sandbox
 
 pytestmark = pytest.mark.integration
 
@@ -36,20 +36,8 @@ FILES = TaskFiles(
 async def env_id(docker: aiodocker.Docker) -> AsyncIterator[str]:
     """An environment of this test's own, whose sandbox runs; everything of it removed after."""
     value = f"test-pod-{secrets.token_hex(6)}"
-    config: dict[str, Any] = {
-        "Image": IMAGE,
-        "Cmd": ["sleep", "600"],
-        "Labels": labels(value),
-        # No `NetworkDisabled`: with it the engine leaves /etc/hosts empty and `localhost` (the
-        # services' address) resolves nowhere; `NetworkMode: none` alone gives loopback only.
-        "HostConfig": {"NetworkMode": "none", "CapDrop": ["ALL"], "SecurityOpt": ["no-new-privileges"]},
-    }
-    sandbox = await docker.containers.run(config, name=container_name(value))
-    try:
+    async with pod_sandbox(docker, value, labels(value), DEPLOYMENT):
         yield value
-    finally:
-        await pod.remove_environment(docker, value, DEPLOYMENT)
-        await sandbox.delete(force=True)
 
 
 def labels(env_id: str, deployment: str = DEPLOYMENT) -> dict[str, str]:
