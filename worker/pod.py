@@ -41,6 +41,7 @@ from aiodocker.volumes import DockerVolume
 
 from taskenv.shared.store import container_name
 from taskenv.shared.task_services import DependsCondition, ServicePlan, TaskMount, start_order
+from taskenv.worker import never_started
 from taskenv.worker.container_events import ContainerEvents
 from taskenv.worker.containers import LABEL_DEPLOYMENT, LABEL_ENV, LABEL_HOST, LABEL_MANAGED, LABEL_SERVICE
 
@@ -211,16 +212,8 @@ class _Pod:
         started, and removed."""
         volume = bind_volume_name(self.env_id, bind.source)
         await self.create_volume(volume, f"task:{bind.source or '.'}")
-        config: dict[str, Any] = {
-            "Image": image,
-            "Cmd": ["/never-started"],
-            "Labels": self.labels,
-            "NetworkDisabled": True,
-            "HostConfig": {
-                "NetworkMode": "none",
-                "Mounts": [{"Type": "volume", "Source": volume, "Target": _FILL_DIR}],
-            },
-        }
+        mount = {"Type": "volume", "Source": volume, "Target": _FILL_DIR}
+        config = never_started.config(image, [mount], self.labels)
         name = f"{container_name(self.env_id)}-fill-{secrets.token_hex(4)}"
         filler = await self.docker.containers.create(config, name=name)
         try:

@@ -28,6 +28,7 @@ import aiodocker
 from aiodocker.execs import Exec
 
 from taskenv.shared.settings import RunnerTransportKind
+from taskenv.worker import never_started
 
 LINK_MOUNT = "/.taskenv-link"
 # Only directories named as environment ids are ever made or removed in the link dir.
@@ -110,15 +111,9 @@ async def why_not_shared(docker: aiodocker.Docker, link_dir: Path, image: str) -
     probe = link_dir / f".probe-{secrets.token_hex(8)}"
     probe.touch(mode=0o600)
     try:
-        config: dict[str, Any] = {
-            "Image": image,
-            "Cmd": ["/never-started"],
-            "NetworkDisabled": True,
-            "HostConfig": {
-                "NetworkMode": "none",
-                "Mounts": [{"Type": "bind", "Source": str(probe), "Target": "/probe", "ReadOnly": True}],
-            },
-        }
+        config = never_started.config(
+            image, [{"Type": "bind", "Source": str(probe), "Target": "/probe", "ReadOnly": True}]
+        )
         try:
             container = await docker.containers.create(
                 config, name=f"taskenv-link-probe-{secrets.token_hex(6)}"

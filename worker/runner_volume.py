@@ -16,6 +16,7 @@ from typing import Any
 
 import aiodocker
 
+from taskenv.worker import never_started
 from taskenv.worker.docker import read_only_volume
 
 RUNNER_DIR = "/.taskenv"
@@ -61,15 +62,7 @@ async def install(docker: aiodocker.Docker, binary: bytes, image: str) -> str:
 
 async def _fill(docker: aiodocker.Docker, volume: str, binary: bytes, image: str) -> None:
     """Copy the binary in through a container that is created, never started, and removed."""
-    config: dict[str, Any] = {
-        "Image": image,
-        "Cmd": ["/never-started"],
-        "NetworkDisabled": True,
-        "HostConfig": {
-            "NetworkMode": "none",
-            "Mounts": [{"Type": "volume", "Source": volume, "Target": RUNNER_DIR}],
-        },
-    }
+    config = never_started.config(image, [{"Type": "volume", "Source": volume, "Target": RUNNER_DIR}])
     filler = await docker.containers.create(config, name=f"taskenv-runner-fill-{secrets.token_hex(6)}")
     try:
         await filler.put_archive(RUNNER_DIR, _archive(binary))  # type: ignore[no-untyped-call]

@@ -31,6 +31,7 @@ import aiodocker
 from taskenv.shared import task_yaml
 from taskenv.shared.task_archive import TaskFiles, normalise
 from taskenv.shared.task_validation import TASK_YAML
+from taskenv.worker import never_started
 from taskenv.worker.containers import LABEL_DEPLOYMENT, LABEL_MANAGED
 from taskenv.worker.docker import read_only_volume
 
@@ -149,22 +150,9 @@ async def _elect(
 ) -> aiodocker.containers.DockerContainer | None:
     """The filler container if this worker made it (the volume created with it), else None."""
     await docker.volumes.create({"Name": volume, "Labels": labels})  # type: ignore[no-untyped-call]
-    config: dict[str, Any] = {
-        "Image": image,
-        "Cmd": ["/never-started"],
-        "NetworkDisabled": True,
-        "HostConfig": {
-            "NetworkMode": "none",
-            "Mounts": [
-                {
-                    "Type": "volume",
-                    "Source": volume,
-                    "Target": f"{_FILL_PARENT}/{_FILL_ROOT}",
-                    "VolumeOptions": {"NoCopy": True},
-                }
-            ],
-        },
-    }
+    target = f"{_FILL_PARENT}/{_FILL_ROOT}"
+    mount = {"Type": "volume", "Source": volume, "Target": target, "VolumeOptions": {"NoCopy": True}}
+    config = never_started.config(image, [mount])
     try:
         return await docker.containers.create(config, name=_filler_name(volume))
     except aiodocker.DockerError as exc:
