@@ -61,6 +61,18 @@ async def rooted(http: httpx.AsyncClient, stack: Stack) -> AsyncIterator[Env]:
     await http.delete(ready.url)
 
 
+async def test_a_default_sandbox_starts_its_own_runner_and_needs_no_exec(http, stack, docker):
+    """The built-in keep-alive starts the runner, which connects as the container starts: the
+    session opens without a `docker exec` (RunnerPool.boot), and the container's log is as ever."""
+    env = await provision(http, stack)
+    assert (await run(http, env, "echo ok")).json() == {"exit_code": 0, "output": "ok\n"}
+    info = await docker.containers.container(container_name(env.id)).show()
+    assert not info.get("ExecIDs"), info.get("ExecIDs")
+    assert "--connect" in " ".join(info["Config"]["Cmd"])
+    assert (await http.get(f"{env.url}/logs")).json() == {"logs": "taskenv sandbox ready\n"}
+    await http.delete(env.url)
+
+
 async def test_the_link_dir_is_read_only_and_empty_even_for_root(http, stack, rooted):
     attacks = "touch /.taskenv-link/x; ln -s /var/run/docker.sock /.taskenv-link/s-x; mkdir /.taskenv-link/d"
     answer = (await run(http, rooted, f"{attacks}; ls -A /.taskenv-link; echo rc=$?")).json()

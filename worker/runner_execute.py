@@ -101,8 +101,13 @@ async def _kill_from_outside(docker: aiodocker.Docker, session: RunnerSession, j
 
 
 async def _kill_runner_tree(session: RunnerSession) -> int:
-    if not isinstance(session.transport, ExecStreamTransport | SocketTransport):
+    transport = session.transport
+    if isinstance(transport, SocketTransport) and transport.exe is None:
+        # The runner its sandbox started: its pid as the kernel gave it at its connection.
+        pid, container_id = transport.pid, transport.container_id
+        return await asyncio.to_thread(kill_tree, pid, container_id) if pid and container_id else 0
+    if not isinstance(transport, ExecStreamTransport | SocketTransport) or transport.exe is None:
         return 0
-    info = await session.transport.exe.inspect()
+    info = await transport.exe.inspect()
     pid, container_id = int(info.get("Pid") or 0), str(info.get("ContainerID", ""))
     return await asyncio.to_thread(kill_tree, pid, container_id) if pid and info.get("Running") else 0

@@ -19,6 +19,7 @@ import secrets
 import shutil
 import socket
 import stat
+import struct
 import time
 from contextlib import suppress
 from pathlib import Path
@@ -29,6 +30,7 @@ from aiodocker.execs import Exec
 
 from taskenv.shared.settings import RunnerTransportKind
 from taskenv.worker import never_started
+from taskenv.worker.runner_volume import RUNNER_PATH
 
 LINK_MOUNT = "/.taskenv-link"
 # Only directories named as environment ids are ever made or removed in the link dir.
@@ -148,15 +150,17 @@ class Listener:
     def sandbox_path(self) -> str:
         return f"{LINK_MOUNT}/{self.name}"
 
-    async def accept(self, exe: Exec) -> socket.socket:
-        """The runner's connection; RunnerGone if its exec ends first. Unbounded: the caller
-        bounds it."""
+    async def accept(self, exe: Exec | None) -> socket.socket:
+        """The runner's connection; RunnerGone if its exec ends first (`exe` None: a runner the
+        sandbox started itself). Unbounded: the caller bounds it."""
         accepting = asyncio.ensure_future(asyncio.get_running_loop().sock_accept(self._sock))
         try:
             while True:
                 done, _ = await asyncio.wait({accepting}, timeout=EXEC_POLL_SEC)
                 if done:
                     return accepting.result()[0]
+                if exe is None:
+                    continue
                 info = await exe.inspect()
                 if not info.get("Running") and info.get("ExitCode") is not None:
                     raise RunnerGone(f"the runner exited with code {info['ExitCode']} before connecting")
@@ -169,23 +173,44 @@ class Listener:
             self.path.unlink()
 
 
+def keep_alive_with_runner(listener: Listener) -> list[str]:
+    """The built-in sandbox's keep-alive (shared/tasks.py KEEP_ALIVE), which also starts the
+    runner, as root, to connect to `listener` as the container starts: the session opens with
+    no `docker exec` at all. When that session ends (its worker gone) the runner exits and the
+    keep-alive stays; later sessions are opened with an exec as for any sandbox. The runner's
+    own words go nowhere: the container's log stays the sandbox's."""
+    runner = f"{RUNNER_PATH} --connect {listener.sandbox_path} </dev/null 2>/dev/null &"
+    return ["/bin/sh", "-c", f"echo taskenv sandbox ready; {runner} exec sleep 2147483647"]
+
+
+def peer_pid(connection: socket.socket) -> int:
+    """The pid, in this process's namespace, of the process that connected (0: not visible)."""
+    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", credentials)[0])
+
+
 class RunnerGone(Exception):
     """The runner's exec ended before it connected."""
 
 
 class SocketTransport:
     """The runner's frames over its unix socket. The exec is kept: its host pid is how a runner
-    that stopped answering is killed from outside."""
+    that stopped answering is killed from outside (None for the runner a sandbox started
+    itself: its user's processes are swept instead)."""
 
     kind = RunnerTransportKind.SOCKET
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, exe: Exec) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, exe: Exec | None) -> None:
         self.exe = exe
+        # Without an exec: the runner's host pid (as the kernel reports the socket's peer; 0 when
+        # this process does not see the host's pids) and its container, to kill it from outside.
+        self.pid = 0
+        self.container_id = ""
         self._reader = reader
         self._writer = writer
 
     @classmethod
-    async def over(cls, connection: socket.socket, exe: Exec) -> "SocketTransport":
+    async def over(cls, connection: socket.socket, exe: Exec | None) -> "SocketTransport":
         reader, writer = await asyncio.open_unix_connection(sock=connection, limit=READ_CHUNK)
         return cls(reader, writer, exe)
 

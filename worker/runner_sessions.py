@@ -31,7 +31,7 @@ from aiodocker.execs import Exec
 
 from taskenv.shared.settings import ExecBackend, RunnerTransportKind, Settings
 from taskenv.shared.store import container_name
-from taskenv.shared.tasks import DEFAULT_IMAGE
+from taskenv.shared.tasks import DEFAULT_IMAGE, KEEP_ALIVE, TaskSpec
 from taskenv.worker import runner_link
 from taskenv.worker.containers import managed_on_host
 from taskenv.worker.runner_client import RunnerLost, RunnerSession
@@ -242,6 +242,53 @@ class RunnerPool:
         except (OSError, ValueError) as exc:
             log.warning("no runner link dir for %s (%s): its runner uses the exec transport", env_id, exc)
             return []
+
+    def boot(self, env_id: str, spec: TaskSpec) -> Listener | None:
+        """For a sandbox of the built-in image that runs the built-in keep-alive, with the socket
+        transport: the socket its runner will connect to as the container starts (bound before
+        the container exists; the spec's command is then `runner_link.keep_alive_with_runner`).
+        None otherwise: another image's user may not be root, and a task's own command is the
+        task's; those open their session with an exec."""
+        if self.link_dir is None or spec.image != DEFAULT_IMAGE or spec.command != KEEP_ALIVE:
+            return None
+        if not runner_link.is_linked(self.link_dir, env_id):
+            return None
+        try:
+            return Listener(self.link_dir, env_id)
+        except OSError as exc:
+            log.info("no boot socket for %s (%s): its session opens with an exec", env_id, exc)
+            return None
+
+    def adopt(self, env_id: str, listener: Listener, container_id: str) -> None:
+        """Take the session of the runner the sandbox started (`boot`), in the background, under
+        the environment's lock (a command or a warm-up meanwhile waits for it rather than
+        opening a second); if it does not come, the next one opens with an exec."""
+        task = asyncio.create_task(self._adopt(env_id, listener, container_id))
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
+
+    async def _adopt(self, env_id: str, listener: Listener, container_id: str) -> None:
+        async with self._locks.setdefault(env_id, asyncio.Lock()):
+            found = self._sessions.get(env_id)
+            if found is not None and found.alive:
+                listener.close()
+                return
+            try:
+                async with asyncio.timeout(HELLO_TIMEOUT_SEC):
+                    connection = await listener.accept(None)
+                transport = await SocketTransport.over(connection, None)
+                transport.pid, transport.container_id = runner_link.peer_pid(connection), container_id
+                session = RunnerSession(transport)
+                await session.open(HELLO_TIMEOUT_SEC)
+            except Exception as exc:  # the sandbox's own process: anything it does is said, not raised
+                log.info(
+                    "the runner %s's sandbox started did not connect (%s): an exec opens it", env_id, exc
+                )
+                return
+            finally:
+                listener.close()
+            session.on_lost = self._forget
+            self._sessions[env_id] = session
 
     def warm(self, *env_ids: str) -> None:
         """Open these sessions in the background, a few at a time (after a provision; at a

@@ -40,6 +40,7 @@ from taskenv.shared.task_variables import (
 from taskenv.shared.tasks import TaskScript, TaskSource, TaskSpec
 from taskenv.worker import containers, pod, sandbox_run, task_volume
 from taskenv.worker.context import WorkerContext
+from taskenv.worker.runner_link import keep_alive_with_runner
 from taskenv.worker.task_build import image_tag
 from taskenv.worker.task_files import TaskFiles, Unreadable
 
@@ -80,16 +81,26 @@ async def make(
     plans = (
         _plans(worker, task, version) if source is not None and task is not None and source.services else []
     )
+    boot = None
     if worker.runners is not None:
         mounts += worker.runners.link_mounts(record.id)
-    sandbox = await containers.create(
-        worker.docker, record.to_hash(), spec, worker.deployment,
-        worker.runners.volume if worker.runners else None, extra_mounts=mounts,
-    )  # fmt: skip
-    if plans:
-        await _start_services(worker, record, plans, sandbox, deadline_at)
-    else:
-        await sandbox.start()
+        boot = worker.runners.boot(record.id, spec)
+    try:
+        sandbox = await containers.create(
+            worker.docker, record.to_hash(),
+            spec.model_copy(update={"command": keep_alive_with_runner(boot)}) if boot else spec,
+            worker.deployment, worker.runners.volume if worker.runners else None, extra_mounts=mounts,
+        )  # fmt: skip
+        if plans:
+            await _start_services(worker, record, plans, sandbox, deadline_at, warm=boot is None)
+        else:
+            await sandbox.start()
+    except BaseException:
+        if boot is not None:
+            boot.close()
+        raise
+    if boot is not None and worker.runners is not None:
+        worker.runners.adopt(record.id, boot, str(sandbox.id))
     urls = service_urls(source.ports) if source is not None else {}
     inputs = _json(record.inputs, {})
     base = await _base_variables(worker, record, source)
@@ -146,17 +157,20 @@ async def _start_services(
     plans: list[task_services.ServicePlan],
     sandbox: DockerContainer,
     deadline_at: float,
+    *,
+    warm: bool,
 ) -> None:
     """The sandbox's start and the services' creation side by side, then the services' starts."""
     runners = worker.runners
     # The runner's session opens while the services come up (their healthchecks' wait is idle
-    # time for the engine), not after `ready`, when it would take from the next provision.
-    warm = (lambda: runners.warm(record.id)) if runners is not None else None
+    # time for the engine), not after `ready`, when it would take from the next provision;
+    # not at all (`warm` False) when the sandbox's runner connects by itself (`RunnerPool.boot`).
+    on_started = (lambda: runners.warm(record.id)) if runners is not None and warm else None
     try:
         await pod.start_services(
             worker.docker, env_id=record.id, sandbox_id=str(sandbox.id), plans=plans,
             labels=containers.labels_of(record.to_hash(), worker.deployment), deadline_at=deadline_at,
-            on_started=warm, events=worker.events, sandbox_started=sandbox.start(),
+            on_started=on_started, events=worker.events, sandbox_started=sandbox.start(),
         )  # fmt: skip
     except pod.PodFailed as failed:
         raise Unmade(str(failed), failed.log_tail) from None
