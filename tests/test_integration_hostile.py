@@ -72,7 +72,11 @@ async def test_fork_bomb_is_contained_by_the_pids_limit(client, env):
     # every process it made with it.
     response = await run(client, env, "awk 'BEGIN { while (1) system(\"sleep 1000 &\") }'", timeout_sec=3)
     assert response.status_code == 504, response.text
-    assert "sleep 1000" not in await output_of(client, env, "ps -o args")
+
+    async def gone() -> bool:  # killed: gone once the sandbox's init has reaped them
+        return "sleep 1000" not in await output_of(client, env, "ps -o args")
+
+    await until_true(gone, "the forker's processes gone", timeout=10)
     await assert_usable(client, env)
 
 
