@@ -153,14 +153,14 @@ class Listener:
     async def accept(self, exe: Exec | None) -> socket.socket:
         """The runner's connection; RunnerGone if its exec ends first (`exe` None: a runner the
         sandbox started itself). Unbounded: the caller bounds it."""
+        if exe is None:
+            return (await asyncio.get_running_loop().sock_accept(self._sock))[0]
         accepting = asyncio.ensure_future(asyncio.get_running_loop().sock_accept(self._sock))
         try:
             while True:
                 done, _ = await asyncio.wait({accepting}, timeout=EXEC_POLL_SEC)
                 if done:
                     return accepting.result()[0]
-                if exe is None:
-                    continue
                 info = await exe.inspect()
                 if not info.get("Running") and info.get("ExitCode") is not None:
                     raise RunnerGone(f"the runner exited with code {info['ExitCode']} before connecting")
@@ -200,19 +200,31 @@ class SocketTransport:
 
     kind = RunnerTransportKind.SOCKET
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, exe: Exec | None) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        exe: Exec | None,
+        pid: int = 0,
+        container_id: str = "",
+    ) -> None:
         self.exe = exe
-        # Without an exec: the runner's host pid (as the kernel reports the socket's peer; 0 when
-        # this process does not see the host's pids) and its container, to kill it from outside.
-        self.pid = 0
-        self.container_id = ""
+        # Without an exec: the runner's host pid (0 when this process does not see the host's
+        # pids) and its container, to kill it from outside.
+        self.pid = pid
+        self.container_id = container_id
         self._reader = reader
         self._writer = writer
 
     @classmethod
-    async def over(cls, connection: socket.socket, exe: Exec | None) -> "SocketTransport":
+    async def over(
+        cls, connection: socket.socket, exe: Exec | None, container_id: str = ""
+    ) -> "SocketTransport":
+        """Over `connection`; without `exe` (a runner its sandbox started), the runner's pid is the
+        socket's peer as the kernel reports it, in `container_id`."""
+        pid = peer_pid(connection) if exe is None else 0
         reader, writer = await asyncio.open_unix_connection(sock=connection, limit=READ_CHUNK)
-        return cls(reader, writer, exe)
+        return cls(reader, writer, exe, pid, container_id)
 
     async def read(self) -> bytes | None:
         return await self._reader.read(READ_CHUNK) or None

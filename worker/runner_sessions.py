@@ -276,9 +276,7 @@ class RunnerPool:
             try:
                 async with asyncio.timeout(HELLO_TIMEOUT_SEC):
                     connection = await listener.accept(None)
-                transport = await SocketTransport.over(connection, None)
-                transport.pid, transport.container_id = runner_link.peer_pid(connection), container_id
-                session = RunnerSession(transport)
+                session = RunnerSession(await SocketTransport.over(connection, None, container_id))
                 await session.open(HELLO_TIMEOUT_SEC)
             except Exception as exc:  # the sandbox's own process: anything it does is said, not raised
                 log.info(
