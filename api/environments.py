@@ -165,24 +165,27 @@ async def get_status(request: Request) -> Response:
     query = parse_query(request, StatusQuery)
     record = await record_in(state, scope, request.path_params["env_id"])
     if query.wait_sec > 0 and record.state == EnvironmentState.PROVISIONING:
-        await _until_settled(state, record.id, query.wait_sec)
-        record = await record_in(state, scope, record.id)
+        record = await _until_settled(state, record, query.wait_sec)
     return json_response(store.to_status(record))
 
 
-async def _until_settled(state: AppState, env_id: str, wait_sec: float) -> None:
-    """Until the environment is no longer provisioning, or `wait_sec` has passed: woken by the
-    worker's announcement (registered before the record is read, so none is missed), and the
-    record read again every `STATUS_RECHECK_SEC` should one be lost."""
+async def _until_settled(state: AppState, record: EnvironmentRecord, wait_sec: float) -> EnvironmentRecord:
+    """The record once the environment is no longer provisioning, or as it is after `wait_sec`:
+    woken by the worker's announcement (registered before the record is read, so none is
+    missed), and read again every `STATUS_RECHECK_SEC` should one be lost."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_sec
-    with state.listener.settled(env_id) as settled:
+    with state.listener.settled(record.id) as settled:
         while (left := deadline - loop.time()) > 0:
-            record = await store.load(state.records, env_id)
-            if record is None or record.state != EnvironmentState.PROVISIONING or settled.done():
-                return
+            fresh = await store.load(state.records, record.id)
+            if fresh is None:
+                raise environment_not_found(record.id)
+            record = fresh
+            if record.state != EnvironmentState.PROVISIONING or settled.done():
+                break
             with suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(settled), min(left, STATUS_RECHECK_SEC))
+    return record
 
 
 async def delete_environment(request: Request) -> Response:
