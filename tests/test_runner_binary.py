@@ -301,10 +301,10 @@ async def test_a_bad_start_is_refused_without_ending_the_session(workdir):
     assert await process.wait() == 0
 
 
-async def test_closing_the_session_kills_what_it_runs(workdir):
+async def closing_kills_what_it_runs(
+    process: asyncio.subprocess.Process, session: RunnerSession, workdir
+) -> None:
     tag = secrets.randbelow(10**6) + 10**6
-    process = await spawn()
-    session = RunnerSession(ProcessTransport(process))
     await session.open(within_sec=5)
     running = asyncio.create_task(run(session, f"sleep {tag} & sleep {tag}", workdir))
     async with asyncio.timeout(5):
@@ -315,22 +315,16 @@ async def test_closing_the_session_kills_what_it_runs(workdir):
     assert await process.wait() == 0
     with pytest.raises(Exception, match="closed by the worker"):
         await running
+
+
+async def test_closing_the_session_kills_what_it_runs(workdir):
+    process = await spawn()
+    await closing_kills_what_it_runs(process, RunnerSession(ProcessTransport(process)), workdir)
 
 
 async def test_closing_the_socket_kills_what_it_runs(workdir, short_dir):
-    tag = secrets.randbelow(10**6) + 10**6
     process, transport = await spawn_connected(short_dir)
-    session = RunnerSession(transport)
-    await session.open(within_sec=5)
-    running = asyncio.create_task(run(session, f"sleep {tag} & sleep {tag}", workdir))
-    async with asyncio.timeout(5):
-        while len([c for c in processes_of(UID) if f"sleep {tag}" in c]) < 2:
-            await asyncio.sleep(0.01)
-    await session.close()
-    assert await until_gone(f"sleep {tag}") == []
-    assert await process.wait() == 0
-    with pytest.raises(Exception, match="closed by the worker"):
-        await running
+    await closing_kills_what_it_runs(process, RunnerSession(transport), workdir)
 
 
 @pytest.mark.parametrize(

@@ -58,10 +58,11 @@ async def prepare(
     await extend_stalled_deadline(records, env_id, budget)
     version = await task_store.get_version(blobs, source.org, source.name, source.version)
 
-    flagged: list[bool] = []
+    flagged = False
 
     async def building() -> None:
-        flagged.append(True)
+        nonlocal flagged
+        flagged = True
         await store.set_if_state(records, env_id, EnvironmentState.PROVISIONING, **{BUILDING_FIELD: "1"})
 
     try:
