@@ -111,12 +111,28 @@ def _healthy(run) -> bool:
     return states == ["healthy"] * 3
 
 
+def _health_report(run) -> str:
+    """Each service's health log and last log lines: what a failed wait shows."""
+    report = []
+    for service in ("redis", "api", "worker"):
+        ids = run("ps", "-q", service).stdout.split()
+        health = subprocess.run(
+            ["docker", "inspect", "--format", "{{json .State.Health}}", *ids], capture_output=True, text=True
+        ).stdout
+        logs = run("logs", "--no-color", "--tail", "30", service).stdout
+        report.append(f"--- {service}: {health[-3000:]}\n{logs[-3000:]}")
+    return "\n".join(report)
+
+
 def test_compose_runs_as_documented(compose):
     run, base, host = compose
     assert run("run", "--rm", "worker", "image", "build").returncode == 0
     started = run("up", "-d")
     assert started.returncode == 0, started.stderr
-    eventually(lambda: _healthy(run), "every service healthy", timeout=120)
+    try:
+        eventually(lambda: _healthy(run), "every service healthy", timeout=120)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{_health_report(run)}") from None
     users = subprocess.run(
         ["docker", "inspect", "--format", "{{.Config.User}}", *run("ps", "-q", "api").stdout.split()],
         capture_output=True, text=True,
