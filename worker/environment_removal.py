@@ -50,7 +50,8 @@ async def _run_teardown_script(worker: WorkerContext, env_id: str) -> None:
         worker, env_id, f"{sandbox_run.TASK_DIR}/{step.script}", timeout_sec=float(step.timeout),
         env=variables, user=spec.user,
     )  # fmt: skip
-    log.info("teardown script of %s: %s", env_id, result.outcome, extra={"env_id": env_id})
+    why = f" ({result.detail})" if result.detail else ""
+    log.info("teardown script of %s: %s%s", env_id, result.outcome, why, extra={"env_id": env_id})
     outcome = result.model_dump_json(include={"outcome", "exit_code"})
     # Only while the record is as it was read: a record expired or removed meanwhile is not
     # brought back as a fragment.
