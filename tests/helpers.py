@@ -70,13 +70,15 @@ async def execute(client: httpx.AsyncClient, env: Env, command: str, timeout_sec
     )
 
 
-def eventually(check: Callable[[], object], what: str, timeout: float = 30) -> float:
+def eventually(
+    check: Callable[[], object], what: str, timeout: float = 30, poll_sec: float = POLL_SEC
+) -> float:
     """Seconds until `check()` is true; fails the test past `timeout`."""
     started = time.monotonic()
     while not check():
         if time.monotonic() - started > timeout:
             raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(POLL_SEC)
+        time.sleep(poll_sec)
     return time.monotonic() - started
 
 
