@@ -9,6 +9,7 @@ own lines. A child that dies is started again, at most `MAX_RESTARTS` times per
 """
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import signal
@@ -298,4 +299,7 @@ def _run(*, workers: int, port: int | None, org: str, workspace: str) -> int:
     finally:
         for child in (api_child, *worker_children, redis_child):
             child.stop()
+        # Emptied by the workers as their environments went; one still running keeps it.
+        with contextlib.suppress(OSError):
+            Path(env["TASKENV_RUNNER_LINK_DIR"]).rmdir()
         log.close()

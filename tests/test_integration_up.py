@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from taskenv.cli.up import runner_link_dir
 from tests.harness import free_port
 from tests.helpers import eventually
 
@@ -96,6 +97,7 @@ def test_up_runs_everything_and_stops_cleanly(tmp_path):
         _stop(up)
     assert not (tmp_path / "redis.sock").exists()  # its Redis stopped too
     assert (tmp_path / "appendonlydir").is_dir()  # with persistence on
+    assert not runner_link_dir(tmp_path).exists()  # no environment left: its link dir went too
     # A second start of the same home makes no new key: it says how to make one.
     again = _start(env)
     try:
