@@ -192,7 +192,7 @@ Try it:
   ENV=$(curl -s -X POST {envs} -H "X-API-Key: $TASKENV_KEY" \\
         -H 'Content-Type: application/json' -d '{{"task_ref": "default"}}')
   ID=$(echo "$ENV" | {field_of} id); TOKEN=$(echo "$ENV" | {field_of} execute_token)
-  sleep 1
+  curl -s "{envs}/$ID/status?wait_sec=10" -H "X-API-Key: $TASKENV_KEY"; echo
   curl -s -X POST {envs}/$ID/execute -H "X-Environment-Token: Bearer $TOKEN" \\
        -H 'Content-Type: application/json' -d '{{"command": "echo hello; uname -sm", "timeout_sec": 10}}'
   curl -s -X DELETE {envs}/$ID -H "X-API-Key: $TASKENV_KEY"
