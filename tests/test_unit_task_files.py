@@ -2,6 +2,7 @@
 store once per archive digest, then kept; the solution and the compose document parsed with it;
 the kept ones bounded by bytes; a missing, corrupt or unparsable archive a clear `Unreadable`."""
 
+import asyncio
 import gzip
 import io
 import tarfile
@@ -60,6 +61,25 @@ async def test_an_archive_is_read_once_with_its_solution_and_compose(redis: Coun
     assert first.solution == "scripts/solve.sh"
     assert first.compose == {"services": {"web": {"image": "busybox"}}}
     assert first.files.files["scripts/solve.sh"] == b"true\n"
+
+
+async def test_provisions_that_miss_at_once_share_one_read(redis: CountingRedis) -> None:
+    await put(redis, "sha256:g", archive({"task.yaml": TASK_YAML, "docker-compose.yaml": COMPOSE}))
+    cache = TaskFilesCache()
+    reads = await asyncio.gather(*(cache.get(redis, source("sha256:g"), 1 << 20) for _ in range(20)))
+    assert CountingRedis.gets == 1
+    assert all(read is reads[0] for read in reads)
+
+
+async def test_a_cancelled_provision_does_not_cancel_the_read_others_wait_for(redis: CountingRedis) -> None:
+    await put(redis, "sha256:h", archive({"task.yaml": TASK_YAML}))
+    cache = TaskFilesCache()
+    first = asyncio.create_task(cache.get(redis, source("sha256:h"), 1 << 20))
+    second = asyncio.create_task(cache.get(redis, source("sha256:h"), 1 << 20))
+    await asyncio.sleep(0)  # both are waiting on the one read
+    first.cancel()
+    assert (await second).solution == "scripts/solve.sh"
+    assert CountingRedis.gets == 1
 
 
 async def test_without_a_compose_file_or_solution_the_defaults(redis: CountingRedis) -> None:

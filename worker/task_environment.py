@@ -42,7 +42,7 @@ from taskenv.worker import containers, pod, sandbox_run, task_volume
 from taskenv.worker.context import WorkerContext
 from taskenv.worker.runner_link import keep_alive_with_runner
 from taskenv.worker.task_build import image_tag
-from taskenv.worker.task_files import TaskFiles, Unreadable
+from taskenv.worker.task_files import ParsedTask, Unreadable
 
 TASK_DIR = task_volume.TASK_DIR
 # The tail of a failed script's output kept in the environment's error.
@@ -120,14 +120,14 @@ async def make(
     return Made(fields=fields, variables=variables)
 
 
-async def _task_files(worker: WorkerContext, blobs: Redis, source: TaskSource) -> TaskFiles:
+async def _task_files(worker: WorkerContext, blobs: Redis, source: TaskSource) -> ParsedTask:
     try:
         return await worker.task_files.get(blobs, source, worker.settings.max_task_bytes)
     except Unreadable as exc:
         raise Unmade(str(exc)) from None
 
 
-async def _staged(worker: WorkerContext, source: TaskSource, task: TaskFiles) -> dict[str, Any]:
+async def _staged(worker: WorkerContext, source: TaskSource, task: ParsedTask) -> dict[str, Any]:
     try:
         volume = await task_volume.ensure_staged(
             worker.docker, source.oci_digest, task.files, deployment=worker.deployment,
@@ -139,7 +139,7 @@ async def _staged(worker: WorkerContext, source: TaskSource, task: TaskFiles) ->
 
 
 def _plans(
-    worker: WorkerContext, task: TaskFiles, version: TaskVersion | None
+    worker: WorkerContext, task: ParsedTask, version: TaskVersion | None
 ) -> list[task_services.ServicePlan]:
     if not isinstance(task.compose, dict):
         raise Unmade("the task's docker-compose.yaml is missing or not a mapping")

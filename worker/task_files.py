@@ -1,5 +1,7 @@
 """A pushed task's files as a worker reads them for its environments: fetched from the store
 and parsed (the archive, task.yaml's solution, the compose file) once per archive, then kept.
+Provisions that need an archive not kept yet, at once (twenty environments of a new task), share
+one read of it rather than each holding a copy.
 
 An archive is named by its digest and never changes, so what was read from it never goes
 stale; the kept ones are bounded by their files' bytes (least recently used dropped first), so a
@@ -26,7 +28,7 @@ class Unreadable(Exception):
 
 
 @dataclass(frozen=True)
-class TaskFiles:
+class ParsedTask:
     files: task_archive.TaskFiles
     # The solution script task.yaml names: never staged for the agent.
     solution: str
@@ -40,18 +42,35 @@ class TaskFiles:
 
 class TaskFilesCache:
     def __init__(self, max_bytes: int = CACHE_BYTES) -> None:
-        self._kept: LRUCache[str, TaskFiles] = LRUCache(max_bytes, getsizeof=lambda read: max(read.size, 1))
+        self._kept: LRUCache[str, ParsedTask] = LRUCache(max_bytes, getsizeof=lambda read: max(read.size, 1))
+        # Digest -> its read under way; gone once it ends.
+        self._reading: dict[str, asyncio.Task[ParsedTask]] = {}
 
-    async def get(self, blobs: Redis, source: TaskSource, max_task_bytes: int) -> TaskFiles:
-        kept = self._kept.get(source.oci_digest)
-        if kept is None:
-            kept = await _read(blobs, source, max_task_bytes)
-            if kept.size <= self._kept.maxsize:
-                self._kept[source.oci_digest] = kept
-        return kept
+    async def get(self, blobs: Redis, source: TaskSource, max_task_bytes: int) -> ParsedTask:
+        digest = source.oci_digest
+        if (kept := self._kept.get(digest)) is not None:
+            return kept
+        reading = self._reading.get(digest)
+        if reading is None:
+            reading = asyncio.create_task(self._read_and_keep(blobs, source, max_task_bytes))
+            self._reading[digest] = reading
+            reading.add_done_callback(lambda done: self._read_ended(digest, done))
+        # Shielded: a provision cancelled meanwhile does not cancel the read the others wait for.
+        return await asyncio.shield(reading)
+
+    def _read_ended(self, digest: str, done: "asyncio.Task[ParsedTask]") -> None:
+        self._reading.pop(digest, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: its waiters, if any are left, raise it themselves
+
+    async def _read_and_keep(self, blobs: Redis, source: TaskSource, max_task_bytes: int) -> ParsedTask:
+        read = await _read(blobs, source, max_task_bytes)
+        if read.size <= self._kept.maxsize:
+            self._kept[source.oci_digest] = read
+        return read
 
 
-async def _read(blobs: Redis, source: TaskSource, max_task_bytes: int) -> TaskFiles:
+async def _read(blobs: Redis, source: TaskSource, max_task_bytes: int) -> ParsedTask:
     blob = await task_store.get_blob(blobs, source.org, source.oci_digest)
     if blob is None:
         raise Unreadable(f"task {source.org}/{source.name}@{source.version} is no longer stored")
@@ -61,11 +80,11 @@ async def _read(blobs: Redis, source: TaskSource, max_task_bytes: int) -> TaskFi
         raise Unreadable(f"task archive unreadable: {exc}") from None
 
 
-def _parse(blob: bytes, max_task_bytes: int) -> TaskFiles:
+def _parse(blob: bytes, max_task_bytes: int) -> ParsedTask:
     files = task_archive.read(blob, max_task_bytes)
     compose_name = next((name for name in COMPOSE_FILES if name in files.files), None)
     compose = task_yaml.load(files.text(compose_name) or "") if compose_name else None
-    return TaskFiles(files, _solution_of(files), compose)
+    return ParsedTask(files, _solution_of(files), compose)
 
 
 def _solution_of(files: task_archive.TaskFiles) -> str:
