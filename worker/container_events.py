@@ -90,8 +90,9 @@ class ContainerEvents:
 
 
 async def _stopped(stream: DockerEvents) -> None:
-    """The stream's reader ended (the engine restarting, a broken connection): said, not raised."""
+    """The stream's reader ended (the engine restarting, a broken connection, a reply it could
+    not parse): said, not raised, so the follower reconnects rather than end for good."""
     try:
         await stream.stop()  # type: ignore[no-untyped-call]
-    except (TimeoutError, aiodocker.DockerError, OSError, ValueError) as exc:
-        log.info("the engine's event stream ended (%s): reconnecting", exc)
+    except Exception as exc:
+        log.info("the engine's event stream ended (%s: %s): reconnecting", type(exc).__name__, exc)

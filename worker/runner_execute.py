@@ -101,13 +101,16 @@ async def _kill_from_outside(docker: aiodocker.Docker, session: RunnerSession, j
 
 
 async def _kill_runner_tree(session: RunnerSession) -> int:
-    transport = session.transport
+    pid, container_id = await _runner_pid(session.transport)
+    return await asyncio.to_thread(kill_tree, pid, container_id) if pid and container_id else 0
+
+
+async def _runner_pid(transport: object) -> tuple[int, str]:
+    """The runner's host pid and its container ((0, "") when unknown or no longer running)."""
     if isinstance(transport, SocketTransport) and transport.exe is None:
         # The runner its sandbox started: its pid as the kernel gave it at its connection.
-        pid, container_id = transport.pid, transport.container_id
-        return await asyncio.to_thread(kill_tree, pid, container_id) if pid and container_id else 0
+        return transport.pid, transport.container_id
     if not isinstance(transport, ExecStreamTransport | SocketTransport) or transport.exe is None:
-        return 0
+        return 0, ""
     info = await transport.exe.inspect()
-    pid, container_id = int(info.get("Pid") or 0), str(info.get("ContainerID", ""))
-    return await asyncio.to_thread(kill_tree, pid, container_id) if pid and info.get("Running") else 0
+    return (int(info.get("Pid") or 0), str(info.get("ContainerID", ""))) if info.get("Running") else (0, "")
