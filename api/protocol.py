@@ -18,6 +18,11 @@ a request task) for ever. Here:
 - the body must arrive whole within `body_timeout_sec` of the request's start; else 408 (in the
   envelope) if nothing was answered yet, and the connection is closed. The application, waiting
   for the rest of the body, is told the client is gone.
+
+An answer of its own ends the connection gracefully: the answer, then the end of the stream,
+while what the client still sends is read and dropped for up to `LINGER_SEC`. A socket closed
+with bytes unread sends a reset instead, which can reach a client still sending (a head dripped
+a byte at a time) before it has read the answer, and asyncio's reader then loses the answer.
 """
 
 import asyncio
@@ -32,6 +37,8 @@ from taskenv.shared.settings import Settings
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout"}
 # A head timer this late means the event loop, not the client, is behind.
 LOOP_LAG_SEC = 0.5
+# How long a connection answered by the protocol itself reads and drops what still comes.
+LINGER_SEC = 2.0
 
 
 class EnvelopeHttpToolsProtocol(HttpToolsProtocol):
@@ -43,6 +50,7 @@ class EnvelopeHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_due = 0.0
         self._body_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
         # Between two requests (or before the first): the next bytes start a request head.
         self._awaiting_head = True
 
@@ -51,13 +59,15 @@ class EnvelopeHttpToolsProtocol(HttpToolsProtocol):
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._head_timer, self._body_timer):
+        for timer in (self._head_timer, self._body_timer, self._linger_timer):
             if timer is not None:
                 timer.cancel()
-        self._head_timer = self._body_timer = None
+        self._head_timer = self._body_timer = self._linger_timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._linger_timer is not None:
+            return  # answered and closing: dropped
         # After an idle keep-alive wait, the first byte of the next request starts its clock
         # (uvicorn has just cancelled its keep-alive timer).
         if self._awaiting_head and self._head_timer is None:
@@ -140,7 +150,14 @@ class EnvelopeHttpToolsProtocol(HttpToolsProtocol):
             b"connection: close\r\n\r\n",
         ]
         self.transport.write(b"".join(head) + body)
-        self.transport.close()
+        self._close_after_answer()
+
+    def _close_after_answer(self) -> None:
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self._linger_timer = self.loop.call_later(LINGER_SEC, self.transport.close)
 
 
 def envelope_protocol(settings: Settings) -> type[EnvelopeHttpToolsProtocol]:

@@ -230,6 +230,23 @@ async def test_connections_that_send_no_complete_head_in_time_get_408_and_are_cl
         assert HEADER_TIMEOUT_SEC - 0.05 <= ended < HEADER_TIMEOUT_SEC + 2, (what, ended)
 
 
+async def test_a_client_still_sending_after_its_408_reads_the_whole_answer(front):
+    # Bytes that arrive after the answer are read and dropped: a socket closed with them unread
+    # would send a reset, and asyncio's reader would lose the rest of the 408 it had received.
+    reader, writer = await asyncio.open_connection("127.0.0.1", front.port)
+    try:
+        writer.write(b"GET /api/v1/health HTTP/1.1\r\nX-Pad: ")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEADER_TIMEOUT_SEC + 5)
+        for _ in range(10):
+            writer.write(b"a")
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        status, body = _parse(head + await asyncio.wait_for(reader.read(), 5))
+        assert status == 408 and body["type"] == "request_timeout_error", body
+    finally:
+        writer.close()
+
+
 async def test_a_body_that_does_not_arrive_in_time_is_408_and_slow_answers_are_not_cut(front, http):
     path = (
         front.envs_url("slow").removeprefix(front.base_url) + "/00000000-0000-0000-0000-000000000000/execute"
