@@ -86,6 +86,7 @@ def api(
         port=port or settings.api_port,
         loop="uvloop",
         http=envelope_protocol(settings),
+        timeout_keep_alive=settings.keep_alive_sec,
         log_level=log_level,
         log_config=None,  # uvicorn's own lines go through ours (JSON)
         access_log=False,

@@ -146,10 +146,14 @@ class Settings(BaseSettings):
     org_max_running_commands: int = Field(500, ge=0)
     workspace_max_running_commands: int = Field(500, ge=0)
     # A connection that sends no complete request head within this many seconds is answered 408
-    # and closed; a request body not received whole within its own bound, 408 too. (Idle
-    # keep-alive connections are closed after uvicorn's own 5 s.)
+    # and closed; a request body not received whole within its own bound, 408 too.
     header_timeout_sec: float = Field(10.0, gt=0)
     body_timeout_sec: float = Field(30.0, gt=0)
+    # An idle keep-alive connection is closed after this long: longer than clients keep theirs
+    # (httpx, and so Dreadnode's SDK: 5 s; load balancers: 60 s), so that the client closes
+    # first. A server closing a connection as the client sends on it fails that request, and a
+    # POST is not retried.
+    keep_alive_sec: int = Field(65, ge=1)
     # Retry-After (s) of a 429 for an environment at its command limit or a full queue.
     busy_retry_after_sec: int = Field(1, ge=1)
     # How long an execute's Idempotency-Key is remembered, with the first answer (never less

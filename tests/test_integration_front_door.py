@@ -23,6 +23,8 @@ pytestmark = pytest.mark.integration
 TIMEOUT = httpx.Timeout(30, connect=5)
 HEADER_TIMEOUT_SEC = 1
 BODY_TIMEOUT_SEC = 2
+# Past httpx's own 5 s, as the default is (65 s): the client closes an idle connection first.
+KEEP_ALIVE_SEC = 7
 
 
 def assert_envelope(response: httpx.Response, status: int, error_type: str) -> dict[str, Any]:
@@ -42,6 +44,7 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         {
             "TASKENV_HEADER_TIMEOUT_SEC": str(HEADER_TIMEOUT_SEC),
             "TASKENV_BODY_TIMEOUT_SEC": str(BODY_TIMEOUT_SEC),
+            "TASKENV_KEEP_ALIVE_SEC": str(KEEP_ALIVE_SEC),
             "TASKENV_HOST_MAX_ENVIRONMENTS": "3",
             "TASKENV_ORG_MAX_ENVIRONMENTS": "2",
             "TASKENV_WORKSPACE_MAX_ENVIRONMENTS": "1",
@@ -228,6 +231,20 @@ async def test_connections_that_send_no_complete_head_in_time_get_408_and_are_cl
         assert status == 408 and body["type"] == "request_timeout_error", (what, received)
         # asyncio may fire a timer up to its clock resolution early: a few ms of slack below.
         assert HEADER_TIMEOUT_SEC - 0.05 <= ended < HEADER_TIMEOUT_SEC + 2, (what, ended)
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_operators_bound(front):
+    reader, writer = await asyncio.open_connection("127.0.0.1", front.port)
+    try:
+        writer.write(b"GET /api/v1/health HTTP/1.1\r\nHost: t\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200")
+        answered = time.monotonic()
+        await asyncio.wait_for(reader.read(), KEEP_ALIVE_SEC + 10)  # the body, then the server's close
+        idle = time.monotonic() - answered
+        assert KEEP_ALIVE_SEC - 0.5 <= idle < KEEP_ALIVE_SEC + 2, idle
+    finally:
+        writer.close()
 
 
 async def test_a_client_still_sending_after_its_408_reads_the_whole_answer(front):
