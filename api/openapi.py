@@ -21,7 +21,6 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from taskenv.api.environments import ListQuery, StatusQuery
-from taskenv.api.secret_routes import SecretCreate, SecretUpdate, UserSecret, UserSecretsList
 from taskenv.shared.errors import STATUS, ErrorEnvelope, ExecTimeoutEnvelope
 from taskenv.shared.idempotency import HEADER as IDEMPOTENCY_HEADER
 from taskenv.shared.idempotency import MAX_KEY_CHARS as IDEMPOTENCY_KEY_MAX_CHARS
@@ -40,6 +39,7 @@ from taskenv.shared.models import (
     VerifyResponse,
     Workspace,
 )
+from taskenv.shared.secret_models import SecretCreate, SecretUpdate, UserSecret, UserSecretsList
 from taskenv.shared.user_agents import VERSION
 
 OPENAPI_PATH = "/api/v1/openapi.json"

@@ -4,10 +4,7 @@ back: every answer carries the same `masked_value`, which reveals nothing, not e
 An environment names secrets by id (`secret_ids`) and its commands get them by name.
 """
 
-from datetime import datetime
-from typing import Annotated
-
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -18,61 +15,7 @@ from taskenv.api.state import app_state
 from taskenv.shared import secrets_store
 from taskenv.shared.errors import ErrorType, TaskenvError
 from taskenv.shared.sealing import optional
-from taskenv.shared.secrets_store import NAME_MAX_CHARS, NAME_PATTERN, VALUE_MAX_BYTES, SecretInfo
-
-MASKED_VALUE = "********"
-
-SecretValue = Annotated[
-    str,
-    Field(
-        min_length=1,
-        description=f"At most {VALUE_MAX_BYTES} bytes in UTF-8, no NUL: written, never read back",
-        json_schema_extra={"pattern": "^[^\\u0000]*$", "maxLength": VALUE_MAX_BYTES},
-    ),
-]
-
-
-class SecretCreate(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    name: str = Field(
-        max_length=NAME_MAX_CHARS,
-        pattern=NAME_PATTERN,
-        description="The environment variable commands get it as; unique in the org",
-    )
-    value: SecretValue
-
-
-class SecretUpdate(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    value: SecretValue
-
-
-class UserSecret(BaseModel):
-    """A secret as answers show it: never its value."""
-
-    id: str
-    name: str
-    provider: str | None = None
-    masked_value: str = MASKED_VALUE
-    created_at: str
-    updated_at: str
-
-
-class UserSecretsList(BaseModel):
-    secrets: list[UserSecret]
-    total: int
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
-
-
-def shown(info: SecretInfo) -> UserSecret:
-    return UserSecret(
-        id=info.id, name=info.name, created_at=_iso(info.created_at), updated_at=_iso(info.updated_at)
-    )
+from taskenv.shared.secret_models import SecretCreate, SecretUpdate, UserSecretsList, shown
 
 
 def _json(model: BaseModel, status: int = 200) -> Response:

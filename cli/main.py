@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import uvicorn
 
 from taskenv.cli import failures, instance
 from taskenv.cli.secrets import secrets_app
@@ -74,6 +73,8 @@ def api(
     log_level: str = "info",
 ) -> None:
     """Run the HTTP API (one process; start more behind a balancer to scale)."""
+    import uvicorn
+
     from taskenv.api.app import create_app
     from taskenv.api.protocol import envelope_protocol
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import typer
 
-from taskenv.api.secret_routes import shown
 from taskenv.cli import failures, instance
 from taskenv.cli.failures import Refused
 from taskenv.cli.table import table
 from taskenv.shared import secrets_store
 from taskenv.shared.redis import records_client
 from taskenv.shared.sealing import Sealer, new_key, optional
+from taskenv.shared.secret_models import shown
 from taskenv.shared.secrets_store import SecretInfo
 from taskenv.shared.settings import Settings
 
