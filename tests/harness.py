@@ -23,14 +23,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
-import httpx
 import pytest
 import redis
 
 from taskenv.shared.settings import DEFAULT_TASKS_DIR
+from tests.helpers import pauses, sync_http
 
 PYTHON = [sys.executable, "-m", "taskenv"]
-POLL_SEC = 0.05
 # How long a test's clean-up waits for a process to end on SIGTERM before SIGKILL. A worker
 # idle in its queue wait only notices SIGTERM when the wait ends (TASKENV_WORKER_IDLE_WAIT_SEC,
 # 30 s in some tests): clean-up is no test's point, and containers are removed by label after.
@@ -71,6 +70,7 @@ def wait_until(
 ) -> None:
     """Poll `check` (exceptions count as not yet) until true; fail if `proc` exits or past `timeout`."""
     deadline = time.monotonic() + timeout
+    pause = pauses()
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}")
@@ -79,7 +79,7 @@ def wait_until(
                 return
         except Exception:
             pass
-        time.sleep(POLL_SEC)
+        time.sleep(next(pause))
     raise RuntimeError(f"{what} not ready after {timeout} s")
 
 
@@ -176,7 +176,7 @@ def spawn(command: str, env: dict[str, str], log: IO[bytes], *args: str) -> subp
 
 def wait_api(base_url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     # One client for every poll: each new one loads the CA bundle (tenths of a second of CPU).
-    with httpx.Client(base_url=base_url) as client:
+    with sync_http(base_url=base_url) as client:
         wait_until(lambda: client.get("/api/v1/health").is_success, "the API", proc, timeout)
 
 

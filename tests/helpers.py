@@ -3,14 +3,20 @@ ready, execute, and poll a condition with a deadline (never a fixed sleep)."""
 
 import asyncio
 import contextlib
+import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-POLL_SEC = 0.05
+# Polls start quick and back off to this: a check may start a process (`docker`, the CLI) or
+# ask the API, and a long wait polled every 50 ms took a core of the loaded machine.
+LONGEST_PAUSE_SEC = 0.25
+# The longest one status request of `wait_for_state` is held by the API: short enough that
+# a request lost with a killed API is soon asked again.
+STATUS_WAIT_SEC = 5.0
 
 
 @dataclass
@@ -27,25 +33,60 @@ def envs_url(base_url: str, org: str = "acme", workspace: str = "main") -> str:
     return f"{base_url}/api/v1/org/{org}/ws/{workspace}/environments"
 
 
+# The tests' clients speak plain HTTP to loopback, yet httpx builds a TLS context for each
+# client, loading the CA bundle: 33 ms of CPU, and a run makes hundreds of clients. They share one.
+_TLS = ssl.create_default_context()
+
+
+def async_http(**options: Any) -> httpx.AsyncClient:
+    """An httpx.AsyncClient with `options`, made without a TLS context of its own."""
+    return httpx.AsyncClient(verify=_TLS, **options)
+
+
+def sync_http(**options: Any) -> httpx.Client:
+    """An httpx.Client with `options`, made without a TLS context of its own."""
+    return httpx.Client(verify=_TLS, **options)
+
+
+def transport_from(address: str) -> httpx.AsyncHTTPTransport:
+    """Connections from `address` (any of 127.0.0.0/8 is loopback), as another client's."""
+    return httpx.AsyncHTTPTransport(local_address=address, verify=_TLS)
+
+
 def api_client(key: str) -> httpx.AsyncClient:
     """A client of the API with `key`, with the timeouts every test uses."""
-    return httpx.AsyncClient(headers={"X-API-Key": key}, timeout=httpx.Timeout(60, connect=5))
+    return async_http(headers={"X-API-Key": key}, timeout=httpx.Timeout(60, connect=5))
 
 
 async def wait_for_state(
     client: httpx.AsyncClient, url: str, *states: str, timeout: float = 30
 ) -> dict[str, Any]:
     """The environment's status once its state is one of `states` (or the last one seen past
-    `timeout`, state None if none was). Answers other than 200, as during a fault, are waited past."""
+    `timeout`, state None if none was). Answers other than 200, as during a fault, are waited past.
+    A provisioning environment is waited on by the API (`?wait_sec=`, answered the moment its
+    provision ends) rather than polled: a run waits on hundreds of provisions, and polling
+    each every 50 ms cost the loaded machine more CPU than the provisions themselves."""
     deadline = time.monotonic() + timeout
     status: dict[str, Any] = {"state": None}
+    pause = pauses()
     while True:
-        response = await client.get(f"{url}/status")
+        wait_sec = min(max(deadline - time.monotonic(), 0), STATUS_WAIT_SEC)
+        response = await client.get(f"{url}/status", params={"wait_sec": f"{wait_sec:.2f}"})
         if response.status_code == 200:
             status = response.json()
         if status["state"] in states or time.monotonic() > deadline:
             return status
-        await asyncio.sleep(POLL_SEC)
+        if status["state"] != "provisioning":
+            await asyncio.sleep(next(pause))
+
+
+def pauses(first: float = 0.02) -> Iterator[float]:
+    """The pauses between the polls of one wait: `first`, then half as long again each time, up
+    to LONGEST_PAUSE_SEC."""
+    pause = first
+    while True:
+        yield pause
+        pause = min(pause * 1.5, LONGEST_PAUSE_SEC)
 
 
 async def create(client: httpx.AsyncClient, url: str, **body: object) -> Env:
@@ -71,34 +112,38 @@ async def execute(client: httpx.AsyncClient, env: Env, command: str, timeout_sec
 
 
 def eventually(
-    check: Callable[[], object], what: str, timeout: float = 30, poll_sec: float = POLL_SEC
+    check: Callable[[], object], what: str, timeout: float = 30, poll_sec: float | None = None
 ) -> float:
-    """Seconds until `check()` is true; fails the test past `timeout`."""
+    """Seconds until `check()` is true, asked every `poll_sec` (or after `pauses()`); fails the
+    test past `timeout`."""
     started = time.monotonic()
+    pause = pauses()
     while not check():
         if time.monotonic() - started > timeout:
             raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(poll_sec)
+        time.sleep(poll_sec or next(pause))
     return time.monotonic() - started
 
 
 async def until(check: Callable[[], object], what: str, timeout: float = 30) -> float:
     """Seconds until `check()` (blocking, so run in a thread) is true; fails past `timeout`."""
     started = time.monotonic()
+    pause = pauses()
     while not await asyncio.to_thread(check):
         if time.monotonic() - started > timeout:
             raise AssertionError(f"{what}: not within {timeout} s")
-        await asyncio.sleep(POLL_SEC)
+        await asyncio.sleep(next(pause))
     return time.monotonic() - started
 
 
 async def until_true(check: Callable[[], Awaitable[object]], what: str, timeout: float = 30) -> float:
     """Seconds until the coroutine `check()` answers true; fails the test past `timeout`."""
     started = time.monotonic()
+    pause = pauses()
     while not await check():
         if time.monotonic() - started > timeout:
             raise AssertionError(f"{what}: not within {timeout} s")
-        await asyncio.sleep(POLL_SEC)
+        await asyncio.sleep(next(pause))
     return time.monotonic() - started
 
 

@@ -2,7 +2,6 @@
 
 import subprocess
 
-import httpx
 import pytest
 
 from taskenv.bench.config import BenchConfig
@@ -10,6 +9,7 @@ from taskenv.bench.progress import NullTracker
 from taskenv.bench.report import build
 from taskenv.bench.results import Results
 from taskenv.bench.run import run_with_clients
+from tests.helpers import async_http
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +55,7 @@ async def test_tiny_bench_counts_right_and_cleans_up(service):
     assert figures.clean and figures.errors == 0
 
     assert containers("label=taskenv.bench") == []
-    async with httpx.AsyncClient(headers={"X-API-Key": service.key}) as http:
+    async with async_http(headers={"X-API-Key": service.key}) as http:
         for env_id in results.ledger.created_envs:
             status = (await http.get(f"{service.envs_url()}/{env_id}/status")).json()
             assert status["state"] == "torn_down", status

@@ -32,7 +32,7 @@ from taskenv.api.app import create_app
 from taskenv.api.openapi import build_document
 from taskenv.shared.settings import Settings
 from taskenv.shared.task_archive import TaskFiles, pack
-from tests.helpers import commands_in_flight, eventually
+from tests.helpers import async_http, commands_in_flight, eventually, sync_http
 from tests.stack import Stack
 from tests.test_integration_tasks import Registry
 from tests.test_integration_verify import BY_HASH, FLAG, task
@@ -85,7 +85,7 @@ class Prober:
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
         self.seen: set[tuple[str, int]] = set()
-        self.http = httpx.Client(base_url=stack.base_url, timeout=30)
+        self.http = sync_http(base_url=stack.base_url, timeout=30)
 
     def __call__(
         self,
@@ -129,7 +129,7 @@ def _push(stack: Stack, key: str, name: str, verification: dict[str, Any]) -> No
     """A task of the org `acme`, pushed as `dn task push` does."""
 
     async def push() -> httpx.Response:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(60, connect=5)) as client:
+        async with async_http(timeout=httpx.Timeout(60, connect=5)) as client:
             _, raw = task(name, verification)
             # A script verification's script must be in the archive (checked at push).
             files = {"task.yaml": yaml.safe_dump(raw).encode(), "verify.sh": b"exit 0\n"}

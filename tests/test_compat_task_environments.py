@@ -11,11 +11,10 @@ import subprocess
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.harness import SDK, containers_of
-from tests.helpers import eventually
+from tests.helpers import eventually, sync_http
 from tests.test_compat_sdk import TOKEN, _dn, _json
 from tests.test_compat_tasks import init_task, ok, scope_env
 
@@ -94,7 +93,7 @@ def test_a_dreadnode_task_environment_end_to_end(service, dn_bin, dn_env, tmp_pa
     key = env["DREADNODE_API_KEY"]
     ok(_dn(dn_bin, env, "task", "push", str(web_lab(dn_bin, env, tmp_path, "web-lab"))))
     api = f"{service.base_url}/api/v1/org/{org}"
-    with httpx.Client(headers={"X-API-Key": key}, timeout=60) as http:
+    with sync_http(headers={"X-API-Key": key}, timeout=60) as http:
         created = http.post(f"{api}/secrets", json={"name": "LAB_PASSWORD", "value": SECRET_VALUE})
         assert created.status_code == 201, created.text
         secret_id = created.json()["id"]
@@ -200,7 +199,7 @@ def test_a_task_environment_that_cannot_be_made_fails_with_its_reason(
     made = _json(ok(_dn(dn_bin, env, "env", "create", f"{org}/broken", "--json")))
     # `dn env wait` waits for `ready` or `torn_down` only: the state is polled here instead.
     url = f"{service.base_url}/api/v1/org/{org}/ws/main/environments/{made['id']}"
-    with httpx.Client(headers={"X-API-Key": env["DREADNODE_API_KEY"]}, timeout=30) as http:
+    with sync_http(headers={"X-API-Key": env["DREADNODE_API_KEY"]}, timeout=30) as http:
         settled = lambda: http.get(url).json()["state"] not in ("building", "provisioning")  # noqa: E731
         eventually(settled, "the environment's provision to end", timeout=90)
         waited = http.get(url).json()

@@ -35,12 +35,12 @@ from taskenv.api.app import create_app
 from taskenv.api.openapi import OPENAPI_PATH, build_document
 from taskenv.shared.idempotency import HEADER as IDEMPOTENCY_HEADER
 from taskenv.shared.settings import Settings
-from tests.helpers import eventually
+from tests.helpers import eventually, sync_http
 from tests.stack import Stack
 
 pytestmark = pytest.mark.integration
 
-CASES_PER_OPERATION = int(os.environ.get("TASKENV_FUZZ_CASES", "60"))
+CASES_PER_OPERATION = int(os.environ.get("TASKENV_FUZZ_CASES", "30"))
 # Eight operations or more, each reaching its max_examples.
 MIN_CASES = 8 * CASES_PER_OPERATION
 MAX_PROVISIONS = 20
@@ -80,7 +80,7 @@ def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     stack = Stack(tmp_path_factory.mktemp("fuzz"), settings).start()
     try:
         key = stack.key(ORG, WORKSPACE)
-        with httpx.Client(headers={"X-API-Key": key}, timeout=30) as client:
+        with sync_http(headers={"X-API-Key": key}, timeout=30) as client:
             target = Target(stack, key, stack.key("other", WORKSPACE), client)
             target.env_id, target.token = target.provision(client)
             target.gone_id, target.gone_token = target.provision(client)

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from taskenv.api.auth import create_api_key
 from tests.conftest import Service, wait_for_state
+from tests.helpers import transport_from
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +78,7 @@ async def world(service: Service) -> AsyncIterator[World]:
     keys = {"acme/main": service.key, "other/main": service.other_key}
     keys["acme/second"] = await create_api_key(records, "acme", "second")
     await records.aclose()
-    transport = httpx.AsyncHTTPTransport(local_address="127.0.0.3")
+    transport = transport_from("127.0.0.3")
     async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(60, connect=5)) as http:
         world = World(service, http, keys, {}, {})
         for name, scope in ENVS.items():
@@ -148,7 +149,7 @@ async def test_an_api_key_reaches_its_own_workspace_only(world, caller, path, ta
 @pytest.fixture(scope="module")
 async def token_client() -> AsyncIterator[httpx.AsyncClient]:
     """Its own address: its bad tokens and the other property's bad keys stay under the limit."""
-    transport = httpx.AsyncHTTPTransport(local_address="127.0.0.6")
+    transport = transport_from("127.0.0.6")
     async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(60, connect=5)) as http:
         yield http
 

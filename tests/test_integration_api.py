@@ -4,10 +4,10 @@ import asyncio
 import json
 import subprocess
 
-import httpx
 import pytest
 
 from tests.conftest import provision, wait_for_state
+from tests.helpers import async_http
 
 pytestmark = pytest.mark.integration
 
@@ -115,7 +115,7 @@ async def test_list_paginates_and_filters_by_state(client, service):
 
 
 async def test_api_key_errors(service, env):
-    async with httpx.AsyncClient() as anonymous:
+    async with async_http() as anonymous:
         missing = await anonymous.get(env.url)
         assert missing.status_code == 401
         assert missing.json() == {
@@ -140,7 +140,7 @@ async def test_execute_token_errors(client, service, env):
     other = await provision(client, service)
     url = f"{env.url}/execute"
     body = {"command": "echo hi"}
-    async with httpx.AsyncClient() as anonymous:
+    async with async_http() as anonymous:
         assert (await anonymous.post(url, json=body)).status_code == 401
         bad = await anonymous.post(url, json=body, headers={"X-Environment-Token": "tet_forged"})
         assert bad.status_code == 401 and bad.json()["type"] == "authentication_error"

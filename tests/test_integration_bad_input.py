@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import Env, Service
+from tests.helpers import async_http, transport_from
 
 pytestmark = pytest.mark.integration
 
@@ -33,9 +34,7 @@ def assert_envelope(response: httpx.Response, status: int, error_type: str) -> d
 
 def from_address(address: str, **kwargs: Any) -> httpx.AsyncClient:
     """A client whose connections come from `address` (any 127.0.0.0/8 address is loopback)."""
-    return httpx.AsyncClient(
-        transport=httpx.AsyncHTTPTransport(local_address=address), timeout=TIMEOUT, **kwargs
-    )
+    return async_http(transport=transport_from(address), timeout=TIMEOUT, **kwargs)
 
 
 async def raw_request(
@@ -222,7 +221,11 @@ async def test_tokens_with_odd_bytes_are_401(service, env):
     print(f"\nodd tokens -> statuses: {outcomes}")
 
 
-async def test_thousands_of_bad_tokens_are_rate_limited(service, env):
+# Five times the default limit of failures per address (TASKENV_AUTH_FAIL_LIMIT, 100).
+BAD_ATTEMPTS = 500
+
+
+async def test_hundreds_of_bad_tokens_are_rate_limited(service, env):
     from taskenv.shared.settings import Settings
 
     limit = Settings().auth_fail_limit  # the fixture keeps the default
@@ -239,12 +242,12 @@ async def test_thousands_of_bad_tokens_are_rate_limited(service, env):
 
     started = time.monotonic()
     async with from_address("127.0.0.2") as attacker:
-        answers = await asyncio.gather(*(attempt(attacker, n) for n in range(2000)))
+        answers = await asyncio.gather(*(attempt(attacker, n) for n in range(BAD_ATTEMPTS)))
         elapsed = time.monotonic() - started
         statuses = [r.status_code for r in answers]
         counts = f"{statuses.count(401)} x 401, {statuses.count(429)} x 429"
-        print(f"\n2,000 bad credentials in {elapsed:.2f} s: {counts}")
-        assert statuses.count(401) == limit and statuses.count(429) == 2000 - limit
+        print(f"\n{BAD_ATTEMPTS} bad credentials in {elapsed:.2f} s: {counts}")
+        assert statuses.count(401) == limit and statuses.count(429) == BAD_ATTEMPTS - limit
         refused = next(r for r in answers if r.status_code == 429)
         assert_envelope(refused, 429, "rate_limit_error")
         assert 1 <= int(refused.headers["Retry-After"]) <= Settings().auth_fail_window_sec

@@ -7,10 +7,10 @@ import subprocess
 import sys
 from importlib.metadata import version
 
-import httpx
 import pytest
 
 from tests.conftest import Service, provision, wait_for_state
+from tests.helpers import async_http
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +47,7 @@ async def test_a_created_key_works_is_listed_without_its_secret_and_revoked_at_o
     assert created.returncode == 0, created.stderr
     made = json.loads(created.stdout)
     url = service.envs_url("cliorg")
-    async with httpx.AsyncClient(headers={"X-API-Key": made["key"]}) as http:
+    async with async_http(headers={"X-API-Key": made["key"]}) as http:
         assert (await http.get(url)).status_code == 200
         listed = taskenv(service, "keys", "ls", "--org", "cliorg", "--json")
         assert listed.returncode == 0 and made["key"] not in listed.stdout

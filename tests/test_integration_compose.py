@@ -18,12 +18,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
 from tests.harness import free_port
-from tests.helpers import eventually
+from tests.helpers import eventually, sync_http
 
 pytestmark = pytest.mark.integration
 
@@ -156,7 +155,7 @@ def test_compose_runs_as_documented(compose):
     assert made.returncode == 0, made.stderr
     key = made.stdout.strip().splitlines()[-1]
     envs = f"{base}/api/v1/org/acme/ws/main/environments"
-    with httpx.Client(headers={"X-API-Key": key}, timeout=60) as http:
+    with sync_http(headers={"X-API-Key": key}, timeout=60) as http:
         created = http.post(envs, json={"task_ref": "default"}).json()
         url = f"{envs}/{created['id']}"
         deadline = time.monotonic() + 60

@@ -33,7 +33,7 @@ from taskenv.worker.exit_report import ExitReport
 from taskenv.worker.heartbeat import Heartbeat
 from taskenv.worker.membership import Membership
 from tests.harness import docker_ready, start_redis
-from tests.helpers import Env, until, wait_for_state
+from tests.helpers import Env, async_http, until, wait_for_state
 from tests.stack import Stack
 from tests.test_integration_hostile import memory_kib
 
@@ -45,9 +45,9 @@ DEAD_AFTER_SEC = 10.0
 REPORT_PREFIX = "\x1e[0-9a-f]{24}:"
 # Prints the command's own exit-report prefix (it can read its nonce), as an attacker may.
 FORGE = "printf '\\036%s:' \"$__taskenv_nonce\""
-# Floods that end well within their deadline (~16 s for all 32 here), so each answer is checked
-# whole; the deadline only bounds the test.
-FLOOD_BYTES = 20_000_000
+# Floods of eight times the output cap that end well within their deadline (~8 s for all 32
+# here), so each answer is checked whole; the deadline only bounds the test.
+FLOOD_BYTES = 8 * 1024**2
 FLOOD_TIMEOUT_SEC = 45
 MIB = 1024**2
 ATTACKER_ENVS = 4  # 8 commands each: TASKENV_MAX_EXECS_PER_ENV's default
@@ -90,7 +90,7 @@ class Org:
 
 async def _org(stack: Stack, name: str) -> AsyncIterator[Org]:
     headers = {"X-API-Key": stack.key(name)}
-    async with httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(60, connect=5)) as http:
+    async with async_http(headers=headers, timeout=httpx.Timeout(60, connect=5)) as http:
         yield Org(name, http, stack)
 
 

@@ -14,8 +14,8 @@ import pytest
 from taskenv.shared import keys
 from taskenv.shared.models import COMMAND_MAX_BYTES
 from tests.conftest import Env, wait_for_state
+from tests.helpers import async_http, until
 from tests.helpers import execute as run
-from tests.helpers import until
 from tests.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -60,7 +60,7 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
     # One connection: a request that answers with the next on the same socket kept it alive.
-    async with httpx.AsyncClient(timeout=TIMEOUT, limits=httpx.Limits(max_connections=1)) as client:
+    async with async_http(timeout=TIMEOUT, limits=httpx.Limits(max_connections=1)) as client:
         yield client
 
 
@@ -346,7 +346,7 @@ async def test_a_greedy_org_meets_its_quotas_while_another_org_provisions_and_ru
 
     # One command at once for the greedy org (TASKENV_ORG_MAX_RUNNING_COMMANDS=1), in any of its
     # environments; the victim's commands run meanwhile.
-    async with httpx.AsyncClient(timeout=TIMEOUT) as other:
+    async with async_http(timeout=TIMEOUT) as other:
         holding = asyncio.create_task(run(other, first, "sleep 2; echo held"))
         greedy_commands = front.client().zcard
         await until(lambda: greedy_commands(keys.org_commands("greedy")) == 1, "the org's command admitted")

@@ -18,8 +18,8 @@ import redis.asyncio as aioredis
 from taskenv.shared import keys
 from tests.cluster import timed
 from tests.conftest import Env
+from tests.helpers import async_http, provision, until
 from tests.helpers import execute as run
-from tests.helpers import provision, until
 from tests.stack import PYTHON, Stack
 
 pytestmark = pytest.mark.integration
@@ -51,7 +51,7 @@ def stacks(tmp_path: Path) -> Iterator[list[Stack]]:
 @asynccontextmanager
 async def api_of(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
     key = await asyncio.to_thread(stack.key)
-    async with httpx.AsyncClient(headers={"X-API-Key": key}, timeout=httpx.Timeout(60, connect=5)) as http:
+    async with async_http(headers={"X-API-Key": key}, timeout=httpx.Timeout(60, connect=5)) as http:
         yield http
 
 

@@ -8,13 +8,13 @@ import sys
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 
 from taskenv.shared import keys
 from tests.conftest import Service
 from tests.harness import create_key
+from tests.helpers import sync_http
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,7 @@ def test_a_secret_is_stored_listed_and_deleted_and_its_value_appears_nowhere(ser
     api_value, cli_value = f"api-{uuid.uuid4().hex}", f"cli-{uuid.uuid4().hex}"
     headers = {"X-API-Key": create_key(service.env, org)}
     url = secrets_url(service, org)
-    with httpx.Client(timeout=30) as http:
+    with sync_http(timeout=30) as http:
         created = http.post(url, json={"name": "API_TOKEN", "value": api_value}, headers=headers)
         assert created.status_code == 201, created.text
         assert created.json()["masked_value"] == "********"

@@ -20,7 +20,7 @@ import yaml
 from taskenv.shared import keys
 from taskenv.shared.task_archive import TaskFiles, pack
 from tests.harness import FAST_TIMINGS, containers_of, create_key
-from tests.helpers import Env, execute, until, wait_for_state
+from tests.helpers import Env, async_http, execute, until, wait_for_state
 from tests.stack import Stack
 from tests.test_integration_tasks import Registry
 
@@ -126,7 +126,7 @@ class Org:
 
 @pytest.fixture
 async def org(service) -> AsyncIterator[Org]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(90, connect=5)) as http:
+    async with async_http(timeout=httpx.Timeout(90, connect=5)) as http:
         yield Org(service.base_url, service.env, http)
 
 
@@ -239,7 +239,7 @@ def stack(tmp_path) -> Iterator[Stack]:
 
 
 async def test_a_worker_killed_mid_provision_leaves_pieces_its_reaper_removes(stack):
-    async with httpx.AsyncClient(timeout=httpx.Timeout(90, connect=5)) as http:
+    async with async_http(timeout=httpx.Timeout(90, connect=5)) as http:
         org = Org(stack.base_url, stack.env, http)
         await org.push(*task("slow", {"slow": SLOW}))
         env = await org.create("slow")

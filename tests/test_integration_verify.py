@@ -15,7 +15,7 @@ import yaml
 from taskenv.shared.task_archive import TaskFiles, pack
 from taskenv.shared.verification import task_verification
 from tests.harness import SDK, create_key
-from tests.helpers import Env
+from tests.helpers import Env, async_http
 from tests.test_compat_sdk import SCRIPTS
 from tests.test_integration_tasks import Registry
 
@@ -36,7 +36,7 @@ def task(name: str, verification: dict) -> tuple[bytes, dict]:
 async def pushed(service) -> AsyncIterator[tuple[str, str]]:
     """(org, task name) of a pushed flag task, the org's API key in `service.env`'s store."""
     org, name = f"verify-{uuid.uuid4().hex[:8]}", "flag-lab"
-    async with httpx.AsyncClient(timeout=httpx.Timeout(60, connect=5)) as client:
+    async with async_http(timeout=httpx.Timeout(60, connect=5)) as client:
         layer, raw = task(name, BY_HASH)
         answer = await Registry(client, service.base_url, org, create_key(service.env, org)).push(
             name, layer, raw
@@ -61,7 +61,7 @@ async def test_a_flag_fails_until_written_then_passes(service, pushed):
     org, name = pushed
     url = f"{service.base_url}/api/v1/org/{org}/ws/main/environments"
     headers = {"X-API-Key": create_key(service.env, org)}
-    async with httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(60, connect=5)) as client:
+    async with async_http(headers=headers, timeout=httpx.Timeout(60, connect=5)) as client:
         env = await ready(client, url, name)
         try:
             before = await client.post(f"{env.url}/verify")
