@@ -175,7 +175,7 @@ def spawn(command: str, env: dict[str, str], log: IO[bytes], *args: str) -> subp
 
 
 def wait_api(base_url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    # One client for every poll: each new one loads the CA bundle (tenths of a second of CPU).
+    # One client for every poll (its connection kept).
     with sync_http(base_url=base_url) as client:
         wait_until(lambda: client.get("/api/v1/health").is_success, "the API", proc, timeout)
 

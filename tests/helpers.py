@@ -64,8 +64,7 @@ async def wait_for_state(
     """The environment's status once its state is one of `states` (or the last one seen past
     `timeout`, state None if none was). Answers other than 200, as during a fault, are waited past.
     A provisioning environment is waited on by the API (`?wait_sec=`, answered the moment its
-    provision ends) rather than polled: a run waits on hundreds of provisions, and polling
-    each every 50 ms cost the loaded machine more CPU than the provisions themselves."""
+    provision ends) rather than polled: a run waits on hundreds of provisions."""
     deadline = time.monotonic() + timeout
     status: dict[str, Any] = {"state": None}
     pause = pauses()

@@ -242,7 +242,7 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_operators_bound
         answered = time.monotonic()
         await asyncio.wait_for(reader.read(), KEEP_ALIVE_SEC + 10)  # the body, then the server's close
         idle = time.monotonic() - answered
-        assert KEEP_ALIVE_SEC - 0.5 <= idle < KEEP_ALIVE_SEC + 2, idle
+        assert KEEP_ALIVE_SEC - 0.5 <= idle < KEEP_ALIVE_SEC + 5, idle  # a loaded loop fires late
     finally:
         writer.close()
 
