@@ -19,10 +19,11 @@ a request task) for ever. Here:
   envelope) if nothing was answered yet, and the connection is closed. The application, waiting
   for the rest of the body, is told the client is gone.
 
-An answer of its own ends the connection gracefully: the answer, then the end of the stream,
-while what the client still sends is read and dropped for up to `LINGER_SEC`. A socket closed
-with bytes unread sends a reset instead, which can reach a client still sending (a head dripped
-a byte at a time) before it has read the answer, and asyncio's reader then loses the answer.
+A connection it ends after an answer (its own, or the application's whose body never came
+whole) ends gracefully: the end of the stream after the answer, while what the client still
+sends is read and dropped for up to `LINGER_SEC`. A socket closed with bytes unread sends a
+reset instead, which can reach a client still sending (a head dripped a byte at a time) before
+it has read the answer, and asyncio's reader then loses the answer.
 """
 
 import asyncio
@@ -130,7 +131,7 @@ class EnvelopeHttpToolsProtocol(HttpToolsProtocol):
         cycle.keep_alive = False
         cycle.message_event.set()
         if answered:
-            self.transport.close()
+            self._close_after_answer()
             return
         detail = f"The request body did not arrive whole within {self.body_timeout_sec:g} s"
         self._send_envelope(408, TaskenvError(ErrorType.REQUEST_TIMEOUT, detail))

@@ -4,6 +4,7 @@ task refs, and one org's quotas beside another's (issue 10, cases 4, 5, 9, 10 an
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -260,6 +261,29 @@ async def test_a_client_still_sending_after_its_408_reads_the_whole_answer(front
             await asyncio.sleep(0.02)
         status, body = _parse(head + await asyncio.wait_for(reader.read(), 5))
         assert status == 408 and body["type"] == "request_timeout_error", body
+    finally:
+        writer.close()
+
+
+async def test_a_client_still_sending_a_body_answered_before_it_came_is_closed_gracefully(front):
+    # An unknown path is answered 404 before its body comes; the body's timer then ends the
+    # connection, and bytes still arriving must not turn that end into a reset.
+    reader, writer = await asyncio.open_connection("127.0.0.1", front.port)
+    try:
+        writer.write(b"POST /nowhere HTTP/1.1\r\nHost: t\r\nContent-Length: 40\r\n\r\n{")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 404"), head
+        length = int(re.search(rb"content-length: (\d+)", head, re.I)[1])  # type: ignore[index]
+        await reader.readexactly(length)
+        # The end of the stream comes at the body's timeout; then the client sends more.
+        async with asyncio.timeout(BODY_TIMEOUT_SEC + 5):
+            while not reader.at_eof():
+                await asyncio.sleep(0.02)
+        for _ in range(3):
+            writer.write(b" ")
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
     finally:
         writer.close()
 
