@@ -75,7 +75,8 @@ async def wait_for_state(
             status = response.json()
         if status["state"] in states or time.monotonic() > deadline:
             return status
-        if status["state"] != "provisioning":
+        held = response.status_code == 200 and status["state"] == "provisioning"
+        if not held:  # an answer at once (another state, or a fault's): asked again after a pause
             await asyncio.sleep(next(pause))
 
 
